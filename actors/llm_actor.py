@@ -1,0 +1,147 @@
+"""LLM worker: continuous batching over an ``Engine``.
+
+Requests wait in a small local heap (priority, deadline, arrival) and join the running batch at
+the next engine step, up to ``max_batch_size``. When the batch is empty, the first arrival waits
+up to ``max_wait_ms`` for company before the first step, trading a little latency for a fuller
+batch. Finished sequences leave the batch at once and their completions stream back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from actors.engines import Engine, Sequence, make_engine
+from raysched.core.types import Completion, WorkItem
+
+
+class _Request:
+    __slots__ = ("seq", "future", "arrival_s", "start_s")
+
+    def __init__(self, seq: Sequence, future: asyncio.Future[Completion]) -> None:
+        self.seq = seq
+        self.future = future
+        self.arrival_s = time.monotonic()
+        self.start_s = 0.0
+
+
+class LLMActor:
+    """An async actor that owns one model engine and batches requests into it."""
+
+    def __init__(self, worker_id: str, pool: str, engine: str = "sim", model: str = "7b",
+                 max_batch_size: int = 16, max_wait_ms: float = 2.0,
+                 time_scale: float = 1.0) -> None:
+        self.worker_id = worker_id
+        self.pool = pool
+        self.engine: Engine = make_engine(engine, model, time_scale=time_scale)
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1e3
+        self._waiting: list[tuple[int, float, int, _Request]] = []
+        self._running: list[_Request] = []
+        self._by_id: dict[str, _Request] = {}
+        self._order = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self.steps = 0
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"worker_id": self.worker_id, "pool": self.pool, "engine": self.engine.name,
+                "simulated": self.engine.simulated, "label": getattr(self.engine, "label", ""),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "prior": self.engine.prior(), "max_context_tokens": self.engine.max_context_tokens}
+
+    async def execute(self, items: list[WorkItem]) -> AsyncIterator[list[Completion]]:
+        """Add ``items`` to the batch; stream completions back as sequences finish."""
+        self._ensure_loop()
+        loop = asyncio.get_running_loop()
+        pending = []
+        for item in items:
+            p = item.payload
+            seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
+                           p.max_new_tokens, item.priority)
+            req = _Request(seq, loop.create_future())
+            self._by_id[item.task_id] = req
+            heapq.heappush(self._waiting, (item.priority, item.deadline_s, next(self._order), req))
+            pending.append(req.future)
+        assert self._wake is not None
+        self._wake.set()
+        while pending:
+            done, rest = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            pending = list(rest)
+            yield [f.result() for f in done]
+
+    async def abort(self, task_ids: list[str]) -> int:
+        """Stop the given requests wherever they are; their completions say aborted."""
+        n = 0
+        for task_id in task_ids:
+            req = self._by_id.get(task_id)
+            if req is not None and not req.future.done():
+                req.seq.finished_early = True
+                self._resolve(req, ok=False, error="aborted")
+                n += 1
+        return n
+
+    def load(self) -> dict[str, int]:
+        return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None:
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    async def _batch_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._running and not self._waiting:
+                await self._wake.wait()
+                self._wake.clear()
+                if self.max_wait_s > 0 and len(self._waiting) < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait_s)
+            self._admit()
+            live = [r for r in self._running if not r.future.done()]
+            if not live:
+                self._running = []
+                continue
+            # Take one step at a time while others wait to join, so they join at the next step.
+            room = len(live) < self.max_batch_size and bool(self._waiting)
+            try:
+                await self.engine.step([r.seq for r in live], max_steps=1 if room else 1 << 30)
+            except Exception as exc:  # the engine is gone: every request in it may be retried
+                for r in live:
+                    self._resolve(r, ok=False, error=f"engine failed: {exc!r}", retryable=True)
+                self._running = []
+                continue
+            self.steps += 1
+            batch_size = len(live)
+            for r in live:
+                if r.seq.done and not r.future.done():
+                    self._resolve(r, ok=True, batch_size=batch_size)
+            self._running = [r for r in live if not r.future.done()]
+
+    def _admit(self) -> None:
+        now = time.monotonic()
+        while self._waiting and len(self._running) < self.max_batch_size:
+            req = heapq.heappop(self._waiting)[3]
+            if req.future.done():
+                continue
+            req.start_s = now
+            self._running.append(req)
+
+    def _resolve(self, req: _Request, ok: bool, error: str = "", retryable: bool = False,
+                 batch_size: int = 1) -> None:
+        now = time.monotonic()
+        started = req.start_s or now
+        seq = req.seq
+        self._by_id.pop(seq.request_id, None)
+        req.future.set_result(Completion(
+            seq.request_id, self.worker_id, ok=ok,
+            output=self.engine.text(seq) if ok else None, error=error, retryable=retryable,
+            service_s=now - started, worker_queue_s=started - req.arrival_s,
+            num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
+            batch_size=batch_size))

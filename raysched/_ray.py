@@ -1,0 +1,28 @@
+"""Starting and joining Ray the way raysched needs it."""
+
+from __future__ import annotations
+
+import os
+
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_env() -> None:
+    """Make a local Ray bind to 127.0.0.1 and phone nowhere.
+
+    Ray picks the machine's outward address unless told; with clusters "disabled" it uses the
+    loopback address for every process it starts, which inherit this environment.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def init_local(num_cpus: int | None = None, namespace: str = "raysched",
+               include_dashboard: bool = False, object_store_mb: int = 128) -> None:
+    """Start an embedded single-node Ray on loopback."""
+    loopback_env()
+    import ray
+
+    ray.init(num_cpus=num_cpus, namespace=namespace, include_dashboard=include_dashboard,
+             object_store_memory=object_store_mb * 1024 * 1024, _node_ip_address=LOOPBACK,
+             log_to_driver=False, configure_logging=True, logging_level="WARNING")

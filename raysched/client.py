@@ -1,0 +1,240 @@
+"""The driver side: connect to (or start) a scheduler, submit tasks, collect results.
+
+One background thread per client long-polls the scheduler for finished results, many per call,
+and resolves the handles; handles work from plain code (``.result()``) and from asyncio
+(``await handle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from raysched.config import SchedulerConfig, default_config
+from raysched.core.types import Status
+from raysched.errors import SchedulerNotFoundError, TaskTimeoutError
+from raysched.models import Result, Task
+
+SUBMIT_CHUNK = 512
+POLL_TIMEOUT_S = 0.5
+
+
+class TaskHandle:
+    """A submitted task's future result. ``await handle`` works inside asyncio."""
+
+    def __init__(self, client: Client, task_id: str) -> None:
+        self._client = client
+        self.task_id = task_id
+        self._future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+
+    def result(self, timeout: float | None = None) -> Result:
+        """The task's Result; raises ``TaskTimeoutError`` if not ready within ``timeout`` s."""
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TaskTimeoutError(f"task {self.task_id} has no result after {timeout} s") from None
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        """Ask the scheduler to cancel; True when this call ended the task."""
+        return self._client.cancel([self.task_id])[0]
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self._future).__await__()
+
+    def _set(self, result: Result) -> None:
+        if not self._future.done():
+            self._future.set_result(result)
+
+
+class Client:
+    """A driver's connection to one scheduler actor."""
+
+    def __init__(self, actor: Any, owns_ray: bool) -> None:
+        self.actor = actor
+        self.client_id = uuid.uuid4().hex
+        self._owns_ray = owns_ray
+        stats = self._get(actor.stats.remote())
+        self.pools: set[str] = set(stats["pool_config"])
+        self.notes: list[str] = stats["notes"]
+        self._handles: dict[str, TaskHandle] = {}
+        self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def validate(self, task: Task | Mapping[str, Any]) -> Task:
+        """A ``Task`` checked against this scheduler's pools (raises ``ValidationError``)."""
+        data = task.model_dump() if isinstance(task, Task) else task
+        return Task.model_validate(data, context={"pools": self.pools})
+
+    def submit(self, task: Task | Mapping[str, Any]) -> TaskHandle:
+        """Submit one task; returns its handle at once."""
+        return self.submit_many([task])[0]
+
+    def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]]) -> list[TaskHandle]:
+        """Submit tasks in batches of ``SUBMIT_CHUNK`` per scheduler call.
+
+        Every task is validated before any is sent, so a bad task in the list submits nothing.
+        """
+        checked = [self.validate(t) for t in tasks]
+        handles = [TaskHandle(self, t.id) for t in checked]
+        with self._lock:
+            for h in handles:
+                if h.task_id in self._handles:
+                    raise ValueError(f"task id {h.task_id!r} is already submitted by this client")
+                self._handles[h.task_id] = h
+        self._ensure_poller()
+        for i in range(0, len(checked), SUBMIT_CHUNK):
+            chunk = checked[i:i + SUBMIT_CHUNK]
+            rejections = self._get(self.actor.submit.remote(self.client_id, chunk))
+            for result in rejections:
+                if result is not None:
+                    self._resolve(result)
+        return handles
+
+    def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
+            ) -> Iterator[Result]:
+        """Submit ``tasks`` and yield their Results in completion order."""
+        handles = self.submit_many(tasks)
+        futures = {h._future: h for h in handles}
+        try:
+            for fut in concurrent.futures.as_completed(futures, timeout=timeout):
+                yield fut.result()
+        except concurrent.futures.TimeoutError:
+            left = sum(1 for f in futures if not f.done())
+            raise TaskTimeoutError(f"{left} of {len(handles)} tasks have no result after "
+                                   f"{timeout} s") from None
+
+    async def submit_async(self, task: Task | Mapping[str, Any]) -> Result:
+        """Submit from asyncio and await the Result."""
+        handle = await asyncio.to_thread(self.submit, task)
+        return await handle
+
+    def cancel(self, task_ids: list[str]) -> list[bool]:
+        return self._get(self.actor.cancel.remote(task_ids))
+
+    def stats(self) -> dict[str, Any]:
+        """The scheduler's load tables, queue depths, result counts and startup notes."""
+        return self._get(self.actor.stats.remote())
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._handles)
+
+    def close(self) -> None:
+        """Stop polling; shut the embedded Ray down if this client started it."""
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(timeout=POLL_TIMEOUT_S * 4)
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)
+
+    def _resolve(self, result: Result) -> None:
+        with self._lock:
+            handle = self._handles.pop(result.task_id, None)
+        if handle is not None:
+            handle._set(result)
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="raysched-poller",
+                                            daemon=True)
+            self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S))
+            except Exception as exc:  # the scheduler is gone: every open handle gets told
+                self._fail_all(f"lost the scheduler: {type(exc).__name__}: {exc}")
+                return
+            for result in results:
+                self._resolve(result)
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            handles, self._handles = self._handles, {}
+        for task_id, h in handles.items():
+            h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))
+
+
+def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, Any] | None = None,
+            *, num_cpus: int | None = None, name: str | None = None,
+            ready_timeout_s: float = 120.0) -> Client:
+    """Connect a driver to raysched.
+
+    - No ``address`` and no ``RAY_ADDRESS`` (and Ray not started): start an embedded local Ray on
+      127.0.0.1 and a scheduler with ``config`` (default: ``default_config()``).
+    - An ``address`` (or inside ``ray job submit``): join that cluster and find the named
+      scheduler, creating it (detached, so other drivers share it) if it is not running.
+    """
+    import ray
+
+    from raysched._ray import init_local, loopback_env
+    from raysched.scheduler import SchedulerActor
+
+    cfg = (config if isinstance(config, SchedulerConfig)
+           else SchedulerConfig.model_validate(config) if config is not None else default_config())
+    owns_ray = False
+    if not ray.is_initialized():
+        if address is None and "RAY_ADDRESS" not in os.environ:
+            init_local(num_cpus=num_cpus, namespace=cfg.namespace)
+            owns_ray = True
+        else:
+            loopback_env()
+            ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
+    actor_name = name or cfg.name
+    options: dict[str, Any] = {"name": actor_name, "namespace": cfg.namespace,
+                               "get_if_exists": True, "num_cpus": 0, "max_concurrency": 10_000}
+    if not owns_ray:
+        options["lifetime"] = "detached"
+    actor = ray.remote(SchedulerActor).options(**options).remote(cfg.model_dump())
+    try:
+        ray.get(actor.start.remote())
+        ray.get(actor.ready.remote(ready_timeout_s), timeout=ready_timeout_s + 10)
+    except ray.exceptions.GetTimeoutError:
+        raise SchedulerNotFoundError(f"scheduler {actor_name!r} did not become ready in "
+                                     f"{ready_timeout_s} s") from None
+    return Client(actor, owns_ray)
+
+
+def find(name: str = "raysched-scheduler", namespace: str = "raysched") -> Any:
+    """The running scheduler actor's handle, or ``SchedulerNotFoundError``."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise SchedulerNotFoundError(f"no scheduler {name!r} in namespace {namespace!r}") from None
+
+
+def wait_all(handles: Iterable[TaskHandle], timeout: float | None = None) -> list[Result]:
+    """Results of ``handles`` in order; a deadline for the whole lot, not for each."""
+    end = None if timeout is None else time.monotonic() + timeout
+    return [h.result(None if end is None else max(0.0, end - time.monotonic())) for h in handles]

@@ -1,0 +1,149 @@
+"""Scheduler configuration: pools of workers and the knobs of the core.
+
+A pool is a set of like workers (``replicas`` actors) that tasks name in
+``requirements.pool``. On a cluster launched from ``cluster.yaml``, nodes carry custom resources
+(``cpu_pool``, ``llm_7b``, ``llm_70b``); a pool that names its ``cluster_resource`` asks one unit
+of it per replica, so its actors land on those nodes, and ``replicas="auto"`` sizes the pool to the
+units the cluster has.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from raysched.core.scheduler import CoreConfig
+from raysched.errors import ConfigError
+
+
+class PoolConfig(BaseModel):
+    """One pool of worker actors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+    kind: Literal["cpu", "llm"]
+    replicas: int | Literal["auto"] = 1
+    engine: Literal["auto", "sim", "vllm", "hf"] = "auto"
+    model: str = "7b"
+    slots: int | None = Field(default=None, ge=1, le=4096)
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    cluster_resource: str | None = None
+    time_scale: float = Field(default=1.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> PoolConfig:
+        if self.replicas != "auto" and not 0 <= self.replicas <= 10_000:
+            raise ValueError("replicas must be between 0 and 10000, or 'auto'")
+        if self.replicas == "auto" and self.cluster_resource is None:
+            raise ValueError("replicas='auto' needs a cluster_resource to count")
+        return self
+
+    @property
+    def concurrency(self) -> int:
+        """Tasks one worker runs at once: its batch for an LLM, one for a CPU actor."""
+        return self.max_batch_size if self.kind == "llm" else 1
+
+    @property
+    def worker_slots(self) -> int:
+        # A CPU actor runs one task at a time; a few slots of prefetch hide the dispatch round
+        # trip (about 1 ms here) behind 10-20 ms of work. An LLM actor's batch is its slots.
+        default = self.concurrency if self.kind == "llm" else 4
+        return max(self.slots or default, self.concurrency)
+
+
+class SchedulerConfig(BaseModel):
+    """Everything the scheduler actor needs to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "raysched-scheduler"
+    namespace: str = "raysched"
+    pools: list[PoolConfig]
+    aging_s: float | None = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_queued_per_class: int = Field(default=250_000, ge=1)
+    placement: str = "least_completion"
+    # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.
+    idle_poll_ms: float = Field(default=50.0, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> SchedulerConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique: {names}")
+        return self
+
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(aging_s=self.aging_s, max_attempts=self.max_attempts,
+                          max_queued_per_class=self.max_queued_per_class)
+
+    def pool(self, name: str) -> PoolConfig:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def default_config(time_scale: float = 1.0) -> SchedulerConfig:
+    """The embedded default: 2 CPU actors, 2 7B actors and one 70B actor.
+
+    Simulated LLM actors spend their time in ``asyncio.sleep``, so a fraction of a CPU each is
+    enough and the default fits a 2-core laptop.
+    """
+    return SchedulerConfig(pools=[
+        PoolConfig(name="cpu", kind="cpu", replicas=2, num_cpus=0.5, cluster_resource="cpu_pool"),
+        PoolConfig(name="llm-7b", kind="llm", model="7b", replicas=2, max_batch_size=16,
+                   num_cpus=0.25, cluster_resource="llm_7b", time_scale=time_scale),
+        PoolConfig(name="llm-70b", kind="llm", model="70b", replicas=1, max_batch_size=8,
+                   num_cpus=0.25, cluster_resource="llm_70b", time_scale=time_scale),
+    ])
+
+
+def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
+                  real_engines: list[str]) -> tuple[list[PoolConfig], list[str]]:
+    """Fit the configured pools to the cluster; returns the pools to start and what was decided.
+
+    - A pool whose ``cluster_resource`` the cluster has asks one unit per replica (so its actors
+      land on those nodes); ``replicas="auto"`` takes every unit.
+    - An LLM pool with ``engine="auto"`` runs a real engine where the cluster has GPUs and the
+      engine imports, else the simulated engine on CPU resources. Either way the notes say so.
+    """
+    pools: list[PoolConfig] = []
+    notes: list[str] = []
+    has_gpus = cluster_resources.get("GPU", 0) > 0
+    for pool in config.pools:
+        update: dict = {}
+        units = cluster_resources.get(pool.cluster_resource or "", 0.0)
+        if units > 0:
+            update["resources"] = {**pool.resources, pool.cluster_resource: 1.0}
+            if pool.replicas == "auto":
+                update["replicas"] = int(units)
+            notes.append(f"pool {pool.name}: placed on nodes with resource "
+                         f"{pool.cluster_resource} ({units:g} units)")
+        elif pool.replicas == "auto":
+            raise ConfigError(f"pool {pool.name} has replicas='auto' but the cluster has no "
+                              f"{pool.cluster_resource!r} resource")
+        if pool.kind == "llm":
+            engine = pool.engine
+            if engine == "auto":
+                if has_gpus and "vllm" in real_engines:
+                    engine = "vllm"
+                else:
+                    engine = "sim"
+                    why = "no GPUs in the cluster" if not has_gpus else "vllm is not installed"
+                    notes.append(f"pool {pool.name}: {why}; running the SIMULATED engine "
+                                 f"({pool.model}) on CPU resources")
+            elif engine != "sim" and engine not in real_engines:
+                raise ConfigError(f"pool {pool.name} asks for engine {engine!r}, which is not "
+                                  f"available here (available: sim, {', '.join(real_engines)})")
+            update["engine"] = engine
+            if engine == "sim":
+                update["num_gpus"] = 0.0
+        pools.append(pool.model_copy(update=update))
+    return pools, notes

@@ -1,0 +1,179 @@
+"""Load tables: what every worker holds now, and the pool totals.
+
+Per worker: tasks in flight (with their predicted finish), free slots, predicted backlog seconds,
+and busy time for utilisation. Workers of a pool that share a service prior and a context limit
+form a group; inside a group the best worker for a new task is simply the least loaded one, so
+each group keeps a lazy heap keyed by ``(in_flight, backlog_s, worker_id)`` and placement looks at
+one head per group instead of scanning the pool. That keeps a decision O(groups * log workers).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from raysched.core.types import ServicePrior, WorkerSpec
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """One worker's row of the load table."""
+
+    spec: WorkerSpec
+    in_flight: dict[str, float] = field(default_factory=dict)  # task_id -> predicted service s
+    backlog_s: float = 0.0
+    busy_s: float = 0.0
+    busy_since_s: float | None = None
+    added_s: float = 0.0
+    completed: int = 0
+    version: int = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.spec.worker_id
+
+    @property
+    def free_slots(self) -> int:
+        return self.spec.slots - len(self.in_flight)
+
+    def wait_s(self) -> float:
+        """Predicted time before a newly placed task starts running."""
+        if len(self.in_flight) < self.spec.concurrency:
+            return 0.0
+        return self.backlog_s / self.spec.concurrency
+
+    def utilization(self, now_s: float) -> float:
+        """Fraction of time since the worker joined that it had work in flight."""
+        busy = self.busy_s + (now_s - self.busy_since_s if self.busy_since_s is not None else 0.0)
+        span = now_s - self.added_s
+        return min(1.0, busy / span) if span > 0 else 0.0
+
+
+GroupKey = tuple[ServicePrior, int]
+
+
+class WorkerGroup:
+    """Workers of one pool with the same prior and context limit."""
+
+    def __init__(self, key: GroupKey) -> None:
+        self.prior, self.max_context_tokens = key
+        self.members: dict[str, WorkerLoad] = {}
+        self._heap: list[tuple[int, float, str, int]] = []
+
+    def offer(self, w: WorkerLoad) -> None:
+        """(Re)publish a worker's current load; older entries of it become stale."""
+        w.version += 1
+        if w.free_slots > 0:
+            heapq.heappush(self._heap, (len(w.in_flight), w.backlog_s, w.worker_id, w.version))
+        if len(self._heap) > 4 * len(self.members) + 64:
+            self._heap = [(len(m.in_flight), m.backlog_s, m.worker_id, m.version)
+                          for m in self.members.values() if m.free_slots > 0]
+            heapq.heapify(self._heap)
+
+    def best_free(self) -> WorkerLoad | None:
+        """The least-loaded member with a free slot, or None."""
+        heap = self._heap
+        while heap:
+            _, _, wid, version = heap[0]
+            w = self.members.get(wid)
+            if w is not None and w.version == version and w.free_slots > 0:
+                return w
+            heapq.heappop(heap)
+        return None
+
+
+class LoadTable:
+    """All workers, grouped by pool."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerLoad] = {}
+        self._groups: dict[str, dict[GroupKey, WorkerGroup]] = {}
+        self._task_worker: dict[str, str] = {}
+        self._free_by_pool: dict[str, int] = {}
+
+    def add(self, spec: WorkerSpec, now_s: float) -> WorkerLoad:
+        assert spec.worker_id not in self.workers, f"worker {spec.worker_id} added twice"
+        w = WorkerLoad(spec, added_s=now_s)
+        self.workers[spec.worker_id] = w
+        self._free_by_pool[spec.pool] = self._free_by_pool.get(spec.pool, 0) + spec.slots
+        group = self._group_of(spec)
+        group.members[spec.worker_id] = w
+        group.offer(w)
+        return w
+
+    def remove(self, worker_id: str, now_s: float) -> list[str]:
+        """Drop a worker at once; returns the ids of the tasks it had in flight."""
+        w = self.workers.pop(worker_id)
+        self._close_busy(w, now_s)
+        self._free_by_pool[w.spec.pool] -= w.free_slots
+        group = self._group_of(w.spec)
+        del group.members[worker_id]
+        if not group.members:
+            del self._groups[w.spec.pool][(w.spec.prior, w.spec.max_context_tokens)]
+        lost = list(w.in_flight)
+        for task_id in lost:
+            del self._task_worker[task_id]
+        return lost
+
+    def start(self, task_id: str, worker_id: str, service_s: float, now_s: float) -> None:
+        w = self.workers[worker_id]
+        assert w.free_slots > 0, f"worker {worker_id} has no free slot"
+        if not w.in_flight:
+            w.busy_since_s = now_s
+        w.in_flight[task_id] = service_s
+        w.backlog_s += service_s
+        self._free_by_pool[w.spec.pool] -= 1
+        self._task_worker[task_id] = worker_id
+        self._group_of(w.spec).offer(w)
+
+    def finish(self, task_id: str, now_s: float) -> WorkerLoad | None:
+        """Free the slot ``task_id`` held; None when it held none (already freed or unknown)."""
+        worker_id = self._task_worker.pop(task_id, None)
+        if worker_id is None:
+            return None
+        w = self.workers[worker_id]
+        w.backlog_s = max(0.0, w.backlog_s - w.in_flight.pop(task_id))
+        w.completed += 1
+        self._free_by_pool[w.spec.pool] += 1
+        if not w.in_flight:
+            self._close_busy(w, now_s)
+            w.backlog_s = 0.0  # clear float residue
+        self._group_of(w.spec).offer(w)
+        return w
+
+    def free_slots(self, pool: str) -> int:
+        return self._free_by_pool.get(pool, 0)
+
+    def worker_of(self, task_id: str) -> str | None:
+        return self._task_worker.get(task_id)
+
+    def groups(self, pool: str) -> Iterable[WorkerGroup]:
+        return self._groups.get(pool, {}).values()
+
+    def pool_workers(self, pool: str) -> Iterator[WorkerLoad]:
+        for group in self.groups(pool):
+            yield from group.members.values()
+
+    def pool_totals(self, pool: str) -> dict[str, float]:
+        workers = list(self.pool_workers(pool))
+        return {
+            "workers": len(workers),
+            "in_flight": sum(len(w.in_flight) for w in workers),
+            "free_slots": sum(w.free_slots for w in workers),
+            "backlog_s": sum(w.backlog_s for w in workers),
+        }
+
+    def _group_of(self, spec: WorkerSpec) -> WorkerGroup:
+        key = (spec.prior, spec.max_context_tokens)
+        pool = self._groups.setdefault(spec.pool, {})
+        group = pool.get(key)
+        if group is None:
+            group = pool[key] = WorkerGroup(key)
+        return group
+
+    @staticmethod
+    def _close_busy(w: WorkerLoad, now_s: float) -> None:
+        if w.busy_since_s is not None:
+            w.busy_s += now_s - w.busy_since_s
+            w.busy_since_s = None

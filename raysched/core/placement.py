@@ -1,0 +1,114 @@
+"""Placement: filter, then score, then pick.
+
+A ``Placement`` answers two questions about a task: where should it run now (``place``) and how
+fast could it possibly finish on an idle eligible worker (``best_case_s``, which admission and
+expiry use). How long a task takes on a worker is a ``ServiceEstimator``'s business, so a learned
+estimator can replace the engine priors without touching the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
+from raysched.core.types import Completion, CoreTask
+
+
+class ServiceEstimator(Protocol):
+    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+        """Predicted service time of ``task`` if it joined ``worker`` now."""
+        ...
+
+    def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        """Predicted service time of ``task`` alone on an idle worker of ``group``."""
+        ...
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        """Learn from a completion (a no-op for fixed priors)."""
+        ...
+
+
+class PriorEstimator:
+    """Service time from each worker's engine prior; learns nothing."""
+
+    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+        batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
+        return worker.spec.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, batch)
+
+    def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        return group.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    worker: WorkerLoad
+    service_s: float
+    finish_s: float
+
+
+def eligible(task: CoreTask, group: WorkerGroup) -> bool:
+    """Filter: can workers of ``group`` hold this task at all (context length)?"""
+    limit = group.max_context_tokens
+    return limit == 0 or task.num_prompt_tokens + task.max_new_tokens <= limit
+
+
+class Placement(Protocol):
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        """The worker to run ``task`` now, or None when no eligible worker has a free slot."""
+        ...
+
+    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        """Fastest possible service on an idle eligible worker; None when none is eligible."""
+        ...
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
+
+
+class LeastCompletionTime:
+    """Pick the eligible worker with the earliest predicted finish (wait + service).
+
+    Inside a group of like workers the least loaded one finishes first, so only each group's
+    least-loaded free worker is scored.
+    """
+
+    def __init__(self, estimator: ServiceEstimator | None = None) -> None:
+        self.estimator: ServiceEstimator = estimator or PriorEstimator()
+
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        best: Choice | None = None
+        for group in table.groups(task.pool):
+            if not eligible(task, group):
+                continue
+            worker = group.best_free()
+            if worker is None:
+                continue
+            service_s = self.estimator.service_s(task, worker)
+            finish_s = now_s + worker.wait_s() + service_s
+            if best is None or (finish_s, worker.worker_id) < (best.finish_s, best.worker.worker_id):
+                best = Choice(worker, service_s, finish_s)
+        return best
+
+    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
+                 if eligible(task, g)]
+        return min(times) if times else None
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        self.estimator.observe(task, completion, now_s)
+
+
+PLACEMENTS: dict[str, Callable[[], Placement]] = {
+    "least_completion": LeastCompletionTime,
+}
+
+
+def make_placement(name: str) -> Placement:
+    try:
+        return PLACEMENTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}") from None

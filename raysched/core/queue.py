@@ -1,0 +1,139 @@
+"""The deadline queue: tasks waiting for one pool, in a total, deterministic order.
+
+Order is the key ``(effective class, deadline_s, seq)``: a higher class first, earliest deadline
+first inside a class, arrival order to break ties. ``seq`` is unique, so two tasks never compare
+equal and a run is reproducible.
+
+Starvation control is aging, and it is explicit: a MEDIUM or LOW task that has waited
+``aging_s`` is treated as one class higher, two classes after ``2 * aging_s``, and so on, but
+never higher than HIGH. CRITICAL work therefore always goes first, and a stream of HIGH work
+cannot hold LOW work back for longer than ``2 * aging_s`` plus one service time. Aging applies to
+the longest-waiting task of each class (it is the one that has aged most).
+
+Structure: per class, one heap keyed by ``(deadline_s, seq)`` and one keyed by ``(arrival_s, seq)``
+for aging.
+Removal (pop, cancel, expiry) is lazy: an entry is live while ``_live[task_id]`` is that entry, so
+push, pop and remove are O(log n) amortised and a decision looks at a constant number of heads.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from raysched.core.types import CoreTask, Priority
+
+_CLASSES: tuple[Priority, ...] = tuple(Priority)
+# Aged work may reach HIGH at most: CRITICAL is never shared.
+_AGING_CEILING = Priority.HIGH
+
+
+class _Entry:
+    __slots__ = ("task", "seq", "arrival_s")
+
+    def __init__(self, task: CoreTask, seq: int, arrival_s: float) -> None:
+        self.task = task
+        self.seq = seq
+        self.arrival_s = arrival_s
+
+
+QueueKey = tuple[int, float, int]
+
+
+class DeadlineQueue:
+    """Tasks of one pool waiting for a free slot."""
+
+    def __init__(self, aging_s: float | None = 30.0) -> None:
+        if aging_s is not None and aging_s <= 0:
+            raise ValueError("aging_s must be positive or None")
+        self.aging_s = aging_s
+        self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
+        self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
+        self._live: dict[str, _Entry] = {}
+        self._count: dict[Priority, int] = {c: 0 for c in _CLASSES}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
+    def push(self, task: CoreTask, seq: int, arrival_s: float) -> None:
+        """Queue ``task``; ``seq`` must be unique (a requeued task keeps its first one)."""
+        assert task.task_id not in self._live, "task is queued twice"
+        entry = _Entry(task, seq, arrival_s)
+        self._live[task.task_id] = entry
+        heapq.heappush(self._heaps[task.priority], (task.deadline_s, seq, entry))
+        heapq.heappush(self._by_arrival[task.priority], (arrival_s, seq, entry))
+        self._count[task.priority] += 1
+
+    def remove(self, task_id: str) -> CoreTask | None:
+        """Take a task out wherever it is (cancel, expiry); None when it is not queued."""
+        entry = self._live.pop(task_id, None)
+        if entry is None:
+            return None
+        cls = entry.task.priority
+        self._count[cls] -= 1
+        # Dead entries leave a heap only when they reach its head; rebuild a class whose heaps
+        # are mostly dead so cancellations cannot grow memory without bound.
+        garbage = max(len(self._heaps[cls]), len(self._by_arrival[cls])) - self._count[cls]
+        if garbage > self._count[cls] + 64:
+            live = [e for e in self._live.values() if e.task.priority is cls]
+            self._heaps[cls] = [(e.task.deadline_s, e.seq, e) for e in live]
+            self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in live]
+            heapq.heapify(self._heaps[cls])
+            heapq.heapify(self._by_arrival[cls])
+        return entry.task
+
+    def peek(self, now_s: float) -> tuple[QueueKey, CoreTask] | None:
+        """The task that would be popped at ``now_s``, with its effective key."""
+        best: tuple[QueueKey, _Entry] | None = None
+        for cls in _CLASSES:
+            if not self._count[cls]:
+                continue
+            head = self._head(self._heaps[cls])
+            key: QueueKey = (int(cls), head.task.deadline_s, head.seq)
+            if best is None or key < best[0]:
+                best = (key, head)
+            if self.aging_s is not None and cls > _AGING_CEILING:
+                oldest = self._head(self._by_arrival[cls])
+                steps = int((now_s - oldest.arrival_s) // self.aging_s)
+                if steps > 0:
+                    aged = max(int(_AGING_CEILING), int(cls) - steps)
+                    key = (aged, oldest.task.deadline_s, oldest.seq)
+                    if key < best[0]:
+                        best = (key, oldest)
+        if best is None:
+            return None
+        return best[0], best[1].task
+
+    def pop(self, now_s: float) -> CoreTask | None:
+        """Remove and return the first task at ``now_s``; None when empty."""
+        top = self.peek(now_s)
+        if top is None:
+            return None
+        self.remove(top[1].task_id)
+        return top[1]
+
+    def arrival_s(self, task_id: str) -> float:
+        return self._live[task_id].arrival_s
+
+    def seq(self, task_id: str) -> int:
+        return self._live[task_id].seq
+
+    def depth_by_class(self) -> dict[Priority, int]:
+        return dict(self._count)
+
+    def oldest_arrival_s(self, cls: Priority) -> float | None:
+        if not self._count[cls]:
+            return None
+        return self._head(self._by_arrival[cls]).arrival_s
+
+    def tasks(self) -> Iterator[CoreTask]:
+        return (e.task for e in self._live.values())
+
+    def _head(self, heap: list[tuple[float, int, _Entry]]) -> _Entry:
+        """The first live entry of a non-empty class heap, dropping dead ones on the way."""
+        while self._live.get(heap[0][2].task.task_id) is not heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][2]

@@ -1,0 +1,307 @@
+"""The scheduler core: a synchronous state machine driven from outside.
+
+``submit``, ``cancel``, ``assign``, ``complete`` and ``worker_lost`` take the time as an argument
+and return what happened; nothing here reads a clock, sleeps or does I/O. The Ray actor, the
+simulator and the tests drive the same object.
+
+A task is in exactly one place at a time: queued (in its pool's ``DeadlineQueue``), running (in
+the ``LoadTable`` on one worker) or finished (an ``Outcome`` was returned, exactly once).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from raysched.core.load import LoadTable
+from raysched.core.placement import LeastCompletionTime, Placement
+from raysched.core.queue import DeadlineQueue
+from raysched.core.types import (
+    Assignment,
+    Completion,
+    CoreTask,
+    Outcome,
+    Priority,
+    Status,
+    WorkerSpec,
+)
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Knobs of the core.
+
+    ``aging_s``: starvation control (see ``DeadlineQueue``); None turns aging off.
+    ``max_attempts``: runs of one task before a lost worker makes it ``failed``.
+    ``max_queued_per_class``: admission bound per pool and class; a task arriving at a full class
+    is rejected at once rather than left to time out.
+    ``max_skips``: tasks a pass may set aside because no free worker suits them (context length)
+    before it gives up on the pool for this pass; bounds the cost of one pass.
+    """
+
+    aging_s: float | None = 30.0
+    max_attempts: int = 3
+    max_queued_per_class: int = 250_000
+    max_skips: int = 32
+
+
+@dataclass(slots=True)
+class _Record:
+    task: CoreTask
+    submit_s: float
+    seq: int
+    latest_start_s: float
+    state: str = QUEUED
+    attempts: int = 0
+    worker_id: str = ""
+    start_s: float | None = None
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What one ``assign`` pass decided: tasks to start, and tasks that can no longer start."""
+
+    assignments: list[Assignment] = field(default_factory=list)
+    expired: list[Outcome] = field(default_factory=list)
+
+
+class SchedulerCore:
+    """Deadline queues per pool, load tables, admission, placement, retries."""
+
+    def __init__(self, config: CoreConfig | None = None, placement: Placement | None = None):
+        self.config = config or CoreConfig()
+        self.placement: Placement = placement or LeastCompletionTime()
+        self.table = LoadTable()
+        self._queues: dict[str, DeadlineQueue] = {}
+        self._records: dict[str, _Record] = {}
+        self._expiry: list[tuple[float, int, str]] = []  # (latest_start_s, seq, task_id)
+        self._seq = 0
+        self.counts: dict[Status, int] = {s: 0 for s in Status}
+
+    # -- pools and workers -------------------------------------------------------------------
+
+    def add_pool(self, pool: str) -> None:
+        self._queues.setdefault(pool, DeadlineQueue(self.config.aging_s))
+
+    @property
+    def pools(self) -> list[str]:
+        return list(self._queues)
+
+    def add_worker(self, spec: WorkerSpec, now_s: float) -> None:
+        self.add_pool(spec.pool)
+        self.table.add(spec, now_s)
+
+    def worker_lost(self, worker_id: str, now_s: float, reason: str = "worker lost") -> list[Outcome]:
+        """Remove a worker at once; requeue its tasks or fail those out of attempts.
+
+        Retries are at-least-once: a lost worker may or may not have run the task.
+        """
+        if worker_id not in self.table.workers:
+            return []
+        outcomes: list[Outcome] = []
+        for task_id in self.table.remove(worker_id, now_s):
+            rec = self._records[task_id]
+            if rec.state == CANCELLING:
+                del self._records[task_id]
+            elif rec.attempts >= self.config.max_attempts:
+                outcomes.append(self._finish(rec, Status.FAILED, now_s,
+                                             f"{reason} (worker {worker_id}); "
+                                             f"gave up after {rec.attempts} attempts"))
+            else:
+                self._requeue(rec)
+        return outcomes
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def submit(self, task: CoreTask, now_s: float) -> Outcome | None:
+        """Admit ``task``; returns a ``rejected`` Outcome at once when it cannot be admitted.
+
+        Admission: the pool exists, some worker can hold the task, the class queue has room, and
+        the deadline can be met on an idle eligible worker (unless the task is best-effort).
+        """
+        if task.task_id in self._records:
+            raise ValueError(f"task id {task.task_id!r} is already in the scheduler")
+        queue = self._queues.get(task.pool)
+        rec = _Record(task, now_s, self._next_seq(), float("inf"))
+        if queue is None:
+            return self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")
+        if queue.depth_by_class()[task.priority] >= self.config.max_queued_per_class:
+            return self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
+                                            f"{task.priority.name} tasks already wait for {task.pool}")
+        best_case_s = self.placement.best_case_s(task, self.table)
+        if best_case_s is None:
+            if not any(True for _ in self.table.groups(task.pool)):
+                # The pool is empty for now (a worker is being replaced): wait for it.
+                best_case_s = 0.0
+            else:
+                return self._reject(rec, now_s, f"no worker in {task.pool} can hold "
+                                                f"{task.num_prompt_tokens + task.max_new_tokens} tokens")
+        slack_s = task.deadline_s - now_s
+        if not task.best_effort:
+            if best_case_s > slack_s:
+                return self._reject(rec, now_s, f"infeasible deadline: needs at least "
+                                                f"{best_case_s * 1e3:.1f} ms on an idle {task.pool} "
+                                                f"worker, has {slack_s * 1e3:.1f} ms")
+            rec.latest_start_s = task.deadline_s - best_case_s
+        self._records[task.task_id] = rec
+        self._push(rec)
+        return None
+
+    def cancel(self, task_id: str, now_s: float, reason: str = "cancelled by the caller") -> Outcome | None:
+        """Cancel a queued or running task; None when it has already finished or is unknown.
+
+        A running task's slot stays taken until its worker reports; the report is then dropped.
+        """
+        rec = self._records.get(task_id)
+        if rec is None or rec.state == CANCELLING:
+            return None
+        if rec.state == QUEUED:
+            self._queues[rec.task.pool].remove(task_id)
+            return self._finish(rec, Status.CANCELLED, now_s, reason)
+        rec.state = CANCELLING
+        self.counts[Status.CANCELLED] += 1
+        return self._outcome(rec, Status.CANCELLED, now_s, reason)
+
+    def assign(self, now_s: float) -> Decisions:
+        """One dispatch pass at ``now_s``.
+
+        First expire queued tasks whose latest feasible start has passed. Then, per pool, while a
+        worker has a free slot: pop the first task by (effective class, deadline, seq) and place
+        it; a task no free worker can take is set aside and put back afterwards, so it keeps its
+        place and does not block work that can run elsewhere.
+        """
+        decisions = Decisions(expired=self._expire(now_s))
+        for pool, queue in self._queues.items():
+            skipped: list[CoreTask] = []
+            while queue and self.table.free_slots(pool) > 0 and len(skipped) < self.config.max_skips:
+                task = queue.pop(now_s)
+                assert task is not None
+                choice = self.placement.place(task, self.table, now_s)
+                if choice is None:
+                    skipped.append(task)
+                    continue
+                rec = self._records[task.task_id]
+                rec.state, rec.worker_id, rec.start_s = RUNNING, choice.worker.worker_id, now_s
+                rec.attempts += 1
+                self.table.start(task.task_id, rec.worker_id, choice.service_s, now_s)
+                decisions.assignments.append(Assignment(task, rec.worker_id, rec.attempts,
+                                                        choice.service_s, choice.finish_s))
+            for task in skipped:
+                rec = self._records[task.task_id]
+                queue.push(task, rec.seq, rec.submit_s)
+        return decisions
+
+    def complete(self, completion: Completion, now_s: float) -> Outcome | None:
+        """Take a worker's report. Returns the Outcome, or None for a report that ends nothing:
+        a duplicate, a report from a worker the task no longer runs on, or a cancelled task."""
+        rec = self._records.get(completion.task_id)
+        if rec is None or rec.state == QUEUED or rec.worker_id != completion.worker_id:
+            return None
+        self.table.finish(completion.task_id, now_s)
+        if rec.state == CANCELLING:
+            del self._records[completion.task_id]
+            return None
+        self.placement.observe(rec.task, completion, now_s)
+        if completion.ok:
+            return self._finish(rec, Status.COMPLETED, now_s, "", completion.output)
+        if completion.retryable and rec.attempts < self.config.max_attempts:
+            self._requeue(rec)
+            return None
+        return self._finish(rec, Status.FAILED, now_s, completion.error or "worker reported failure")
+
+    # -- views -------------------------------------------------------------------------------
+
+    def next_expiry_s(self) -> float | None:
+        """When the earliest queued task's latest start passes (a hint: entries may be stale)."""
+        return self._expiry[0][0] if self._expiry else None
+
+    def state_of(self, task_id: str) -> str | None:
+        rec = self._records.get(task_id)
+        return rec.state if rec else None
+
+    def queued(self, pool: str | None = None) -> int:
+        if pool is not None:
+            return len(self._queues[pool])
+        return sum(len(q) for q in self._queues.values())
+
+    def running(self) -> int:
+        return sum(len(w.in_flight) for w in self.table.workers.values())
+
+    def unfinished(self) -> int:
+        """Tasks accepted and not yet ended (queued or running, cancelling not counted)."""
+        return sum(1 for r in self._records.values() if r.state != CANCELLING)
+
+    def stats(self, now_s: float) -> dict:
+        """A plain-dict snapshot: per pool queue depth by class and oldest wait, per worker load."""
+        pools = {}
+        for pool, queue in self._queues.items():
+            oldest = {c.name: (now_s - a if (a := queue.oldest_arrival_s(c)) is not None else 0.0)
+                      for c in Priority}
+            pools[pool] = {
+                "queued": {c.name: n for c, n in queue.depth_by_class().items()},
+                "oldest_wait_s": oldest,
+                **self.table.pool_totals(pool),
+                "utilization": _mean([w.utilization(now_s) for w in self.table.pool_workers(pool)]),
+            }
+        workers = {
+            w.worker_id: {"pool": w.spec.pool, "in_flight": len(w.in_flight),
+                          "free_slots": w.free_slots, "backlog_s": w.backlog_s,
+                          "completed": w.completed, "utilization": w.utilization(now_s)}
+            for w in self.table.workers.values()
+        }
+        return {"pools": pools, "workers": workers,
+                "results": {s.value: n for s, n in self.counts.items()}}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _push(self, rec: _Record) -> None:
+        rec.state = QUEUED
+        self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s)
+        if rec.latest_start_s != float("inf"):
+            heapq.heappush(self._expiry, (rec.latest_start_s, rec.seq, rec.task.task_id))
+
+    def _requeue(self, rec: _Record) -> None:
+        rec.worker_id, rec.start_s = "", None
+        self._push(rec)
+
+    def _expire(self, now_s: float) -> list[Outcome]:
+        """Queued tasks that can no longer meet their deadline end now, without running."""
+        out: list[Outcome] = []
+        while self._expiry and self._expiry[0][0] < now_s:
+            latest_start_s, _, task_id = heapq.heappop(self._expiry)
+            rec = self._records.get(task_id)
+            if rec is None or rec.state != QUEUED:
+                continue
+            self._queues[rec.task.pool].remove(task_id)
+            out.append(self._finish(rec, Status.EXPIRED, now_s,
+                                    f"deadline can no longer be met: the latest start was "
+                                    f"{(now_s - latest_start_s) * 1e3:.1f} ms ago"))
+        return out
+
+    def _reject(self, rec: _Record, now_s: float, reason: str) -> Outcome:
+        self.counts[Status.REJECTED] += 1
+        return self._outcome(rec, Status.REJECTED, now_s, reason)
+
+    def _finish(self, rec: _Record, status: Status, now_s: float, reason: str,
+                output: object = None) -> Outcome:
+        del self._records[rec.task.task_id]
+        self.counts[status] += 1
+        return self._outcome(rec, status, now_s, reason, output)
+
+    @staticmethod
+    def _outcome(rec: _Record, status: Status, now_s: float, reason: str,
+                 output: object = None) -> Outcome:
+        return Outcome(task_id=rec.task.task_id, status=status, reason=reason,
+                       worker_id=rec.worker_id, submit_s=rec.submit_s, start_s=rec.start_s,
+                       end_s=now_s, deadline_s=rec.task.deadline_s, attempts=rec.attempts,
+                       output=output, priority=rec.task.priority, pool=rec.task.pool)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

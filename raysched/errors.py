@@ -1,0 +1,17 @@
+"""One exception root for raysched; "no worker can take this now" is a value, not an error."""
+
+
+class RayschedError(Exception):
+    """Base of every error raysched raises on purpose."""
+
+
+class SchedulerNotFoundError(RayschedError):
+    """No scheduler actor answers under the given name and namespace."""
+
+
+class TaskTimeoutError(RayschedError, TimeoutError):
+    """A result was not ready within the caller's timeout (the task itself goes on)."""
+
+
+class ConfigError(RayschedError, ValueError):
+    """A configuration that cannot be run on this cluster."""

@@ -1,0 +1,44 @@
+"""Export the scheduler's state through Ray's own metrics (Prometheus, the Ray dashboard)."""
+
+from __future__ import annotations
+
+from ray.util import metrics
+
+from raysched.core.types import Outcome, Priority, Status
+
+# Histogram buckets in ms: from a fast CPU classification to a long agent run.
+LATENCY_BUCKETS_MS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000]
+
+
+class SchedulerMetrics:
+    def __init__(self) -> None:
+        self.queue_depth = metrics.Gauge(
+            "raysched_queue_depth", "Tasks waiting, per pool and priority class.",
+            tag_keys=("pool", "priority"))
+        self.latency = metrics.Histogram(
+            "raysched_task_latency_ms", "Submit-to-result latency of completed tasks.",
+            boundaries=LATENCY_BUCKETS_MS, tag_keys=("pool", "priority"))
+        self.results = metrics.Counter(
+            "raysched_results", "Tasks ended, per status.", tag_keys=("priority", "status"))
+        self.deadline_misses = metrics.Counter(
+            "raysched_deadline_misses", "Tasks that ended without meeting their deadline.",
+            tag_keys=("priority",))
+        self.utilization = metrics.Gauge(
+            "raysched_worker_utilization", "Fraction of time a worker had work in flight.",
+            tag_keys=("pool", "worker"))
+
+    def record(self, outcome: Outcome) -> None:
+        prio = outcome.priority.name
+        self.results.inc(1, {"priority": prio, "status": outcome.status.value})
+        if outcome.status is Status.COMPLETED:
+            self.latency.observe((outcome.end_s - outcome.submit_s) * 1e3,
+                                 {"pool": outcome.pool, "priority": prio})
+        if not outcome.deadline_met:
+            self.deadline_misses.inc(1, {"priority": prio})
+
+    def publish(self, stats: dict) -> None:
+        for pool, p in stats["pools"].items():
+            for prio in Priority:
+                self.queue_depth.set(p["queued"][prio.name], {"pool": pool, "priority": prio.name})
+        for worker, w in stats["workers"].items():
+            self.utilization.set(w["utilization"], {"pool": w["pool"], "worker": worker})

@@ -1,0 +1,213 @@
+"""The user-facing models: what drivers hand in (``Task``) and get back (``Result``).
+
+Validation happens here, at the edge: a bad task raises ``pydantic.ValidationError`` naming the
+field and never reaches the scheduler's queue.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from raysched.core.types import CoreTask, Priority, Status
+
+# Limits that keep one request from exhausting the scheduler's memory or a worker's context.
+MAX_PROMPT_CHARS = 256 * 1024
+MAX_NEW_TOKENS = 32_768
+MAX_FEATURES = 4096
+MAX_SLA_MS = 7 * 24 * 3600 * 1000.0
+# A rough token count for scheduling: about four characters per token for English text with
+# BPE tokenizers (OpenAI's tokenizer guide gives the same rule of thumb).
+CHARS_PER_TOKEN = 4
+
+DEFAULT_POOL_BY_KIND = {
+    "classification": "cpu",
+    "summarization": "llm-7b",
+    "reasoning": "llm-70b",
+    "agent": "llm-7b",
+}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _priority(value: Any) -> Any:
+    """Accept 1..4, "CRITICAL".."LOW" (any case) or a Priority."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        try:
+            return Priority[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(p.name for p in Priority)
+            raise ValueError(f"unknown priority {value!r}; use one of {names} or 1-4") from None
+    if isinstance(value, str):
+        value = int(value)
+    if isinstance(value, bool):
+        raise ValueError("priority must be a class name or 1-4, not a boolean")
+    return value
+
+
+PriorityField = Annotated[Priority, BeforeValidator(_priority)]
+
+
+class Payload(BaseModel):
+    """What the worker needs to run the task.
+
+    LLM kinds take ``prompt`` and ``max_new_tokens``; ``classification`` takes ``features``; any
+    kind on the ``cpu`` pool may instead carry a Python callable ``fn`` with ``args``/``kwargs``
+    (pickled by Ray: only trusted drivers can connect, see the README's trust model).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    max_new_tokens: int | None = Field(default=None, gt=0, le=MAX_NEW_TOKENS)
+    features: list[float] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _finite(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError("features must be finite numbers (no NaN or infinity)")
+        return v
+
+
+class Requirements(BaseModel):
+    """Where the task may run. ``pool`` defaults from the task's kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str | None = None
+    num_gpus: float = Field(default=0.0, ge=0, le=64)
+    context_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
+
+
+class Task(BaseModel):
+    """One unit of work with a priority class and a deadline.
+
+    Give the deadline as ``sla_ms`` (relative to arrival at the scheduler) or ``deadline_s``
+    (absolute, seconds since the epoch on the scheduler's clock). A ``best_effort`` task may
+    omit it, and one whose deadline cannot be met is still run rather than rejected.
+
+    >>> Task(kind="summarization", priority="HIGH", sla_ms=800,
+    ...      payload={"prompt": "Summarise: ...", "max_new_tokens": 64})  # doctest: +ELLIPSIS
+    Task(id=...)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    kind: str = Field(min_length=1, max_length=64)
+    priority: PriorityField = Priority.MEDIUM
+    sla_ms: float | None = Field(default=None, gt=0, le=MAX_SLA_MS, allow_inf_nan=False)
+    deadline_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    best_effort: bool = False
+    payload: Payload = Field(default_factory=Payload)
+    requirements: Requirements = Field(default_factory=Requirements)
+    tenant: str = Field(default="default", min_length=1, max_length=64)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("kind must start with a letter and use letters, digits, '_', '-', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Task:
+        if self.sla_ms is not None and self.deadline_s is not None:
+            raise ValueError("give the deadline as sla_ms or deadline_s, not both")
+        if self.sla_ms is None and self.deadline_s is None and not self.best_effort:
+            raise ValueError("a deadline is required: set sla_ms or deadline_s (or best_effort=True)")
+        pool = self.pool
+        known = (info.context or {}).get("pools") if info is not None else None
+        if not _NAME.match(pool):
+            raise ValueError(f"requirements.pool {pool!r} is not a pool name")
+        if known is not None and pool not in known:
+            raise ValueError(f"requirements.pool: unknown pool {pool!r}; known: {sorted(known)}")
+        p = self.payload
+        if pool.startswith("llm"):
+            if p.prompt is None:
+                raise ValueError(f"payload.prompt is required for {self.kind} on {pool}")
+            if p.max_new_tokens is None:
+                raise ValueError(f"payload.max_new_tokens is required for {self.kind} on {pool}")
+        elif self.kind == "classification" and p.features is None and p.fn is None:
+            raise ValueError("payload.features is required for classification")
+        elif self.kind != "classification" and p.fn is None and p.features is None:
+            raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} on {pool}")
+        return self
+
+    @property
+    def pool(self) -> str:
+        return self.requirements.pool or DEFAULT_POOL_BY_KIND.get(self.kind, "cpu")
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        prompt = self.payload.prompt
+        return math.ceil(len(prompt) / CHARS_PER_TOKEN) if prompt else 0
+
+    def to_core(self, now_s: float) -> CoreTask:
+        """The scheduler's view of this task, with the deadline made absolute at ``now_s``."""
+        if self.deadline_s is not None:
+            deadline_s = self.deadline_s
+        elif self.sla_ms is not None:
+            deadline_s = now_s + self.sla_ms / 1e3
+        else:
+            deadline_s = math.inf
+        max_new = self.payload.max_new_tokens or 0
+        return CoreTask(task_id=self.id, kind=self.kind, priority=self.priority,
+                        deadline_s=deadline_s, pool=self.pool,
+                        num_prompt_tokens=self.num_prompt_tokens, max_new_tokens=max_new,
+                        best_effort=self.best_effort,
+                        min_context_tokens=self.requirements.context_tokens or 0,
+                        tenant=self.tenant)
+
+
+class Result(BaseModel):
+    """How one task ended. ``reason`` says why on every status but ``completed``."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    task_id: str
+    status: Status
+    output: Any = None
+    reason: str = ""
+    worker_id: str = ""
+    kind: str = ""
+    priority: Priority = Priority.MEDIUM
+    pool: str = ""
+    queue_s: float = 0.0
+    service_s: float = 0.0
+    total_s: float = 0.0
+    deadline_met: bool = False
+    attempts: int = 0
+
+    @model_validator(mode="after")
+    def _reason_when_not_completed(self) -> Result:
+        if self.status is not Status.COMPLETED and not self.reason:
+            raise ValueError(f"a {self.status.value} result needs a reason")
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.COMPLETED

@@ -1,0 +1,304 @@
+"""The scheduler actor: a thin asyncio driver around ``SchedulerCore``.
+
+It owns the worker actors, feeds the core with submissions and completions, runs the dispatch
+loop (late binding: a task is bound to a worker only when a slot is free), and keeps each
+driver's finished results in a mailbox the driver long-polls, many results per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
+from raysched.core import Completion, Outcome, SchedulerCore, WorkerSpec, make_placement
+from raysched.core.types import Status, WorkItem
+from raysched.metrics import SchedulerMetrics
+from raysched.models import Result, Task
+
+log = logging.getLogger("raysched")
+# Worker actors that die are restarted by the scheduler, not by Ray, so their lost tasks are
+# requeued at once instead of waiting in a restarting actor.
+WORKER_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+METRICS_PERIOD_S = 1.0
+
+
+@dataclass
+class _Mailbox:
+    results: list[Result] = field(default_factory=list)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Pending:
+    task: Task
+    client_id: str
+
+
+class SchedulerActor:
+    """Named async actor; find it with ``ray.get_actor(name, namespace=...)``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s raysched %(message)s")
+        self.config = SchedulerConfig.model_validate(config)
+        self.core = SchedulerCore(self.config.core_config(), make_placement(self.config.placement))
+        self.pools: dict[str, PoolConfig] = {}
+        self.notes: list[str] = []
+        self.workers: dict[str, Any] = {}  # worker_id -> actor handle
+        self.worker_info: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._mailboxes: dict[str, _Mailbox] = defaultdict(_Mailbox)
+        self._worker_seq = itertools.count()
+        self._starting: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._wake: asyncio.Event | None = None
+        self.metrics = SchedulerMetrics()
+        self.started_s = time.time()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Create the pools and start the loops; returns the startup notes. Idempotent."""
+        if self._started:
+            return self.notes
+        self._started = True
+        self._wake = asyncio.Event()
+        from actors.engines import real_engines_available
+
+        pools, notes = resolve_pools(self.config, ray.cluster_resources(), real_engines_available())
+        self.notes = notes
+        for note in notes:
+            log.info(note)
+        for pool in pools:
+            self.pools[pool.name] = pool
+            self.core.add_pool(pool.name)
+            for _ in range(int(pool.replicas)):
+                self._spawn(pool)
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._dispatch_loop())
+        loop.create_task(self._metrics_loop())
+        return self.notes
+
+    async def ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until every worker started so far has registered; returns ``stats()``."""
+        if self._starting:
+            await asyncio.wait(list(self._starting), timeout=timeout_s)
+        return self.stats()
+
+    def _spawn(self, pool: PoolConfig) -> None:
+        from actors.cpu_actor import CPUActor
+        from actors.llm_actor import LLMActor
+
+        worker_id = f"{pool.name}-{next(self._worker_seq)}"
+        opts = {**WORKER_OPTIONS, "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus,
+                "resources": pool.resources or None, "name": f"raysched-worker-{worker_id}"}
+        if pool.kind == "cpu":
+            handle = ray.remote(CPUActor).options(**opts).remote(worker_id, pool.name)
+        else:
+            handle = ray.remote(LLMActor).options(**opts).remote(
+                worker_id, pool.name, engine=pool.engine, model=pool.model,
+                max_batch_size=pool.max_batch_size, max_wait_ms=pool.max_wait_ms,
+                time_scale=pool.time_scale)
+        task = asyncio.get_running_loop().create_task(self._register(worker_id, pool, handle))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _register(self, worker_id: str, pool: PoolConfig, handle: Any) -> None:
+        """Add a worker to the core once it answers; its engine supplies the service prior."""
+        try:
+            info = await handle.info.remote()
+        except RayActorError as exc:
+            log.error("worker %s failed to start: %s", worker_id, exc)
+            return
+        self.workers[worker_id] = handle
+        self.worker_info[worker_id] = info
+        spec = WorkerSpec(worker_id=worker_id, pool=pool.name, slots=pool.worker_slots,
+                          concurrency=pool.concurrency, prior=info["prior"],
+                          max_context_tokens=info["max_context_tokens"], node_id=info["node_id"])
+        self.core.add_worker(spec, time.time())
+        sim = " SIMULATED" if info["simulated"] else ""
+        log.info("worker %s up on node %s: %s%s %s", worker_id, info["node_id"][:8],
+                 info["engine"], sim, info.get("label", ""))
+        self._kick()
+
+    # -- driver API --------------------------------------------------------------------------
+
+    async def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
+        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None."""
+        now = time.time()
+        out: list[Result | None] = []
+        for task in tasks:
+            if task.id in self._pending:
+                out.append(self._rejection(task, now, f"task id {task.id!r} is already queued"))
+                continue
+            outcome = self.core.submit(task.to_core(now), now)
+            if outcome is None:
+                self._pending[task.id] = _Pending(task, client_id)
+                out.append(None)
+            else:
+                result = self._result(outcome, task.kind)
+                self.metrics.record(outcome)
+                out.append(result)
+        self._kick()
+        return out
+
+    async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000
+                   ) -> list[Result]:
+        """Results finished for ``client_id`` since the last poll; waits up to ``timeout_s``."""
+        box = self._mailboxes[client_id]
+        if not box.results:
+            box.event.clear()
+            try:
+                await asyncio.wait_for(box.event.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                return []
+        taken, box.results = box.results[:max_results], box.results[max_results:]
+        return taken
+
+    async def cancel(self, task_ids: list[str]) -> list[bool]:
+        """Cancel queued or running tasks; True for each task this call ended."""
+        now = time.time()
+        ended = []
+        abort: dict[str, list[str]] = defaultdict(list)
+        for task_id in task_ids:
+            worker_id = self.core.table.worker_of(task_id)
+            outcome = self.core.cancel(task_id, now)
+            ended.append(outcome is not None)
+            if outcome is not None:
+                self._deliver(outcome)
+                if worker_id is not None:
+                    abort[worker_id].append(task_id)
+        for worker_id, ids in abort.items():
+            handle = self.workers.get(worker_id)
+            if handle is not None and self.pools[self.worker_info[worker_id]["pool"]].kind == "llm":
+                handle.abort.remote(ids)
+        return ended
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        stats = self.core.stats(now)
+        stats["notes"] = list(self.notes)
+        stats["uptime_s"] = now - self.started_s
+        stats["queued"] = self.core.queued()
+        stats["running"] = self.core.running()
+        for worker_id, w in stats["workers"].items():
+            info = self.worker_info.get(worker_id, {})
+            w.update(engine=info.get("engine"), simulated=info.get("simulated"),
+                     node_id=info.get("node_id"))
+        stats["pool_config"] = {name: p.model_dump() for name, p in self.pools.items()}
+        return stats
+
+    async def kill_worker(self, worker_id: str) -> bool:
+        """Kill a worker actor (for fault drills); the scheduler notices and replaces it."""
+        handle = self.workers.get(worker_id)
+        if handle is None:
+            return False
+        ray.kill(handle, no_restart=True)
+        return True
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wake is not None
+        idle_s = self.config.idle_poll_ms / 1e3
+        while True:
+            self._wake.clear()
+            now = time.time()
+            decisions = self.core.assign(now)
+            for outcome in decisions.expired:
+                self._deliver(outcome)
+            batches: dict[str, list[WorkItem]] = defaultdict(list)
+            for a in decisions.assignments:
+                pending = self._pending[a.task.task_id]
+                batches[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind,
+                                                     int(a.task.priority), a.task.deadline_s,
+                                                     pending.task.payload))
+            for worker_id, items in batches.items():
+                asyncio.get_running_loop().create_task(self._run_batch(worker_id, items))
+            # Sleep until new work, a completion, or the next expiry, whichever comes first.
+            next_expiry = self.core.next_expiry_s()
+            timeout = idle_s if next_expiry is None else min(idle_s, max(0.0, next_expiry - now))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run_batch(self, worker_id: str, items: list[WorkItem]) -> None:
+        """One streaming call carries a batch to a worker; completions come back as they end."""
+        handle = self.workers.get(worker_id)
+        unfinished = {item.task_id for item in items}
+        try:
+            if handle is None:
+                raise RayActorError()
+            async for ref in handle.execute.remote(items):
+                completions: list[Completion] = await ref
+                now = time.time()
+                for c in completions:
+                    unfinished.discard(c.task_id)
+                    outcome = self.core.complete(c, now)
+                    if outcome is not None:
+                        self._deliver(outcome)
+                self._kick()
+        except RayActorError as exc:
+            self._worker_lost(worker_id, f"worker died: {type(exc).__name__}")
+        except Exception as exc:  # the call failed without killing the worker
+            now = time.time()
+            for task_id in unfinished:
+                outcome = self.core.complete(Completion(task_id, worker_id, ok=False, service_s=0.0,
+                                                        error=f"worker call failed: {exc!r}"), now)
+                if outcome is not None:
+                    self._deliver(outcome)
+            self._kick()
+
+    def _worker_lost(self, worker_id: str, reason: str) -> None:
+        if worker_id not in self.workers:
+            return
+        del self.workers[worker_id]
+        info = self.worker_info.pop(worker_id)
+        log.warning("worker %s lost (%s); requeueing its tasks and starting a replacement",
+                    worker_id, reason)
+        for outcome in self.core.worker_lost(worker_id, time.time(), reason):
+            self._deliver(outcome)
+        self._spawn(self.pools[info["pool"]])
+        self._kick()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_PERIOD_S)
+            self.metrics.publish(self.core.stats(time.time()))
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _deliver(self, outcome: Outcome) -> None:
+        pending = self._pending.pop(outcome.task_id, None)
+        if pending is None:
+            return
+        self.metrics.record(outcome)
+        box = self._mailboxes[pending.client_id]
+        box.results.append(self._result(outcome, pending.task.kind))
+        box.event.set()
+
+    def _rejection(self, task: Task, now: float, reason: str) -> Result:
+        return Result(task_id=task.id, status=Status.REJECTED, reason=reason, kind=task.kind,
+                      priority=task.priority, pool=task.pool)
+
+    @staticmethod
+    def _result(o: Outcome, kind: str) -> Result:
+        started = o.start_s if o.start_s is not None else o.end_s
+        return Result(task_id=o.task_id, status=o.status, output=o.output, reason=o.reason,
+                      worker_id=o.worker_id, kind=kind, priority=o.priority, pool=o.pool,
+                      queue_s=started - o.submit_s, service_s=o.end_s - started,
+                      total_s=o.end_s - o.submit_s, deadline_met=o.deadline_met,
+                      attempts=o.attempts)
