@@ -1,0 +1,168 @@
+"""The ``raysched`` command line: ``demo``, ``status``, ``submit``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import raysched
+    from raysched.report import print_summary, summarize
+    from raysched.workload import arrivals
+
+    plan = list(arrivals(args.duration, seed=args.seed, rate_scale=args.rate_scale))
+    print(f"raysched demo: {len(plan)} tasks of the financial mix over {args.duration:g} s "
+          f"(embedded Ray on 127.0.0.1)", flush=True)
+    client = raysched.connect(num_cpus=args.num_cpus)
+    for note in client.notes:
+        print(f"  note: {note}")
+    handles = []
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as progress:
+        sub = progress.add_task("submitted", total=len(plan))
+        done = progress.add_task("finished ", total=len(plan))
+        start = time.monotonic()
+        i = 0
+        while i < len(plan):
+            now = time.monotonic() - start
+            due = []
+            while i < len(plan) and plan[i][0] <= now:
+                due.append(plan[i][1])
+                i += 1
+            if due:
+                handles.extend(client.submit_many(due))
+                progress.update(sub, completed=i)
+            progress.update(done, completed=len(handles) - client.outstanding())
+            time.sleep(0.005)
+        # Every task ends: the longest deadline bounds the wait, plus a margin.
+        wait_until = time.monotonic() + 70.0
+        while client.outstanding() and time.monotonic() < wait_until:
+            progress.update(done, completed=len(handles) - client.outstanding())
+            time.sleep(0.05)
+        progress.update(done, completed=len(handles) - client.outstanding())
+    results = [h.result(timeout=5) for h in handles]
+    summary = summarize(results, client.stats())
+    summary["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
+    summary["simulated_engines"] = [n for n in client.notes if "SIMULATED" in n]
+    summary["duration_s"] = args.duration
+    client.close()
+    print_summary(summary, "raysched demo")
+    if summary["simulated_engines"]:
+        print("LLM pools ran the SIMULATED engine (roofline timing of the model on A100s; "
+              "no tokens were generated).")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    lost = summary["submitted"] - sum(summary["results"].values())
+    return 1 if lost else 0
+
+
+def _join(address: str | None) -> Any:
+    import ray
+
+    from raysched._ray import loopback_env
+
+    loopback_env()
+    ray.init(address=address or "auto", log_to_driver=False)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from raysched.client import find
+    from raysched.errors import RayschedError
+
+    try:
+        _join(args.address)
+        import ray
+
+        stats = ray.get(find(args.name, args.namespace).stats.remote())
+    except (RayschedError, ConnectionError) as exc:
+        print(f"raysched status: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stats, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for note in stats["notes"]:
+        console.print(f"note: {note}")
+    t = Table(title=f"raysched: {stats['queued']} queued, {stats['running']} running, "
+                    f"up {stats['uptime_s']:.0f} s")
+    for col in ("worker", "pool", "engine", "in flight", "free", "backlog s", "done", "util"):
+        t.add_column(col, justify="right")
+    for wid, w in stats["workers"].items():
+        engine = f"{w['engine']}{' (sim)' if w['simulated'] else ''}"
+        t.add_row(wid, w["pool"], engine, str(w["in_flight"]), str(w["free_slots"]),
+                  f"{w['backlog_s']:.2f}", str(w["completed"]), f"{100 * w['utilization']:.0f}%")
+    console.print(t)
+    console.print(f"results: {stats['results']}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    import raysched
+
+    text = sys.stdin.read() if args.task in (None, "-") else Path(args.task).read_text()
+    try:
+        data = json.loads(text)
+        raysched.Task.model_validate(data)
+    except (json.JSONDecodeError, ValidationError) as exc:
+        print(f"raysched submit: invalid task: {exc}", file=sys.stderr)
+        return 2
+    client = raysched.connect(address=args.address)
+    try:
+        result = client.submit(data).result(timeout=args.timeout)
+    except ValidationError as exc:
+        print(f"raysched submit: invalid task: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    print(result.model_dump_json(indent=2))
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raysched", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the financial mix on an embedded local Ray")
+    d.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
+    d.add_argument("--json", help="write the summary as JSON here")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--rate-scale", type=float, default=1.0, help="multiply every arrival rate")
+    d.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray offers")
+    d.set_defaults(func=_demo)
+    s = sub.add_parser("status", help="load tables of a running scheduler")
+    s.add_argument("--address", default=None, help="Ray address (default: auto)")
+    s.add_argument("--name", default="raysched-scheduler")
+    s.add_argument("--namespace", default="raysched")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_status)
+    u = sub.add_parser("submit", help="run one task given as JSON (file or stdin); print its Result")
+    u.add_argument("task", nargs="?", help="path to a JSON task, or - for stdin")
+    u.add_argument("--address", default=None,
+                   help="Ray address; without one an embedded Ray is started for this task")
+    u.add_argument("--timeout", type=float, default=120.0)
+    u.set_defaults(func=_submit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
