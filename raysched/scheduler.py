@@ -215,18 +215,11 @@ class SchedulerActor:
         idle_s = self.config.idle_poll_ms / 1e3
         while True:
             self._wake.clear()
-            now = time.time()
-            decisions = self.core.assign(now)
-            for outcome in decisions.expired:
-                self._deliver(outcome)
-            batches: dict[str, list[WorkItem]] = defaultdict(list)
-            for a in decisions.assignments:
-                pending = self._pending[a.task.task_id]
-                batches[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind,
-                                                     int(a.task.priority), a.task.deadline_s,
-                                                     pending.task.payload))
-            for worker_id, items in batches.items():
-                asyncio.get_running_loop().create_task(self._run_batch(worker_id, items))
+            try:
+                now = self._dispatch_once()
+            except Exception:  # keep dispatching: one bad pass must not stop the scheduler
+                log.exception("dispatch pass failed")
+                now = time.time()
             # Sleep until new work, a completion, or the next expiry, whichever comes first.
             next_expiry = self.core.next_expiry_s()
             timeout = idle_s if next_expiry is None else min(idle_s, max(0.0, next_expiry - now))
@@ -234,6 +227,21 @@ class SchedulerActor:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+
+    def _dispatch_once(self) -> float:
+        """Expire, assign, and send each worker its batch in one streaming call."""
+        now = time.time()
+        decisions = self.core.assign(now)
+        for outcome in decisions.expired:
+            self._deliver(outcome)
+        batches: dict[str, list[WorkItem]] = defaultdict(list)
+        for a in decisions.assignments:
+            payload = self._pending[a.task.task_id].task.payload
+            batches[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
+                                                 a.task.deadline_s, payload))
+        for worker_id, items in batches.items():
+            asyncio.get_running_loop().create_task(self._run_batch(worker_id, items))
+        return now
 
     async def _run_batch(self, worker_id: str, items: list[WorkItem]) -> None:
         """One streaming call carries a batch to a worker; completions come back as they end."""

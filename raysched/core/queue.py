@@ -31,6 +31,11 @@ _AGING_CEILING = Priority.HIGH
 class _Entry:
     __slots__ = ("task", "seq", "arrival_s")
 
+    # A requeued task's new entry has the same (deadline, seq) as its dead old one; heap ties
+    # then fall through to the entries, which are never ordered among themselves.
+    def __lt__(self, other: _Entry) -> bool:
+        return False
+
     def __init__(self, task: CoreTask, seq: int, arrival_s: float) -> None:
         self.task = task
         self.seq = seq

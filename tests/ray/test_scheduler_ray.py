@@ -1,0 +1,228 @@
+"""The scheduler actor, workers and client on a real local Ray (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+from pydantic import ValidationError
+
+import raysched
+from raysched import Status, Task
+from raysched.workload import arrivals
+
+pytestmark = pytest.mark.ray
+
+# Ray workers cannot import this test module: ship its callables by value.
+from ray import cloudpickle  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _boom() -> None:
+    raise RuntimeError("the task's own bug")
+
+
+def _die() -> None:
+    os._exit(1)
+
+
+def cpu_task(fn, *args, priority="LOW", sla_ms=30_000.0, **kw) -> Task:
+    return Task(kind="custom", priority=priority, sla_ms=sla_ms,
+                payload={"fn": fn, "args": args}, **kw)
+
+
+def test_mixed_batch_every_task_ends_once(make_client):
+    client = make_client()
+    tasks = [t for _, t in arrivals(1.5, seed=3)]
+    # Submitted as one burst: some 50 ms CRITICAL classifications may not all fit their
+    # deadline on two CPU workers; those must end as expired, never silently.
+    results = list(client.map(tasks, timeout=120))
+    assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
+    for r in results:
+        if r.status is Status.EXPIRED:
+            assert r.kind == "classification" and r.worker_id == "" and r.reason
+    results = [r for r in results if r.status is not Status.EXPIRED]
+    assert all(r.status is Status.COMPLETED for r in results), [r.reason for r in results if not r.ok]
+    assert sum(r.kind == "classification" for r in results) >= 10
+    for r in results:
+        assert r.worker_id.startswith(r.pool + "-")
+        assert r.total_s >= r.service_s >= 0 and r.attempts == 1
+        if r.pool.startswith("llm"):
+            assert "simulated" in r.output
+        else:
+            assert 0.0 <= r.output["fraud_probability"] <= 1.0
+    stats = client.stats()
+    assert stats["queued"] == 0 and stats["running"] == 0
+    assert stats["results"]["completed"] == len(results)
+
+
+def test_scheduler_is_found_by_name(make_client):
+    client = make_client()
+    name = client.actor._actor_id
+    found = raysched.find(client_name(client))
+    assert found._actor_id == name
+
+
+def client_name(client) -> str:
+    import ray
+
+    return ray.get(client.actor.__ray_call__.remote(lambda self: self.config.name))
+
+
+def test_bad_input_never_enters_the_queue(make_client):
+    client = make_client()
+    with pytest.raises(ValidationError, match="unknown pool"):
+        client.submit(Task(kind="classification", sla_ms=50, payload={"features": [0.0] * 8},
+                           requirements={"pool": "tpu"}))
+    with pytest.raises(ValidationError, match="max_new_tokens"):
+        client.submit({"kind": "summarization", "sla_ms": 100,
+                       "payload": {"prompt": "hi", "max_new_tokens": 0}})
+    # One bad task in a batch submits none of it.
+    good = cpu_task(_sleep, 0.0)
+    with pytest.raises(ValidationError):
+        client.submit_many([good, {"kind": "classification", "priority": "URGENT", "sla_ms": 5}])
+    stats = client.stats()
+    assert sum(stats["results"].values()) == 0 and stats["queued"] == 0
+
+
+def test_infeasible_deadline_rejected_at_once_with_reason(make_client):
+    client = make_client()
+    r = client.submit(Task(kind="reasoning", priority="HIGH", sla_ms=5,
+                           payload={"prompt": "think " * 400, "max_new_tokens": 200})).result(5)
+    assert r.status is Status.REJECTED and "infeasible deadline" in r.reason
+    # Best effort: kept and run even though the deadline cannot be met.
+    r = client.submit(Task(kind="reasoning", sla_ms=5, best_effort=True,
+                           payload={"prompt": "think", "max_new_tokens": 20})).result(30)
+    assert r.status is Status.COMPLETED and not r.deadline_met
+
+
+def test_critical_overtakes_queued_low_work(make_client):
+    # One CPU worker holding one task at a time: everything else waits in the central heap.
+    client = make_client(cpu={"replicas": 1, "slots": 1})
+    low = client.submit_many([cpu_task(_sleep, 0.3, priority="LOW") for _ in range(4)])
+    time.sleep(0.1)
+    crit = client.submit(Task(kind="classification", priority="CRITICAL", sla_ms=2_000,
+                              payload={"features": [0.5] * 8}))
+    r_crit = crit.result(10)
+    assert r_crit.status is Status.COMPLETED and r_crit.deadline_met
+    finished_low = [h for h in low if h.done()]
+    assert len(finished_low) <= 1, "CRITICAL waited behind queued LOW work"
+    assert all(h.result(10).ok for h in low)
+
+
+def test_expired_tasks_never_run(make_client, tmp_path):
+    client = make_client(cpu={"replicas": 1, "slots": 1})
+    blocker = client.submit(cpu_task(_sleep, 1.0, priority="CRITICAL"))
+    marker = tmp_path / "ran"
+    late = client.submit(cpu_task(marker.touch, priority="LOW", sla_ms=300))
+    r = late.result(10)
+    assert r.status is Status.EXPIRED and "deadline" in r.reason and r.worker_id == ""
+    assert blocker.result(10).ok
+    assert not marker.exists()
+
+
+def test_cancel_queued_task(make_client):
+    client = make_client(cpu={"replicas": 1, "slots": 1})
+    blocker = client.submit(cpu_task(_sleep, 0.5))
+    queued = client.submit(cpu_task(_sleep, 0.0))
+    assert queued.cancel() is True
+    r = queued.result(5)
+    assert r.status is Status.CANCELLED and r.reason
+    assert queued.cancel() is False  # already ended: nothing to do
+    assert blocker.result(10).ok
+
+
+def test_task_errors_fail_with_reason_and_others_go_on(make_client):
+    client = make_client()
+    bad, good = client.submit_many([cpu_task(_boom), cpu_task(_sleep, 0.0)])
+    r = bad.result(10)
+    assert r.status is Status.FAILED and "the task's own bug" in r.reason and r.attempts == 1
+    assert good.result(10).ok
+
+
+def test_dead_worker_tasks_retried_then_failed(make_client):
+    client = make_client()
+    # A task that kills every worker it lands on fails after the bounded attempts...
+    killer = client.submit(cpu_task(_die, priority="MEDIUM"))
+    r = killer.result(60)
+    assert r.status is Status.FAILED and "worker" in r.reason and r.attempts == 3
+    # ...while the pool is replaced and keeps serving.
+    after = client.submit(Task(kind="classification", sla_ms=10_000, payload={"features": [1.0] * 8}))
+    assert after.result(30).ok
+    give_up = time.monotonic() + 30
+    while client.stats()["pools"]["cpu"]["workers"] < 2 and time.monotonic() < give_up:
+        time.sleep(0.2)
+    assert client.stats()["pools"]["cpu"]["workers"] == 2
+
+
+def test_killed_worker_requeues_in_flight_work(make_client):
+    client = make_client(cpu={"replicas": 2, "slots": 1})
+    handles = client.submit_many([cpu_task(_sleep, 0.8) for _ in range(2)])
+    time.sleep(0.3)
+    import ray
+
+    victim = next(w for w, s in client.stats()["workers"].items() if s["in_flight"])
+    assert ray.get(client.actor.kill_worker.remote(victim))
+    results = [h.result(30) for h in handles]
+    assert all(r.ok for r in results)
+    retried = [r for r in results if r.attempts == 2]
+    assert len(retried) == 1 and retried[0].worker_id != victim
+
+
+def test_asyncio_driver(make_client):
+    client = make_client()
+
+    async def main():
+        direct = await client.submit_async(cpu_task(_sleep, 0.01))
+        handle = client.submit(Task(kind="summarization", priority="HIGH", sla_ms=5_000,
+                                    payload={"prompt": "quarterly report " * 50,
+                                             "max_new_tokens": 16}))
+        return direct, await handle
+
+    direct, summary = asyncio.run(main())
+    assert direct.ok and direct.output == 0.01
+    assert summary.ok and summary.pool == "llm-7b"
+
+
+def test_llm_actor_batches_continuously(ray_session):
+    import ray
+
+    from actors.llm_actor import LLMActor
+    from raysched.core.types import WorkItem
+    from raysched.models import Payload
+
+    actor = ray.remote(LLMActor).options(num_cpus=0.25).remote(
+        "solo", "llm-7b", engine="sim", model="7b", max_batch_size=4, max_wait_ms=0,
+        time_scale=0.05)
+
+    def item(task_id, n):
+        return WorkItem(task_id, "summarization", 2, 1e12,
+                        Payload(prompt="p" * 400, max_new_tokens=n))
+
+    async def run():
+        long_gen = actor.execute.remote([item("long", 400)])
+        await asyncio.sleep(0.2)  # the long request is decoding by now
+        short = []
+        async for ref in actor.execute.remote([item("s1", 5), item("s2", 5)]):
+            short.extend(await ref)
+        long_done = []
+        async for ref in long_gen:
+            long_done.extend(await ref)
+        return short, long_done
+
+    short, long_done = asyncio.run(run())
+    assert {c.task_id for c in short} == {"s1", "s2"}
+    # The short requests joined the running batch and left it before the long one finished.
+    assert all(c.ok and c.batch_size == 3 and c.num_generated_tokens == 5 for c in short)
+    assert long_done[0].ok and long_done[0].num_generated_tokens == 400
+    assert long_done[0].service_s > max(c.service_s for c in short)
+    ray.kill(actor)
