@@ -68,10 +68,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _join(address: str | None) -> Any:
+    import socket
+
     import ray
 
     from raysched._ray import loopback_env
 
+    if address and "://" not in address and ":" in address:
+        # Ray retries an unreachable address for a minute or more; say so in two seconds.
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError as exc:
+            raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
     loopback_env()
     ray.init(address=address or "auto", log_to_driver=False)
 
