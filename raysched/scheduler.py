@@ -232,7 +232,7 @@ class SchedulerActor:
         """Expire, assign, and send each worker its batch in one streaming call."""
         now = time.time()
         decisions = self.core.assign(now)
-        for outcome in decisions.expired:
+        for outcome in decisions.ended:
             self._deliver(outcome)
         batches: dict[str, list[WorkItem]] = defaultdict(list)
         for a in decisions.assignments:

@@ -3,7 +3,8 @@
 Per worker: tasks in flight (with their predicted finish), free slots, predicted backlog seconds,
 and busy time for utilisation. Workers of a pool that share a service prior and a context limit
 form a group; inside a group the best worker for a new task is simply the least loaded one, so
-each group keeps a lazy heap keyed by ``(in_flight, backlog_s, worker_id)`` and placement looks at
+each group keeps a lazy heap keyed by ``(predicted wait, in_flight, backlog_s, worker_id)`` (a
+worker with room in its batch has no wait; a full one waits for its backlog) and placement looks at
 one head per group instead of scanning the pool. That keeps a decision O(groups * log workers).
 """
 
@@ -59,28 +60,31 @@ class WorkerGroup:
     def __init__(self, key: GroupKey) -> None:
         self.prior, self.max_context_tokens = key
         self.members: dict[str, WorkerLoad] = {}
-        self._heap: list[tuple[int, float, str, int]] = []
+        self._heap: list[tuple[float, int, float, str, int]] = []
 
     def offer(self, w: WorkerLoad) -> None:
         """(Re)publish a worker's current load; older entries of it become stale."""
         w.version += 1
         if w.free_slots > 0:
-            heapq.heappush(self._heap, (len(w.in_flight), w.backlog_s, w.worker_id, w.version))
+            heapq.heappush(self._heap, _key(w))
         if len(self._heap) > 4 * len(self.members) + 64:
-            self._heap = [(len(m.in_flight), m.backlog_s, m.worker_id, m.version)
-                          for m in self.members.values() if m.free_slots > 0]
+            self._heap = [_key(m) for m in self.members.values() if m.free_slots > 0]
             heapq.heapify(self._heap)
 
     def best_free(self) -> WorkerLoad | None:
         """The least-loaded member with a free slot, or None."""
         heap = self._heap
         while heap:
-            _, _, wid, version = heap[0]
+            wid, version = heap[0][3], heap[0][4]
             w = self.members.get(wid)
             if w is not None and w.version == version and w.free_slots > 0:
                 return w
             heapq.heappop(heap)
         return None
+
+
+def _key(w: WorkerLoad) -> tuple[float, int, float, str, int]:
+    return (w.wait_s(), len(w.in_flight), w.backlog_s, w.worker_id, w.version)
 
 
 class LoadTable:

@@ -54,7 +54,8 @@ class Choice:
 def eligible(task: CoreTask, group: WorkerGroup) -> bool:
     """Filter: can workers of ``group`` hold this task at all (context length)?"""
     limit = group.max_context_tokens
-    return limit == 0 or task.num_prompt_tokens + task.max_new_tokens <= limit
+    need = max(task.num_prompt_tokens + task.max_new_tokens, task.min_context_tokens)
+    return limit == 0 or need <= limit
 
 
 class Placement(Protocol):

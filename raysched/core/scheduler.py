@@ -61,10 +61,11 @@ class _Record:
 
 @dataclass(slots=True)
 class Decisions:
-    """What one ``assign`` pass decided: tasks to start, and tasks that can no longer start."""
+    """What one ``assign`` pass decided: tasks to start, and tasks it ended without running
+    (expired, or rejected because no worker that joined since can hold them)."""
 
     assignments: list[Assignment] = field(default_factory=list)
-    expired: list[Outcome] = field(default_factory=list)
+    ended: list[Outcome] = field(default_factory=list)
 
 
 class SchedulerCore:
@@ -172,7 +173,7 @@ class SchedulerCore:
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
         place and does not block work that can run elsewhere.
         """
-        decisions = Decisions(expired=self._expire(now_s))
+        decisions = Decisions(ended=self._expire(now_s))
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
             while queue and self.table.free_slots(pool) > 0 and len(skipped) < self.config.max_skips:
@@ -180,6 +181,14 @@ class SchedulerCore:
                 assert task is not None
                 choice = self.placement.place(task, self.table, now_s)
                 if choice is None:
+                    if self.placement.best_case_s(task, self.table) is None:
+                        # It arrived while the pool was empty, or the workers that could hold it
+                        # are gone: end it now rather than let it wait forever at the head.
+                        rec = self._records[task.task_id]
+                        status = Status.FAILED if rec.attempts else Status.REJECTED
+                        decisions.ended.append(self._finish(
+                            rec, status, now_s, f"no worker in {pool} can hold this task's context"))
+                        continue
                     skipped.append(task)
                     continue
                 rec = self._records[task.task_id]
