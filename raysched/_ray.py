@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 LOOPBACK = "127.0.0.1"
@@ -25,4 +26,4 @@ def init_local(num_cpus: int | None = None, namespace: str = "raysched",
 
     ray.init(num_cpus=num_cpus, namespace=namespace, include_dashboard=include_dashboard,
              object_store_memory=object_store_mb * 1024 * 1024, _node_ip_address=LOOPBACK,
-             log_to_driver=False, configure_logging=True, logging_level="WARNING")
+             log_to_driver=False, logging_level=logging.WARNING)

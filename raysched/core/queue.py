@@ -55,7 +55,8 @@ class DeadlineQueue:
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._live: dict[str, _Entry] = {}
-        self._count: dict[Priority, int] = {c: 0 for c in _CLASSES}
+        # Live entries per class, so rebuilding one class's heaps touches only that class.
+        self._members: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -68,9 +69,9 @@ class DeadlineQueue:
         assert task.task_id not in self._live, "task is queued twice"
         entry = _Entry(task, seq, arrival_s)
         self._live[task.task_id] = entry
+        self._members[task.priority][task.task_id] = entry
         heapq.heappush(self._heaps[task.priority], (task.deadline_s, seq, entry))
         heapq.heappush(self._by_arrival[task.priority], (arrival_s, seq, entry))
-        self._count[task.priority] += 1
 
     def remove(self, task_id: str) -> CoreTask | None:
         """Take a task out wherever it is (cancel, expiry); None when it is not queued."""
@@ -78,12 +79,14 @@ class DeadlineQueue:
         if entry is None:
             return None
         cls = entry.task.priority
-        self._count[cls] -= 1
+        members = self._members[cls]
+        del members[task_id]
         # Dead entries leave a heap only when they reach its head; rebuild a class whose heaps
-        # are mostly dead so cancellations cannot grow memory without bound.
-        garbage = max(len(self._heaps[cls]), len(self._by_arrival[cls])) - self._count[cls]
-        if garbage > self._count[cls] + 64:
-            live = [e for e in self._live.values() if e.task.priority is cls]
+        # are mostly dead so removals cannot grow memory without bound. The rebuild costs the
+        # class's size and happens once per that many removals: amortised O(1).
+        garbage = max(len(self._heaps[cls]), len(self._by_arrival[cls])) - len(members)
+        if garbage > len(members) + 64:
+            live = list(members.values())
             self._heaps[cls] = [(e.task.deadline_s, e.seq, e) for e in live]
             self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in live]
             heapq.heapify(self._heaps[cls])
@@ -94,7 +97,7 @@ class DeadlineQueue:
         """The task that would be popped at ``now_s``, with its effective key."""
         best: tuple[QueueKey, _Entry] | None = None
         for cls in _CLASSES:
-            if not self._count[cls]:
+            if not self._members[cls]:
                 continue
             head = self._head(self._heaps[cls])
             key: QueueKey = (int(cls), head.task.deadline_s, head.seq)
@@ -126,11 +129,14 @@ class DeadlineQueue:
     def seq(self, task_id: str) -> int:
         return self._live[task_id].seq
 
+    def depth(self, cls: Priority) -> int:
+        return len(self._members[cls])
+
     def depth_by_class(self) -> dict[Priority, int]:
-        return dict(self._count)
+        return {c: len(m) for c, m in self._members.items()}
 
     def oldest_arrival_s(self, cls: Priority) -> float | None:
-        if not self._count[cls]:
+        if not self._members[cls]:
             return None
         return self._head(self._by_arrival[cls]).arrival_s
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from raysched.core.load import LoadTable
 from raysched.core.placement import LeastCompletionTime, Placement
@@ -128,7 +129,7 @@ class SchedulerCore:
         rec = _Record(task, now_s, self._next_seq(), float("inf"))
         if queue is None:
             return self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")
-        if queue.depth_by_class()[task.priority] >= self.config.max_queued_per_class:
+        if queue.depth(task.priority) >= self.config.max_queued_per_class:
             return self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
                                             f"{task.priority.name} tasks already wait for {task.pool}")
         best_case_s = self.placement.best_case_s(task, self.table)
@@ -242,7 +243,7 @@ class SchedulerCore:
         """Tasks accepted and not yet ended (queued or running, cancelling not counted)."""
         return sum(1 for r in self._records.values() if r.state != CANCELLING)
 
-    def stats(self, now_s: float) -> dict:
+    def stats(self, now_s: float) -> dict[str, Any]:
         """A plain-dict snapshot: per pool queue depth by class and oldest wait, per worker load."""
         pools = {}
         for pool, queue in self._queues.items():
@@ -274,6 +275,13 @@ class SchedulerCore:
         self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s)
         if rec.latest_start_s != float("inf"):
             heapq.heappush(self._expiry, (rec.latest_start_s, rec.seq, rec.task.task_id))
+            # Entries of tasks that have started stay until their time comes; drop them when
+            # they outnumber the queued tasks, so the heap tracks the queue, not the history.
+            if len(self._expiry) > 2 * len(self._records) + 1024:
+                self._expiry = [(r.latest_start_s, r.seq, r.task.task_id)
+                                for r in self._records.values()
+                                if r.state == QUEUED and r.latest_start_s != float("inf")]
+                heapq.heapify(self._expiry)
 
     def _requeue(self, rec: _Record) -> None:
         rec.worker_id, rec.start_s = "", None
