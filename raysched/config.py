@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from raysched.core.scheduler import CoreConfig
+from raysched.core.policies import POLICIES, build_core
+from raysched.core.scheduler import SchedulerCore
 from raysched.errors import ConfigError
 
 
@@ -68,7 +69,8 @@ class SchedulerConfig(BaseModel):
     aging_s: float | None = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
     max_queued_per_class: int = Field(default=250_000, ge=1)
-    placement: str = "least_completion"
+    # A name from raysched.core.policies.POLICIES (all but the oracle-driven "clairvoyant").
+    policy: str = "raysched"
     # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.
     idle_poll_ms: float = Field(default=50.0, gt=0, le=10_000)
 
@@ -79,8 +81,17 @@ class SchedulerConfig(BaseModel):
             raise ValueError(f"pool names must be unique: {names}")
         return self
 
-    def core_config(self) -> CoreConfig:
-        return CoreConfig(aging_s=self.aging_s, max_attempts=self.max_attempts,
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in POLICIES or POLICIES[v].needs_oracle:
+            known = sorted(n for n, p in POLICIES.items() if not p.needs_oracle)
+            raise ValueError(f"unknown policy {v!r} for a live scheduler; known: {known}")
+        return v
+
+    def build_core(self) -> SchedulerCore:
+        return build_core(self.policy, aging_s=self.aging_s,
+                          max_attempts=self.max_attempts,
                           max_queued_per_class=self.max_queued_per_class)
 
     def pool(self, name: str) -> PoolConfig:

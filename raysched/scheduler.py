@@ -19,7 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
-from raysched.core import Completion, Outcome, SchedulerCore, WorkerSpec, make_placement
+from raysched.core import Completion, Outcome, SchedulerCore, WorkerSpec
 from raysched.core.types import Status, WorkItem
 from raysched.metrics import SchedulerMetrics
 from raysched.models import Result, Task
@@ -49,7 +49,7 @@ class SchedulerActor:
     def __init__(self, config: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s raysched %(message)s")
         self.config = SchedulerConfig.model_validate(config)
-        self.core = SchedulerCore(self.config.core_config(), make_placement(self.config.placement))
+        self.core: SchedulerCore = self.config.build_core()
         self.pools: dict[str, PoolConfig] = {}
         self.notes: list[str] = []
         self.workers: dict[str, Any] = {}  # worker_id -> actor handle

@@ -95,12 +95,14 @@ class LoadTable:
         self._groups: dict[str, dict[GroupKey, WorkerGroup]] = {}
         self._task_worker: dict[str, str] = {}
         self._free_by_pool: dict[str, int] = {}
+        self._pool_order: dict[str, list[WorkerLoad]] = {}  # in the order workers joined
 
     def add(self, spec: WorkerSpec, now_s: float) -> WorkerLoad:
         assert spec.worker_id not in self.workers, f"worker {spec.worker_id} added twice"
         w = WorkerLoad(spec, added_s=now_s)
         self.workers[spec.worker_id] = w
         self._free_by_pool[spec.pool] = self._free_by_pool.get(spec.pool, 0) + spec.slots
+        self._pool_order.setdefault(spec.pool, []).append(w)
         group = self._group_of(spec)
         group.members[spec.worker_id] = w
         group.offer(w)
@@ -111,6 +113,7 @@ class LoadTable:
         w = self.workers.pop(worker_id)
         self._close_busy(w, now_s)
         self._free_by_pool[w.spec.pool] -= w.free_slots
+        self._pool_order[w.spec.pool].remove(w)
         group = self._group_of(w.spec)
         del group.members[worker_id]
         if not group.members:
@@ -151,6 +154,10 @@ class LoadTable:
 
     def worker_of(self, task_id: str) -> str | None:
         return self._task_worker.get(task_id)
+
+    def ordered(self, pool: str) -> list[WorkerLoad]:
+        """The pool's workers in the order they joined (do not modify)."""
+        return self._pool_order.get(pool, [])
 
     def groups(self, pool: str) -> Iterable[WorkerGroup]:
         return self._groups.get(pool, {}).values()

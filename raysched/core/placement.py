@@ -8,6 +8,7 @@ estimator can replace the engine priors without touching the rest.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -103,13 +104,117 @@ class LeastCompletionTime:
         self.estimator.observe(task, completion, now_s)
 
 
-PLACEMENTS: dict[str, Callable[[], Placement]] = {
+class _Baseline:
+    """Shared parts of the baseline placements: prior-based best case, nothing learned."""
+
+    estimator: ServiceEstimator = PriorEstimator()
+
+    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
+                 if eligible(task, g)]
+        return min(times) if times else None
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        return None
+
+    def _choice(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> Choice:
+        service_s = self.estimator.service_s(task, worker)
+        return Choice(worker, service_s, now_s + worker.wait_s() + service_s)
+
+
+def _fits(task: CoreTask, w: WorkerLoad) -> bool:
+    limit = w.spec.max_context_tokens
+    need = max(task.num_prompt_tokens + task.max_new_tokens, task.min_context_tokens)
+    return w.free_slots > 0 and (limit == 0 or need <= limit)
+
+
+class FirstFree(_Baseline):
+    """The first worker, in joining order, with a free slot (a plain FIFO dispatcher)."""
+
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        for w in table.ordered(task.pool):
+            if _fits(task, w):
+                return self._choice(task, w, now_s)
+        return None
+
+
+class RoundRobin(_Baseline):
+    """The next worker after the last one picked that has a free slot."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        workers = table.ordered(task.pool)
+        start = self._next.get(task.pool, 0)
+        for i in range(len(workers)):
+            w = workers[(start + i) % len(workers)]
+            if _fits(task, w):
+                self._next[task.pool] = (start + i + 1) % len(workers)
+                return self._choice(task, w, now_s)
+        return None
+
+
+class LeastLoaded(_Baseline):
+    """Least predicted backlog per unit of concurrency, ignoring the task itself."""
+
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        best: WorkerLoad | None = None
+        for group in table.groups(task.pool):
+            if eligible(task, group):
+                w = group.best_free()
+                if w is not None and (best is None or _load(w) < _load(best)):
+                    best = w
+        return None if best is None else self._choice(task, best, now_s)
+
+
+def _load(w: WorkerLoad) -> tuple[float, int, str]:
+    return (w.backlog_s / w.spec.concurrency, len(w.in_flight), w.worker_id)
+
+
+class PowerOfTwo(_Baseline):
+    """Power of two choices on queue length, as Ray Serve's default router does.
+
+    Two distinct workers drawn at random (seeded, so runs repeat); the one with fewer tasks in
+    flight wins. When neither has a free slot it draws again, a bounded number of times, then
+    falls back to any free worker.
+    """
+
+    def __init__(self, seed: int = 0, tries: int = 4) -> None:
+        self._rng = random.Random(seed)
+        self.tries = tries
+
+    def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        workers = table.ordered(task.pool)
+        if not workers:
+            return None
+        for _ in range(self.tries):
+            if len(workers) == 1:
+                pair = [workers[0]]
+            else:
+                pair = [workers[i] for i in self._rng.sample(range(len(workers)), 2)]
+            free = [w for w in pair if _fits(task, w)]
+            if free:
+                w = min(free, key=lambda w: (len(w.in_flight), w.worker_id))
+                return self._choice(task, w, now_s)
+        for w in workers:
+            if _fits(task, w):
+                return self._choice(task, w, now_s)
+        return None
+
+
+PLACEMENTS: dict[str, Callable[..., Placement]] = {
     "least_completion": LeastCompletionTime,
+    "first_free": FirstFree,
+    "round_robin": RoundRobin,
+    "least_loaded": LeastLoaded,
+    "pow2": PowerOfTwo,
 }
 
 
-def make_placement(name: str) -> Placement:
+def make_placement(name: str, **kwargs: object) -> Placement:
     try:
-        return PLACEMENTS[name]()
+        factory = PLACEMENTS[name]
     except KeyError:
         raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}") from None
+    return factory(**kwargs)

@@ -10,6 +10,9 @@ never higher than HIGH. CRITICAL work therefore always goes first, and a stream 
 cannot hold LOW work back for longer than ``2 * aging_s`` plus one service time. Aging applies to
 the longest-waiting task of each class (it is the one that has aged most).
 
+Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
+priority classes, FIFO inside), ``deadline`` (plain EDF, classes ignored) and ``arrival`` (FIFO).
+
 Structure: per class, one heap keyed by ``(deadline_s, seq)`` and one keyed by ``(arrival_s, seq)``
 for aging.
 Removal (pop, cancel, expiry) is lazy: an entry is live while ``_live[task_id]`` is that entry, so
@@ -28,18 +31,24 @@ _CLASSES: tuple[Priority, ...] = tuple(Priority)
 _AGING_CEILING = Priority.HIGH
 
 
+ORDERINGS = ("class_deadline", "class_arrival", "deadline", "arrival")
+
+
 class _Entry:
-    __slots__ = ("task", "seq", "arrival_s")
+    __slots__ = ("arrival_s", "cls", "key_s", "seq", "task")
 
     # A requeued task's new entry has the same (deadline, seq) as its dead old one; heap ties
     # then fall through to the entries, which are never ordered among themselves.
     def __lt__(self, other: _Entry) -> bool:
         return False
 
-    def __init__(self, task: CoreTask, seq: int, arrival_s: float) -> None:
+    def __init__(self, task: CoreTask, seq: int, arrival_s: float, cls: Priority,
+                 key_s: float) -> None:
         self.task = task
         self.seq = seq
         self.arrival_s = arrival_s
+        self.cls = cls  # the class it is ordered in (one class for class-blind orderings)
+        self.key_s = key_s  # deadline or arrival, by the ordering
 
 
 QueueKey = tuple[int, float, int]
@@ -48,10 +57,16 @@ QueueKey = tuple[int, float, int]
 class DeadlineQueue:
     """Tasks of one pool waiting for a free slot."""
 
-    def __init__(self, aging_s: float | None = 30.0) -> None:
+    def __init__(self, aging_s: float | None = 30.0, ordering: str = "class_deadline") -> None:
         if aging_s is not None and aging_s <= 0:
             raise ValueError("aging_s must be positive or None")
-        self.aging_s = aging_s
+        if ordering not in ORDERINGS:
+            raise ValueError(f"unknown ordering {ordering!r}; known: {ORDERINGS}")
+        self._by_class = ordering.startswith("class_")
+        self._by_deadline = ordering in ("class_deadline", "deadline")
+        # Aging is a notion between classes: a class-blind order has nothing to age into.
+        self.aging_s = aging_s if self._by_class else None
+        self._depth: dict[Priority, int] = {c: 0 for c in _CLASSES}
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._live: dict[str, _Entry] = {}
@@ -67,18 +82,22 @@ class DeadlineQueue:
     def push(self, task: CoreTask, seq: int, arrival_s: float) -> None:
         """Queue ``task``; ``seq`` must be unique (a requeued task keeps its first one)."""
         assert task.task_id not in self._live, "task is queued twice"
-        entry = _Entry(task, seq, arrival_s)
+        cls = task.priority if self._by_class else Priority.CRITICAL
+        key_s = task.deadline_s if self._by_deadline else arrival_s
+        entry = _Entry(task, seq, arrival_s, cls, key_s)
         self._live[task.task_id] = entry
-        self._members[task.priority][task.task_id] = entry
-        heapq.heappush(self._heaps[task.priority], (task.deadline_s, seq, entry))
-        heapq.heappush(self._by_arrival[task.priority], (arrival_s, seq, entry))
+        self._members[cls][task.task_id] = entry
+        self._depth[task.priority] += 1
+        heapq.heappush(self._heaps[cls], (key_s, seq, entry))
+        heapq.heappush(self._by_arrival[cls], (arrival_s, seq, entry))
 
     def remove(self, task_id: str) -> CoreTask | None:
         """Take a task out wherever it is (cancel, expiry); None when it is not queued."""
         entry = self._live.pop(task_id, None)
         if entry is None:
             return None
-        cls = entry.task.priority
+        cls = entry.cls
+        self._depth[entry.task.priority] -= 1
         members = self._members[cls]
         del members[task_id]
         # Dead entries leave a heap only when they reach its head; rebuild a class whose heaps
@@ -87,7 +106,7 @@ class DeadlineQueue:
         garbage = max(len(self._heaps[cls]), len(self._by_arrival[cls])) - len(members)
         if garbage > len(members) + 64:
             live = list(members.values())
-            self._heaps[cls] = [(e.task.deadline_s, e.seq, e) for e in live]
+            self._heaps[cls] = [(e.key_s, e.seq, e) for e in live]
             self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in live]
             heapq.heapify(self._heaps[cls])
             heapq.heapify(self._by_arrival[cls])
@@ -100,7 +119,7 @@ class DeadlineQueue:
             if not self._members[cls]:
                 continue
             head = self._head(self._heaps[cls])
-            key: QueueKey = (int(cls), head.task.deadline_s, head.seq)
+            key: QueueKey = (int(cls), head.key_s, head.seq)
             if best is None or key < best[0]:
                 best = (key, head)
             if self.aging_s is not None and cls > _AGING_CEILING:
@@ -108,7 +127,7 @@ class DeadlineQueue:
                 steps = int((now_s - oldest.arrival_s) // self.aging_s)
                 if steps > 0:
                     aged = max(int(_AGING_CEILING), int(cls) - steps)
-                    key = (aged, oldest.task.deadline_s, oldest.seq)
+                    key = (aged, oldest.key_s, oldest.seq)
                     if key < best[0]:
                         best = (key, oldest)
         if best is None:
@@ -130,15 +149,16 @@ class DeadlineQueue:
         return self._live[task_id].seq
 
     def depth(self, cls: Priority) -> int:
-        return len(self._members[cls])
+        return self._depth[cls]
 
     def depth_by_class(self) -> dict[Priority, int]:
-        return {c: len(m) for c, m in self._members.items()}
+        return dict(self._depth)
 
     def oldest_arrival_s(self, cls: Priority) -> float | None:
-        if not self._members[cls]:
+        """Arrival of the longest-waiting task of ``cls`` (of any class, for class-blind orders)."""
+        if not self._depth[cls]:
             return None
-        return self._head(self._by_arrival[cls]).arrival_s
+        return self._head(self._by_arrival[cls if self._by_class else Priority.CRITICAL]).arrival_s
 
     def tasks(self) -> Iterator[CoreTask]:
         return (e.task for e in self._live.values())

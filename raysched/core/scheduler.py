@@ -11,7 +11,7 @@ the ``LoadTable`` on one worker) or finished (an ``Outcome`` was returned, exact
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raysched.core.load import LoadTable
@@ -28,6 +28,8 @@ from raysched.core.types import (
 )
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+# How deep a worker's own queue may grow under early binding: deep enough never to push back.
+EARLY_BINDING_SLOTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +42,21 @@ class CoreConfig:
     is rejected at once rather than left to time out.
     ``max_skips``: tasks a pass may set aside because no free worker suits them (context length)
     before it gives up on the pool for this pass; bounds the cost of one pass.
+    ``ordering``: the deadline queue's order (see ``DeadlineQueue``).
+    ``admission``: reject infeasible deadlines at submit and expire tasks that can no longer meet
+    theirs. Off for the baselines that know nothing of deadlines.
+    ``early_binding``: bind each task to a worker at once and let it queue there (round robin,
+    least-loaded balancers); workers then take up to ``EARLY_BINDING_SLOTS`` times their
+    concurrency.
     """
 
     aging_s: float | None = 30.0
     max_attempts: int = 3
     max_queued_per_class: int = 250_000
     max_skips: int = 32
+    ordering: str = "class_deadline"
+    admission: bool = True
+    early_binding: bool = False
 
 
 @dataclass(slots=True)
@@ -85,7 +96,8 @@ class SchedulerCore:
     # -- pools and workers -------------------------------------------------------------------
 
     def add_pool(self, pool: str) -> None:
-        self._queues.setdefault(pool, DeadlineQueue(self.config.aging_s))
+        if pool not in self._queues:
+            self._queues[pool] = DeadlineQueue(self.config.aging_s, self.config.ordering)
 
     @property
     def pools(self) -> list[str]:
@@ -93,6 +105,8 @@ class SchedulerCore:
 
     def add_worker(self, spec: WorkerSpec, now_s: float) -> None:
         self.add_pool(spec.pool)
+        if self.config.early_binding:
+            spec = replace(spec, slots=max(spec.slots, spec.concurrency * EARLY_BINDING_SLOTS))
         self.table.add(spec, now_s)
 
     def worker_lost(self, worker_id: str, now_s: float, reason: str = "worker lost") -> list[Outcome]:
@@ -141,7 +155,7 @@ class SchedulerCore:
                 return self._reject(rec, now_s, f"no worker in {task.pool} can hold "
                                                 f"{task.num_prompt_tokens + task.max_new_tokens} tokens")
         slack_s = task.deadline_s - now_s
-        if not task.best_effort:
+        if self.config.admission and not task.best_effort:
             if best_case_s > slack_s:
                 return self._reject(rec, now_s, f"infeasible deadline: needs at least "
                                                 f"{best_case_s * 1e3:.1f} ms on an idle {task.pool} "
