@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray address; without one an embedded Ray is started for this task")
     u.add_argument("--timeout", type=float, default=120.0)
     u.set_defaults(func=_submit)
+    from raysched.bench.runner import add_parser
+
+    add_parser(sub)
     return p
 
 

@@ -1,0 +1,160 @@
+"""A discrete-event driver of the unchanged ``SchedulerCore`` on a virtual clock.
+
+Events are arrivals and worker completions, kept in one heap keyed ``(time_s, seq)`` so a run is
+deterministic. After every event the core gets an ``assign`` pass at that time, exactly as the
+Ray actor's dispatch loop does after a submission or a completion; a wake-up is also scheduled
+for the core's next expiry, so tasks expire on time when nothing else happens.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from raysched.core.load import WorkerGroup, WorkerLoad
+from raysched.core.scheduler import SchedulerCore
+from raysched.core.types import Completion, CoreTask, Outcome, WorkerSpec
+from raysched.sim.workers import SimLLMWorker, SimTask, SimWorker
+
+_ARRIVAL, _WORKER, _WAKE = 0, 1, 2
+_TICK_S = 1e-6
+
+
+@dataclass
+class SimRun:
+    """What a run produced: one Outcome per task, when the last one ended, the workers' busy
+    time."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)
+    end_s: float = 0.0
+    busy_s: dict[str, float] = field(default_factory=dict)
+    events: int = 0
+
+
+class Simulator:
+    """Runs a workload through ``core`` on ``workers``."""
+
+    def __init__(self, core: SchedulerCore, workers: dict[str, tuple[str, SimWorker]],
+                 slots: dict[str, int] | None = None) -> None:
+        """``workers``: worker_id -> (pool, worker). ``slots``: per worker, default concurrency.
+
+        Simulated workers need no prefetch (there is no dispatch round trip to hide), so by
+        default a worker holds exactly as many tasks as it runs at once.
+        """
+        self.core = core
+        self.workers = workers
+        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._version: dict[str, int] = {}
+        self._truth: dict[str, SimTask] = {}
+        for wid, (pool, w) in workers.items():
+            n = (slots or {}).get(wid, w.concurrency)
+            core.add_worker(WorkerSpec(wid, pool, slots=n, concurrency=w.concurrency,
+                                       prior=w.prior, max_context_tokens=w.max_context_tokens),
+                            0.0)
+            self._version[wid] = 0
+
+    def run(self, tasks: Iterable[SimTask], on_progress: Callable[[int], None] | None = None
+            ) -> SimRun:
+        """Feed ``tasks`` (sorted by arrival) and run until every task has ended."""
+        run = SimRun()
+        arrivals = iter(tasks)
+        self._push_arrival(arrivals)
+        wake_at = float("inf")
+        core, heap, truth = self.core, self._heap, self._truth
+        while heap:
+            now, _, kind, obj = heapq.heappop(heap)
+            run.events += 1
+            if kind == _ARRIVAL:
+                st: SimTask = obj  # type: ignore[assignment]
+                truth[st.task.task_id] = st
+                run.kinds[st.task.task_id] = st.task.kind
+                rejected = core.submit(st.task, now)
+                if rejected is not None:
+                    self._end(run, rejected, on_progress)
+                self._push_arrival(arrivals)
+            elif kind == _WORKER:
+                wid, version = obj  # type: ignore[misc]
+                if version != self._version[wid]:
+                    continue
+                worker = self.workers[wid][1]
+                for f in worker.pop_finished(now):
+                    outcome = core.complete(Completion(
+                        f.task_id, wid, ok=True, service_s=now - f.start_s,
+                        num_prompt_tokens=truth[f.task_id].task.num_prompt_tokens,
+                        num_generated_tokens=f.generated, batch_size=f.batch_size), now)
+                    if outcome is not None:
+                        self._end(run, outcome, on_progress)
+                self._reschedule(wid)
+            elif now != wake_at:
+                continue  # superseded by an earlier wake-up
+            else:
+                wake_at = float("inf")
+            decisions = core.assign(now)
+            for outcome in decisions.ended:
+                self._end(run, outcome, on_progress)
+            touched = set()
+            for a in decisions.assignments:
+                self.workers[a.worker_id][1].add(truth[a.task.task_id], now)
+                touched.add(a.worker_id)
+            for wid in touched:
+                self._reschedule(wid)
+            nxt = core.next_expiry_s()
+            if nxt is not None and nxt + _TICK_S < wake_at:
+                # Expiry is strict (latest start < now), so wake just after it.
+                wake_at = max(nxt, now) + _TICK_S
+                heapq.heappush(heap, (wake_at, next(self._seq), _WAKE, None))
+        run.busy_s = {wid: w.busy_s for wid, (_, w) in self.workers.items()}
+        return run
+
+    def _push_arrival(self, arrivals: Iterable[SimTask]) -> None:
+        st = next(arrivals, None)  # type: ignore[call-overload]
+        if st is not None:
+            heapq.heappush(self._heap, (st.arrival_s, next(self._seq), _ARRIVAL, st))
+
+    def _reschedule(self, wid: str) -> None:
+        self._version[wid] += 1
+        at = self.workers[wid][1].next_event_s()
+        if at is not None:
+            heapq.heappush(self._heap, (at, next(self._seq), _WORKER, (wid, self._version[wid])))
+
+    def _end(self, run: SimRun, outcome: Outcome, on_progress: Callable[[int], None] | None) -> None:
+        run.outcomes.append(outcome)
+        run.end_s = max(run.end_s, outcome.end_s)
+        self._truth.pop(outcome.task_id, None)
+        if on_progress is not None:
+            on_progress(1)
+
+
+class Oracle:
+    """True service times, for the ``clairvoyant`` policy: real output lengths, real speeds.
+
+    Built before the simulator (the core needs it), then ``bind``-ed to it.
+    """
+
+    def __init__(self) -> None:
+        self._sim: Simulator | None = None
+
+    def bind(self, sim: Simulator) -> None:
+        self._sim = sim
+
+    def _true(self, task: CoreTask, worker_id: str, batch: int) -> float:
+        assert self._sim is not None, "Oracle.bind(simulator) first"
+        st = self._sim._truth[task.task_id]
+        w = self._sim.workers[worker_id][1]
+        if isinstance(w, SimLLMWorker):
+            return w.speed * w.prior.service_s(task.num_prompt_tokens, st.true_new_tokens, batch)
+        return w.speed * st.cpu_service_s
+
+    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+        batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
+        return self._true(task, worker.worker_id, batch)
+
+    def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        return min(self._true(task, wid, 1) for wid in group.members)
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        return None

@@ -1,0 +1,124 @@
+"""The discrete-event simulator: queueing theory, determinism, load accounting, trace replay."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from raysched.bench.runner import run_sim
+from raysched.bench.workloads import (
+    DEFAULT_CLUSTER,
+    PoolSpec,
+    financial_mix,
+    load_trace,
+    read_trace,
+    trace_rule,
+)
+from raysched.core.policies import build_core
+from raysched.core.types import CoreTask, Priority
+from raysched.sim import SimCPUWorker, SimLLMWorker, Simulator, SimTask
+
+TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
+    "AzureLLMInferenceTrace_conv.csv"
+
+
+def erlang_c_wait_s(c: int, lam: float, mu: float) -> float:
+    """Mean wait in queue of M/M/c (Erlang C)."""
+    a = lam / mu
+    rho = a / c
+    head = sum(a ** k / math.factorial(k) for k in range(c))
+    tail = a ** c / math.factorial(c) / (1 - rho)
+    return tail / (head + tail) / (c * mu - lam)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8, 0.9])
+def test_fifo_matches_erlang_c(rho):
+    c, mean_service_s = 4, 0.01
+    lam = rho * c / mean_service_s
+    rng = random.Random(7)
+
+    def tasks(n):
+        t = 0.0
+        for i in range(n):
+            t += rng.expovariate(lam)
+            yield SimTask(t, CoreTask(f"t{i}", "k", Priority.HIGH, 1e12, "cpu"),
+                          cpu_service_s=rng.expovariate(1 / mean_service_s))
+
+    sim = Simulator(build_core("fifo"), {f"w{i}": ("cpu", SimCPUWorker(f"w{i}"))
+                                         for i in range(c)})
+    run = sim.run(tasks(200_000))
+    waits = [o.start_s - o.submit_s for o in run.outcomes]
+    expected = erlang_c_wait_s(c, lam, 1 / mean_service_s)
+    assert len(waits) == 200_000
+    assert sum(waits) / len(waits) == pytest.approx(expected, rel=0.05)
+
+
+def test_same_seed_same_run():
+    tasks = financial_mix(3_000, load=0.9, seed=5)
+    a, ra = run_sim("raysched", tasks, DEFAULT_CLUSTER, seed=5)
+    b, rb = run_sim("raysched", financial_mix(3_000, load=0.9, seed=5), DEFAULT_CLUSTER, seed=5)
+    assert ra == rb
+    assert a["goodput"] == b["goodput"]
+
+
+@pytest.mark.parametrize("policy", ["fifo", "round_robin", "least_loaded", "pow2", "priority",
+                                    "edf", "raysched", "clairvoyant"])
+def test_every_policy_ends_every_task_once(policy):
+    tasks = financial_mix(2_000, load=0.95, seed=1)
+    entry, records = run_sim(policy, tasks, DEFAULT_CLUSTER)
+    assert sorted(r.task_id for r in records) == sorted(t.task.task_id for t in tasks)
+    assert sum(entry["results"].values()) == len(tasks)
+    if policy in ("fifo", "round_robin", "least_loaded", "pow2", "priority"):
+        assert entry["results"]["expired"] == entry["results"]["rejected"] == 0
+
+
+def test_deadline_aware_policies_beat_fifo_on_critical_and_high():
+    tasks = financial_mix(10_000, load=0.9, seed=2)
+    fifo, _ = run_sim("fifo", tasks, DEFAULT_CLUSTER)
+    ours, _ = run_sim("raysched", tasks, DEFAULT_CLUSTER)
+    for name in ("CRITICAL", "HIGH"):
+        assert ours["per_priority"][name]["deadline_met"] > fifo["per_priority"][name]["deadline_met"]
+    assert ours["goodput"] > fifo["goodput"]
+
+
+def test_offered_load_is_what_the_workers_see():
+    # At 50% offered load nothing queues for long, so busy time / span is close to the target.
+    cluster = (PoolSpec("cpu", 4), PoolSpec("llm-7b", 2, "7b", 16), PoolSpec("llm-70b", 1, "70b", 8))
+    tasks = financial_mix(20_000, load=0.5, seed=3, cluster=cluster)
+    entry, _ = run_sim("fifo", tasks, cluster)
+    cpu_busy_s = sum(u * entry["span_s"] for w, u in entry["utilization"].items()
+                     if w.startswith("cpu"))
+    horizon_s = tasks[-1].arrival_s - tasks[0].arrival_s
+    assert cpu_busy_s / (4 * horizon_s) == pytest.approx(0.5, abs=0.03)
+
+
+def test_llm_worker_batches_continuously():
+    w = SimLLMWorker("w", "7b", max_batch_size=4)
+    long = SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 100, 500), true_new_tokens=500)
+    short = SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 100, 10), true_new_tokens=10)
+    w.add(long, 0.0)
+    w.add(short, 0.5)  # joins the running batch
+    t = w.next_event_s()
+    done = w.pop_finished(t)
+    assert [f.task_id for f in done] == ["short"] and done[0].batch_size == 2
+    step = w.roofline.decode_step_s([110, 110])
+    assert t - 0.5 == pytest.approx(w.roofline.prefill_s(100) + 10 * step, rel=0.05)
+    assert w.pop_finished(w.next_event_s())[0].task_id == "long"
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason=f"trace not found at {TRACE}")
+def test_trace_replay_maps_rows_to_pools_and_load():
+    rows = read_trace(TRACE, limit=2_000)
+    assert rows[0][0] == 0.0 and all(b[0] >= a[0] for a, b in zip(rows, rows[1:]))
+    tasks, compress = load_trace(TRACE, load=0.8, limit=2_000)
+    assert len(tasks) == 2_000 and compress > 0
+    for st, (_, ctx, gen) in zip(tasks, rows):
+        prio, pool = trace_rule(ctx, gen)
+        assert st.task.priority is prio and st.task.pool == pool
+        assert st.true_new_tokens == gen <= st.task.max_new_tokens
+        assert st.task.deadline_s > st.arrival_s
+    entry, _ = run_sim("raysched", tasks, DEFAULT_CLUSTER)
+    assert sum(entry["results"].values()) == 2_000
