@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch", reason="the hf engine needs torch (pip inst
 transformers = pytest.importorskip(
     "transformers", reason="the hf engine needs transformers (pip install '.[hf]')")
 
-from actors.engines import make_engine, real_engines_available  # noqa: E402
-from actors.engines.base import Sequence  # noqa: E402
-from actors.engines.hf import HFEngine, build_tiny_model  # noqa: E402
+from actors.engines import make_engine, real_engines_available
+from actors.engines.base import Sequence
+from actors.engines.hf import HFEngine, build_tiny_model
 
 PROMPTS = [
     "the market risk report",

@@ -29,6 +29,7 @@ applied to the ``Sequence`` objects back on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -366,10 +367,14 @@ class HFEngine:
 
 # -- a tiny random model, for tests and the demo --------------------------------------------
 
-_WORDS = ("the a an and or of to in on for with by from at as is are was be this that it its "
-          "summary summarize summarization reason reasoning agent step task risk trade price "
-          "market bank loan rate fund stock bond cash loss gain fraud card account client report "
-          "quarter revenue margin cost growth yield credit debit limit order hedge").split()
+_WORDS = (
+    "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "by", "from", "at",
+    "as", "is", "are", "was", "be", "this", "that", "it", "its", "summary", "summarize",
+    "summarization", "reason", "reasoning", "agent", "step", "task", "risk", "trade", "price",
+    "market", "bank", "loan", "rate", "fund", "stock", "bond", "cash", "loss", "gain", "fraud",
+    "card", "account", "client", "report", "quarter", "revenue", "margin", "cost", "growth",
+    "yield", "credit", "debit", "limit", "order", "hedge",
+)
 
 
 def build_tiny_tokenizer(vocab_size: int = 1000) -> Any:
@@ -443,7 +448,13 @@ def build_tiny_model(path: str | os.PathLike[str], *, seed: int = 0, vocab_size:
     model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # Name the class every transformers version knows (v5 writes its new "TokenizersBackend"),
+    # so other loaders of the directory (vLLM pins its own transformers) read it too.
+    cfg_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     return out
 
 
-__all__ = ["HFEngine", "TINY_MODEL_NOTE", "build_tiny_model", "build_tiny_tokenizer", "missing"]
+__all__ = ["TINY_MODEL_NOTE", "HFEngine", "build_tiny_model", "build_tiny_tokenizer", "missing"]
