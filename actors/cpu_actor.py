@@ -20,6 +20,9 @@ from raysched.core.types import Completion, ServicePrior, WorkItem
 FRAUD_WEIGHTS = np.array([1.2, -0.3, 0.8, 1.5, 0.9, 1.1, 1.4, 0.7])
 FRAUD_BIAS = -4.0
 FRAUD_MODEL = "fraud-logreg-v1"
+# The prior of a CPU task: scoring takes microseconds, the dispatch round trip about a
+# millisecond. One constant for every CPU worker keeps like workers in one placement group.
+CPU_PRIOR_S = 1e-3
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
 
@@ -36,7 +39,7 @@ class CPUActor:
     def __init__(self, worker_id: str, pool: str) -> None:
         self.worker_id = worker_id
         self.pool = pool
-        self.fixed_s = self._calibrate()
+        self.fixed_s = CPU_PRIOR_S
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -78,11 +81,3 @@ class CPUActor:
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start)
 
-    @staticmethod
-    def _calibrate() -> float:
-        """Measured cost of one classification, plus a millisecond for the dispatch round trip."""
-        x = np.zeros(FRAUD_WEIGHTS.size)
-        start = time.perf_counter()
-        for _ in range(200):
-            fraud_probability(x)
-        return (time.perf_counter() - start) / 200 + 1e-3
