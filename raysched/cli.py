@@ -21,7 +21,9 @@ def _demo(args: argparse.Namespace) -> int:
     plan = list(arrivals(args.duration, seed=args.seed, rate_scale=args.rate_scale))
     print(f"raysched demo: {len(plan)} tasks of the financial mix over {args.duration:g} s "
           f"(embedded Ray on 127.0.0.1)", flush=True)
-    client = raysched.connect(num_cpus=args.num_cpus)
+    from actors.engines import demo_config
+
+    client = raysched.connect(num_cpus=args.num_cpus, config=demo_config(args.engine))
     for note in client.notes:
         print(f"  note: {note}")
     handles = []
@@ -152,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--rate-scale", type=float, default=1.0, help="multiply every arrival rate")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray offers")
+    d.add_argument("--engine", choices=["auto", "sim", "hf", "vllm"], default="auto",
+                   help="LLM engine: auto (real where available, else simulated), sim, hf (the "
+                        "7B pool on transformers with a tiny random model, CPU), vllm (GPUs)")
     d.set_defaults(func=_demo)
     s = sub.add_parser("status", help="load tables of a running scheduler")
     s.add_argument("--address", default=None, help="Ray address (default: auto)")

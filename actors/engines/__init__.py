@@ -67,5 +67,57 @@ def real_engines_available() -> list[str]:
     return found
 
 
-__all__ = ["ENGINES", "PRESETS", "Engine", "Sequence", "SimulatedEngine", "make_engine",
-           "real_engines_available"]
+def demo_config(engine: str = "auto", time_scale: float = 1.0) -> Any:
+    """The demo's scheduler config with its LLM pools on ``engine``; None keeps the default.
+
+    - ``auto``: the default config (a real engine where the cluster has one, else simulated).
+    - ``sim``: every LLM pool simulated.
+    - ``hf``: the llm-7b pool on the transformers engine with a TINY RANDOM Llama built and saved
+      into a temporary directory now (real tensors, real batched generation, gibberish output);
+      llm-70b keeps ``auto`` (simulated without GPUs, and the startup notes say so).
+    - ``vllm``: both LLM pools on vLLM (GPU nodes): 7B on one GPU per actor, 70B
+      tensor-parallel in a placement group the engine makes (so its actors ask for no GPU).
+    """
+    if engine == "auto":
+        return None
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; engines: {['auto', *ENGINES]}")
+    from raysched.config import default_config
+
+    config = default_config(time_scale=time_scale)
+    pools = []
+    for pool in config.pools:
+        if pool.kind != "llm":
+            pools.append(pool)
+        elif engine == "sim":
+            print(f"  engine sim: pool {pool.name} runs the SIMULATED engine ({pool.model}): "
+                  f"roofline timing, no tokens generated", flush=True)
+            pools.append(pool.model_copy(update={"engine": "sim"}))
+        elif engine == "hf" and pool.model == "7b":
+            pools.append(pool.model_copy(update={"engine": "hf", "model": _tiny_demo_model()}))
+        elif engine == "hf":
+            pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
+        else:
+            gpus = 1.0 if pool.model == "7b" else 0.0
+            pools.append(pool.model_copy(update={"engine": "vllm", "num_gpus": gpus}))
+    return config.model_copy(update={"pools": pools})
+
+
+def _tiny_demo_model() -> str:
+    import atexit
+    import shutil
+    import tempfile
+
+    from actors.engines.hf import TINY_MODEL_NOTE, build_tiny_model
+
+    path = tempfile.mkdtemp(prefix="raysched-tiny-llama-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    build_tiny_model(path)
+    print(f"  engine hf: pool llm-7b runs the transformers engine on {TINY_MODEL_NOTE}; "
+          f"a random Llama (2 layers, hidden 64, vocabulary 1,000) built and saved to {path} "
+          f"and loaded from there like any model directory", flush=True)
+    return path
+
+
+__all__ = ["ENGINES", "PRESETS", "Engine", "Sequence", "SimulatedEngine", "demo_config",
+           "make_engine", "real_engines_available"]
