@@ -1,6 +1,6 @@
 """The simulator against Ray: one small workload, one seed, both drivers of the same core.
 
-Tolerance: each task's latency on Ray is within 25% + 40 ms (real time) of the simulated one;
+Tolerance: each task's latency on Ray is within 30% + 60 ms (real time) of the simulated one;
 the difference is Ray's dispatch and result round trips (a few ms each on this 2-core machine)
 and the simulated engine stepping in whole tokens where the simulator is continuous.
 """
@@ -72,5 +72,5 @@ def test_same_decisions_and_close_latencies(ray_session):
     sim_ms = {r.task_id: r.total_ms for r in sim_records}
     for r in ray_records:
         real_ms, expected_ms = r.total_ms * TIME_SCALE, sim_ms[r.task_id] * TIME_SCALE
-        assert abs(real_ms - expected_ms) <= 0.25 * expected_ms + 40, (r.task_id, real_ms,
+        assert abs(real_ms - expected_ms) <= 0.3 * expected_ms + 60, (r.task_id, real_ms,
                                                                          expected_ms)
