@@ -31,9 +31,11 @@ Ray instance is the caller's and stays up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from raysched.bench.ray_mode import simulated_cpu_work
@@ -101,15 +103,14 @@ def _deploy(cluster: tuple[PoolSpec, ...], time_scale: float) -> dict[str, Any]:
     handles = {}
     for p in cluster:
         if p.preset == "cpu":
-            dep = serve.deployment(CPUReplica).options(
-                name=f"{p.name}", num_replicas=p.count, max_ongoing_requests=1,
-                ray_actor_options={"num_cpus": CPU_REPLICA_CPUS})
-            app = dep.bind()
+            app = serve.deployment(
+                name=p.name, num_replicas=p.count, max_ongoing_requests=1,
+                ray_actor_options={"num_cpus": CPU_REPLICA_CPUS})(CPUReplica).bind()
         else:
-            dep = serve.deployment(LLMReplica).options(
-                name=f"{p.name}", num_replicas=p.count, max_ongoing_requests=p.max_batch_size,
-                ray_actor_options={"num_cpus": LLM_REPLICA_CPUS})
-            app = dep.bind(p.name, p.preset, p.max_batch_size, time_scale)
+            app = serve.deployment(
+                name=p.name, num_replicas=p.count, max_ongoing_requests=p.max_batch_size,
+                ray_actor_options={"num_cpus": LLM_REPLICA_CPUS})(LLMReplica).bind(
+                    p.name, p.preset, p.max_batch_size, time_scale)
         handles[p.name] = serve.run(app, name=APP_PREFIX + p.name, route_prefix=None,
                                     logging_config=SERVE_LOGGING)
     return handles
@@ -145,7 +146,7 @@ async def _replay(handles: dict[str, Any], cluster: tuple[PoolSpec, ...], tasks:
         replica, error = "", None
         try:
             replica = await response
-        except Exception as exc:  # reported as a failed task, never raised
+        except Exception as exc:  # noqa: BLE001 - reported as a failed task, never raised
             error = exc
         out[i] = (submitted, time.monotonic(), replica, error)
         finished += 1
@@ -165,6 +166,37 @@ async def _replay(handles: dict[str, Any], cluster: tuple[PoolSpec, ...], tasks:
     return [(s - start, e - start, r, err) for s, e, r, err in out], time.monotonic() - start
 
 
+class _ProbeTimeouts(logging.Filter):
+    """Counts, and drops, the router's "Failed to get queue length" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to get queue length"):
+            self.count += 1
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_serve() -> Iterator[_ProbeTimeouts]:
+    """While the peer runs: Serve's driver-side INFO lines off, and its router's queue-length
+    probe timeouts counted instead of printed one by one (they would bury the progress bar)."""
+    logger = logging.getLogger("ray.serve")
+    level = logger.level
+    probes = _ProbeTimeouts()
+    logger.addFilter(probes)
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield probes
+    finally:
+        logger.removeFilter(probes)
+        logger.setLevel(level)
+
+
 def _run_loop(coro: Any) -> Any:
     """``asyncio.run``, in a thread of its own if the caller already runs an event loop."""
     try:
@@ -176,7 +208,7 @@ def _run_loop(coro: Any) -> Any:
     def target() -> None:
         try:
             box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # handed to the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
     th = threading.Thread(target=target, name="serve-peer-replay")
@@ -199,11 +231,17 @@ def run_serve(tasks: list[SimTask], cluster: tuple[PoolSpec, ...], time_scale: f
     missing = sorted({st.task.pool for st in tasks} - pools)
     if missing:
         raise ValueError(f"tasks name pools the cluster lacks: {missing}")
-    try:
-        handles = _deploy(cluster, time_scale)
-        timings, span = _run_loop(_replay(handles, cluster, tasks, time_scale, progress, bar))
-    finally:
-        serve.shutdown()
+    with _quiet_serve() as probes:
+        try:
+            handles = _deploy(cluster, time_scale)
+            timings, span = _run_loop(_replay(handles, cluster, tasks, time_scale, progress,
+                                              bar))
+        finally:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+    if probes.count:
+        log.warning("ray-serve peer: Serve's router timed out %d queue-length probes of its "
+                    "replicas (the replicas answered slower than its 0.1 s+ deadlines)",
+                    probes.count)
     names: dict[str, str] = {}
     per_pool: dict[str, int] = {}
     records = []

@@ -10,7 +10,7 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | pow2          | arrival                | power of two choices          | late    | ignored        |
 | priority      | class, then arrival    | least backlog                 | late    | ignored        |
 | edf           | deadline               | least backlog                 | late    | admit + expire |
-| raysched      | class, deadline, aging | least predicted finish        | late    | admit + expire |
+| raysched      | class, deadline, aging | least learned finish          | late    | admit + expire |
 | clairvoyant   | as raysched            | least true finish (an oracle) | late    | admit + expire |
 
 "Late" binding keeps tasks in the central queue until a worker has a free slot; "early" binds at
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
 from raysched.core.placement import LeastCompletionTime, Placement, ServiceEstimator, make_placement
 from raysched.core.scheduler import CoreConfig, SchedulerCore
 
@@ -45,7 +46,7 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("pow2", "arrival", "pow2"),
     Policy("priority", "class_arrival", "least_loaded"),
     Policy("edf", "deadline", "least_loaded", admission=True),
-    Policy("raysched", "class_deadline", "least_completion", admission=True, aging=True),
+    Policy("raysched", "class_deadline", "adaptive", admission=True, aging=True),
     Policy("clairvoyant", "class_deadline", "least_completion", admission=True, aging=True,
            needs_oracle=True),
 )}
@@ -53,11 +54,11 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
 
 def build_core(policy: str, *, seed: int = 0, aging_s: float | None = 30.0, max_attempts: int = 3,
                max_queued_per_class: int = 250_000, oracle: ServiceEstimator | None = None,
-               estimator: ServiceEstimator | None = None) -> SchedulerCore:
+               estimator: AdaptiveEstimator | None = None) -> SchedulerCore:
     """A ``SchedulerCore`` running ``policy``.
 
-    ``oracle`` is the true service-time model the ``clairvoyant`` policy needs; ``estimator``
-    replaces the engine priors of ``raysched`` (the adaptive scorer plugs in here).
+    ``oracle`` is the true service-time model the ``clairvoyant`` policy needs; ``estimator`` is
+    the learned model ``raysched`` starts from (a restored one, say).
     """
     try:
         p = POLICIES[policy]
@@ -68,8 +69,10 @@ def build_core(policy: str, *, seed: int = 0, aging_s: float | None = 30.0, max_
         if oracle is None:
             raise ValueError(f"policy {policy!r} needs an oracle of true service times")
         placement = LeastCompletionTime(oracle)
+    elif p.placement == "adaptive":
+        placement = AdaptivePlacement(estimator, seed=seed)
     elif p.placement == "least_completion":
-        placement = LeastCompletionTime(estimator)
+        placement = LeastCompletionTime()
     elif p.placement == "pow2":
         placement = make_placement("pow2", seed=seed)
     else:
