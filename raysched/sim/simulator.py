@@ -18,7 +18,7 @@ from raysched.core.scheduler import SchedulerCore
 from raysched.core.types import Completion, CoreTask, Outcome, WorkerSpec
 from raysched.sim.workers import SimLLMWorker, SimTask, SimWorker
 
-_ARRIVAL, _WORKER, _WAKE = 0, 1, 2
+_ARRIVAL, _WORKER, _WAKE, _SPEED = 0, 1, 2, 3
 _TICK_S = 1e-6
 
 
@@ -57,12 +57,18 @@ class Simulator:
                             0.0)
             self._version[wid] = 0
 
-    def run(self, tasks: Iterable[SimTask], on_progress: Callable[[int], None] | None = None
-            ) -> SimRun:
-        """Feed ``tasks`` (sorted by arrival) and run until every task has ended."""
+    def run(self, tasks: Iterable[SimTask], on_progress: Callable[[int], None] | None = None,
+            speed_changes: Iterable[tuple[float, str, float]] = ()) -> SimRun:
+        """Feed ``tasks`` (sorted by arrival) and run until every task has ended.
+
+        ``speed_changes``: ``(time_s, worker_id, speed)`` events, a worker slowing down (speed is
+        a service-time multiplier) at a moment the scheduler is not told about.
+        """
         run = SimRun()
         arrivals = iter(tasks)
         self._push_arrival(arrivals)
+        for at, wid, speed in speed_changes:
+            heapq.heappush(self._heap, (at, next(self._seq), _SPEED, (wid, speed)))
         wake_at = float("inf")
         core, heap, truth = self.core, self._heap, self._truth
         while heap:
@@ -89,6 +95,11 @@ class Simulator:
                     if outcome is not None:
                         self._end(run, outcome, on_progress)
                 self._reschedule(wid)
+            elif kind == _SPEED:
+                wid, speed = obj  # type: ignore[misc]
+                self.workers[wid][1].set_speed(speed, now)
+                self._reschedule(wid)
+                continue
             elif now != wake_at:
                 continue  # superseded by an earlier wake-up
             else:

@@ -67,6 +67,15 @@ class SimCPUWorker:
             return None
         return self._head_start_s + self._queue[0].cpu_service_s * self.speed
 
+    def set_speed(self, speed: float, now_s: float) -> None:
+        """Change speed from ``now_s`` on; the task in progress keeps the work already done."""
+        if self._queue:
+            old_end = self._head_start_s + self._queue[0].cpu_service_s * self.speed
+            if old_end > now_s:
+                new_end = now_s + (old_end - now_s) * speed / self.speed
+                self._head_start_s = new_end - self._queue[0].cpu_service_s * speed
+        self.speed = speed
+
     def pop_finished(self, now_s: float) -> list[Finished]:
         done: list[Finished] = []
         while self._queue:
@@ -124,6 +133,11 @@ class SimLLMWorker:
             self._admit(st, now_s)
         else:
             self._waiting.append(st)
+
+    def set_speed(self, speed: float, now_s: float) -> None:
+        """Change speed from ``now_s`` on (progress so far is kept at the old speed)."""
+        self._advance(now_s)
+        self.speed = speed
 
     def next_event_s(self) -> float | None:
         if not self._running:
