@@ -117,6 +117,15 @@ def _status(args: argparse.Namespace) -> int:
         t.add_row(wid, w["pool"], engine, str(w["in_flight"]), str(w["free_slots"]),
                   f"{w['backlog_s']:.2f}", str(w["completed"]), f"{100 * w['utilization']:.0f}%")
     console.print(t)
+    if stats.get("learned"):
+        lt = Table(title="learned service times (typical task: 500 prompt, 100 new tokens)")
+        for col in ("worker", "kind", "predicted ms", "prior ms", "observations", "± ms"):
+            lt.add_column(col, justify="right")
+        for row in stats["learned"]:
+            lt.add_row(row["worker"], row["kind"], f"{row['predicted_ms']:.1f}",
+                       f"{row['prior_ms']:.1f}", str(row["observations"]),
+                       f"{row['uncertainty_ms']:.1f}")
+        console.print(lt)
     console.print(f"results: {stats['results']}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from ray.exceptions import RayActorError
 
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
 from raysched.core import Completion, Outcome, SchedulerCore, WorkerSpec
+from raysched.core.adaptive import AdaptiveEstimator
 from raysched.core.types import Status, WorkItem
 from raysched.metrics import SchedulerMetrics
 from raysched.models import Result, Task
@@ -29,6 +31,10 @@ log = logging.getLogger("raysched")
 # requeued at once instead of waiting in a restarting actor.
 WORKER_OPTIONS: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
 METRICS_PERIOD_S = 1.0
+# The learned service-time models are saved this often to the GCS key-value store, which lives
+# on the head node and outlives the scheduler actor, so a restart does not relearn from zero.
+SCORER_SAVE_PERIOD_S = 10.0
+KV_NAMESPACE = "raysched"
 
 
 @dataclass
@@ -82,6 +88,10 @@ class SchedulerActor:
             self.core.add_pool(pool.name)
             for _ in range(int(pool.replicas)):
                 self._spawn(pool)
+        restored = self._restore_scorer()
+        if restored:
+            self.notes.append(f"restored {restored} learned service-time models (trusted less "
+                              f"until they see new completions)")
         loop = asyncio.get_running_loop()
         loop.create_task(self._dispatch_loop())
         loop.create_task(self._metrics_loop())
@@ -194,7 +204,41 @@ class SchedulerActor:
             w.update(engine=info.get("engine"), simulated=info.get("simulated"),
                      node_id=info.get("node_id"))
         stats["pool_config"] = {name: p.model_dump() for name, p in self.pools.items()}
+        estimator = self._estimator()
+        stats["learned"] = estimator.table() if estimator is not None else []
         return stats
+
+    def save_scorer(self) -> int:
+        """Save the learned models now; returns how many were saved."""
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        estimator = self._estimator()
+        if estimator is None:
+            return 0
+        state = estimator.state()
+        _internal_kv_put(self._scorer_key(), json.dumps(state), namespace=KV_NAMESPACE)
+        return len(state["models"])
+
+    def _restore_scorer(self) -> int:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        estimator = self._estimator()
+        if estimator is None:
+            return 0
+        raw = _internal_kv_get(self._scorer_key(), namespace=KV_NAMESPACE)
+        if not raw:
+            return 0
+        state = json.loads(raw)
+        estimator.restore(state)
+        return len(state.get("models", []))
+
+    def _scorer_key(self) -> str:
+        return f"{self.config.name}:scorer"
+
+    def _estimator(self) -> AdaptiveEstimator | None:
+        """The learned model, for policies that learn one."""
+        est = getattr(self.core.placement, "estimator", None)
+        return est if isinstance(est, AdaptiveEstimator) else None
 
     async def kill_worker(self, worker_id: str) -> bool:
         """Kill a worker actor (for fault drills); the scheduler notices and replaces it."""
@@ -283,9 +327,16 @@ class SchedulerActor:
         self._kick()
 
     async def _metrics_loop(self) -> None:
+        last_save = time.monotonic()
         while True:
             await asyncio.sleep(METRICS_PERIOD_S)
             self.metrics.publish(self.core.stats(time.time()))
+            if time.monotonic() - last_save >= SCORER_SAVE_PERIOD_S:
+                last_save = time.monotonic()
+                try:
+                    self.save_scorer()
+                except Exception:  # saving is best effort: the scheduler keeps serving
+                    log.exception("could not save the learned models")
 
     # -- results -----------------------------------------------------------------------------
 

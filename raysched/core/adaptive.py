@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
@@ -181,6 +181,7 @@ class AdaptiveEstimator:
 
     def state(self) -> dict[str, Any]:
         return {"forget": self.forget, "new_ratio": dict(self.new_ratio),
+                "priors": {w: asdict(p) for w, p in self.priors.items()},
                 "models": [{"kind": k, "worker": w, **m.state()}
                            for (k, w), m in self.models.items()]}
 
@@ -188,7 +189,10 @@ class AdaptiveEstimator:
         """Load a saved state. Restored models are trusted less (covariance widened by
         ``1 / trust``): a restarted worker may not be the machine it was."""
         self.new_ratio.update(state.get("new_ratio", {}))
+        self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
         for row in state.get("models", []):
+            if row["worker"] not in self.priors:
+                continue
             P = [[v / trust for v in r] for r in row["P"]]
             m = RLS(list(row["theta"]), P, self.forget, float(row["resid_var"]), int(row["n"]),
                     max_trace=float(row.get("max_trace", 0.0)) / trust)

@@ -226,3 +226,31 @@ def test_llm_actor_batches_continuously(ray_session):
     assert long_done[0].ok and long_done[0].num_generated_tokens == 400
     assert long_done[0].service_s > max(c.service_s for c in short)
     ray.kill(actor)
+
+
+def test_learned_table_is_visible_and_survives_a_restart(make_client):
+    import ray
+
+    from tests.ray.conftest import small_config
+
+    config = small_config()
+    client = make_client(config)
+    tasks = [Task(kind="summarization", priority="HIGH", sla_ms=10_000,
+                  payload={"prompt": "q" * 800, "max_new_tokens": 24}) for _ in range(12)]
+    assert all(r.ok for r in client.map(tasks, timeout=60))
+    seen = [row for row in client.stats()["learned"] if row["kind"] == "summarization"]
+    assert sum(row["observations"] for row in seen) == 12
+    assert all(row["predicted_ms"] > 0 and row["uncertainty_ms"] >= 0 for row in seen)
+    assert ray.get(client.actor.save_scorer.remote()) >= 1
+    ray.kill(client.actor)
+    give_up = time.monotonic() + 20
+    while time.monotonic() < give_up:  # the name is free once the old actor is gone
+        try:
+            ray.get_actor(config.name, namespace=config.namespace)
+            time.sleep(0.2)
+        except ValueError:
+            break
+    again = make_client(config)
+    assert any("restored" in note for note in again.notes)
+    restored = [row for row in again.stats()["learned"] if row["kind"] == "summarization"]
+    assert sum(row["observations"] for row in restored) == 12
