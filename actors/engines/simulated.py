@@ -75,8 +75,8 @@ class Roofline:
     mfu: float = 0.5
     tp_efficiency: float = 1.0
 
-    @property
-    def _bandwidth(self) -> float:
+    def mem_bandwidth_bytes_s(self) -> float:
+        """Effective memory bandwidth of the whole tensor-parallel group."""
         return self.gpu.mem_bandwidth_bytes_s * self.num_gpus * self.mbu * self.tp_efficiency
 
     @property
@@ -86,7 +86,7 @@ class Roofline:
     def decode_step_s(self, context_tokens: list[int]) -> float:
         """One decode step for a batch whose sequences hold ``context_tokens`` tokens each."""
         kv = sum(context_tokens) * self.model.kv_bytes_per_token
-        return STEP_OVERHEAD_S + (self.model.weight_bytes + kv) / self._bandwidth
+        return STEP_OVERHEAD_S + (self.model.weight_bytes + kv) / self.mem_bandwidth_bytes_s()
 
     def prefill_s(self, num_prompt_tokens: int) -> float:
         return 2.0 * self.model.num_params * num_prompt_tokens / self._flops
