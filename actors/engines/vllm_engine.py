@@ -155,7 +155,8 @@ class VLLMEngine:
                 placement_timeout_s=placement_timeout_s)
         self._client = client
         self._sampling_params = sampling_params or self._vllm_sampling_params
-        self._tokenizer = tokenizer
+        # Loaded now, not on the first request: count_tokens runs on the actor's event loop.
+        self._tokenizer = self._load_tokenizer() if tokenizer is None else tokenizer
         self.max_context_tokens = int(max_len or 4096)
         self.label = (f"vLLM {self.model} on {self.tensor_parallel_size} GPU"
                       f"{'s' if self.tensor_parallel_size > 1 else ''}")
@@ -231,8 +232,6 @@ class VLLMEngine:
 
     def count_tokens(self, prompt: str) -> int:
         tok = self._tokenizer
-        if tok is None:
-            tok = self._tokenizer = self._load_tokenizer()
         if tok is False:
             return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
         return max(1, len(tok(prompt)["input_ids"]))
@@ -325,9 +324,10 @@ class VLLMEngine:
     async def _consume(self, st: _Stream) -> None:
         assert self._progress is not None
         params = self._sampling_params(st.seq.max_new_tokens)
+        stream = self._client.generate(st.seq.prompt, params, st.request_id,
+                                       priority=int(st.seq.priority))
         try:
-            async for out in self._client.generate(st.seq.prompt, params, st.request_id,
-                                                   priority=int(st.seq.priority)):
+            async for out in stream:
                 now = time.monotonic()
                 completion = out.outputs[0] if out.outputs else None
                 if completion is not None and completion.token_ids:
@@ -352,6 +352,13 @@ class VLLMEngine:
                 self._dead = exc
         finally:
             self._progress.set()
+            if not st.finished and st.error is None:
+                # Left early (aborted): close the stream now rather than at garbage collection;
+                # vLLM's generate() aborts its request when closed.
+                try:
+                    await stream.aclose()
+                except Exception as exc:  # noqa: BLE001 - the request is being aborted anyway
+                    log.debug("closing the stream of %s: %r", st.request_id, exc)
 
     def _abort(self, st: _Stream, why: str) -> None:
         self._streams.pop(id(st.seq), None)

@@ -140,6 +140,7 @@ def test_abort_reaches_vllm_even_with_nothing_else_running():
         return c
     c = asyncio.run(go())
     assert len(fake.aborted) == 1 and fake.aborted[0].startswith("t0#")
+    assert fake.closed == fake.aborted  # the generate() stream was closed, not left to the GC
     assert engine.telemetry("t0")["finish_reason"].startswith("abort")
     assert 0 < c.num_generated_tokens < 10_000
 
