@@ -69,6 +69,12 @@ class SchedulerConfig(BaseModel):
     aging_s: float | None = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
     max_queued_per_class: int = Field(default=250_000, ge=1)
+    max_queued_per_pool: int = Field(default=500_000, ge=1)
+    max_queued_per_tenant: int = Field(default=100_000, ge=1)
+    # A worker call that streams nothing for max(hang_grace_s, hang_factor x the batch's
+    # predicted service) is taken as hung: the worker is killed and its tasks are retried.
+    hang_grace_s: float = Field(default=30.0, gt=0)
+    hang_factor: float = Field(default=4.0, ge=1)
     # A name from raysched.core.policies.POLICIES (all but the oracle-driven "clairvoyant").
     policy: str = "raysched"
     # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.
@@ -92,7 +98,9 @@ class SchedulerConfig(BaseModel):
     def build_core(self) -> SchedulerCore:
         return build_core(self.policy, aging_s=self.aging_s,
                           max_attempts=self.max_attempts,
-                          max_queued_per_class=self.max_queued_per_class)
+                          max_queued_per_class=self.max_queued_per_class,
+                          max_queued_per_pool=self.max_queued_per_pool,
+                          max_queued_per_tenant=self.max_queued_per_tenant)
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:

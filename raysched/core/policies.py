@@ -53,7 +53,8 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
 
 
 def build_core(policy: str, *, seed: int = 0, aging_s: float | None = 30.0, max_attempts: int = 3,
-               max_queued_per_class: int = 250_000, oracle: ServiceEstimator | None = None,
+               max_queued_per_class: int = 250_000, max_queued_per_pool: int = 500_000,
+               max_queued_per_tenant: int = 100_000, oracle: ServiceEstimator | None = None,
                estimator: AdaptiveEstimator | None = None) -> SchedulerCore:
     """A ``SchedulerCore`` running ``policy``.
 
@@ -78,6 +79,8 @@ def build_core(policy: str, *, seed: int = 0, aging_s: float | None = 30.0, max_
     else:
         placement = make_placement(p.placement)
     config = CoreConfig(aging_s=aging_s if p.aging else None, max_attempts=max_attempts,
-                        max_queued_per_class=max_queued_per_class, ordering=p.ordering,
+                        max_queued_per_class=max_queued_per_class,
+                        max_queued_per_pool=max_queued_per_pool,
+                        max_queued_per_tenant=max_queued_per_tenant, ordering=p.ordering,
                         admission=p.admission, early_binding=p.early_binding)
     return SchedulerCore(config, placement)

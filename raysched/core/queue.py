@@ -66,7 +66,10 @@ class DeadlineQueue:
         self._by_deadline = ordering in ("class_deadline", "deadline")
         # Aging is a notion between classes: a class-blind order has nothing to age into.
         self.aging_s = aging_s if self._by_class else None
-        self._depth: dict[Priority, int] = {c: 0 for c in _CLASSES}
+        # Per real class in arrival order (for shedding the newest low-class task), and per
+        # tenant (for the per-tenant cap), whatever the ordering.
+        self._by_real: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
+        self._tenant_depth: dict[str, int] = {}
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._live: dict[str, _Entry] = {}
@@ -87,7 +90,8 @@ class DeadlineQueue:
         entry = _Entry(task, seq, arrival_s, cls, key_s)
         self._live[task.task_id] = entry
         self._members[cls][task.task_id] = entry
-        self._depth[task.priority] += 1
+        self._by_real[task.priority][task.task_id] = entry
+        self._tenant_depth[task.tenant] = self._tenant_depth.get(task.tenant, 0) + 1
         heapq.heappush(self._heaps[cls], (key_s, seq, entry))
         heapq.heappush(self._by_arrival[cls], (arrival_s, seq, entry))
 
@@ -97,7 +101,12 @@ class DeadlineQueue:
         if entry is None:
             return None
         cls = entry.cls
-        self._depth[entry.task.priority] -= 1
+        del self._by_real[entry.task.priority][task_id]
+        left = self._tenant_depth[entry.task.tenant] - 1
+        if left:
+            self._tenant_depth[entry.task.tenant] = left
+        else:
+            del self._tenant_depth[entry.task.tenant]
         members = self._members[cls]
         del members[task_id]
         # Dead entries leave a heap only when they reach its head; rebuild a class whose heaps
@@ -149,14 +158,22 @@ class DeadlineQueue:
         return self._live[task_id].seq
 
     def depth(self, cls: Priority) -> int:
-        return self._depth[cls]
+        return len(self._by_real[cls])
 
     def depth_by_class(self) -> dict[Priority, int]:
-        return dict(self._depth)
+        return {c: len(m) for c, m in self._by_real.items()}
+
+    def tenant_depth(self, tenant: str) -> int:
+        return self._tenant_depth.get(tenant, 0)
+
+    def newest(self, cls: Priority) -> CoreTask | None:
+        """The most recently queued task of ``cls`` (the one to shed first), or None."""
+        members = self._by_real[cls]
+        return members[next(reversed(members))].task if members else None
 
     def oldest_arrival_s(self, cls: Priority) -> float | None:
         """Arrival of the longest-waiting task of ``cls`` (of any class, for class-blind orders)."""
-        if not self._depth[cls]:
+        if not self._by_real[cls]:
             return None
         return self._head(self._by_arrival[cls if self._by_class else Priority.CRITICAL]).arrival_s
 

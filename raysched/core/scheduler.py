@@ -40,6 +40,11 @@ class CoreConfig:
     ``max_attempts``: runs of one task before a lost worker makes it ``failed``.
     ``max_queued_per_class``: admission bound per pool and class; a task arriving at a full class
     is rejected at once rather than left to time out.
+    ``max_queued_per_pool``: bound on a pool's whole queue. When it is full, an arrival sheds the
+    newest queued task of the lowest class below its own (rejected, with the reason); with
+    nothing lower to shed, the arrival itself is rejected. Lower classes go first.
+    ``max_queued_per_tenant``: queued tasks one tenant may have per pool, so one tenant cannot
+    fill the queue and starve the rest.
     ``max_skips``: tasks a pass may set aside because no free worker suits them (context length)
     before it gives up on the pool for this pass; bounds the cost of one pass.
     ``ordering``: the deadline queue's order (see ``DeadlineQueue``).
@@ -53,6 +58,8 @@ class CoreConfig:
     aging_s: float | None = 30.0
     max_attempts: int = 3
     max_queued_per_class: int = 250_000
+    max_queued_per_pool: int = 500_000
+    max_queued_per_tenant: int = 100_000
     max_skips: int = 32
     ordering: str = "class_deadline"
     admission: bool = True
@@ -92,6 +99,7 @@ class SchedulerCore:
         self._expiry: list[tuple[float, int, str]] = []  # (latest_start_s, seq, task_id)
         self._seq = 0
         self.counts: dict[Status, int] = {s: 0 for s in Status}
+        self._shed: list[Outcome] = []  # tasks shed by submit, reported by the next assign
 
     # -- pools and workers -------------------------------------------------------------------
 
@@ -146,6 +154,21 @@ class SchedulerCore:
         if queue.depth(task.priority) >= self.config.max_queued_per_class:
             return self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
                                             f"{task.priority.name} tasks already wait for {task.pool}")
+        if queue.tenant_depth(task.tenant) >= self.config.max_queued_per_tenant:
+            return self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
+                                            f"{self.config.max_queued_per_tenant} tasks queued "
+                                            f"for {task.pool}")
+        if len(queue) >= self.config.max_queued_per_pool:
+            victim = next((v for c in reversed(Priority) if c > task.priority
+                           and (v := queue.newest(c)) is not None), None)
+            if victim is None:
+                return self._reject(rec, now_s, f"overloaded: {len(queue)} tasks queued for "
+                                                f"{task.pool} and none of a lower class to shed")
+            queue.remove(victim.task_id)
+            self._shed.append(self._finish(
+                self._records[victim.task_id], Status.REJECTED, now_s,
+                f"shed under overload: {task.pool}'s queue is full and a "
+                f"{task.priority.name} task arrived"))
         best_case_s = self.placement.best_case_s(task, self.table)
         if best_case_s is None:
             if not any(True for _ in self.table.groups(task.pool)):
@@ -188,7 +211,8 @@ class SchedulerCore:
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
         place and does not block work that can run elsewhere.
         """
-        decisions = Decisions(ended=self._expire(now_s))
+        decisions = Decisions(ended=self._shed + self._expire(now_s))
+        self._shed = []
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
             while queue and self.table.free_slots(pool) > 0 and len(skipped) < self.config.max_skips:
