@@ -10,11 +10,17 @@
 from raysched.client import Client, TaskHandle, connect, find, wait_all
 from raysched.config import PoolConfig, SchedulerConfig, default_config
 from raysched.core.types import Priority, Status
-from raysched.errors import ConfigError, RayschedError, SchedulerNotFoundError, TaskTimeoutError
+from raysched.errors import (
+    BackpressureError,
+    ConfigError,
+    RayschedError,
+    SchedulerNotFoundError,
+    TaskTimeoutError,
+)
 from raysched.models import Payload, Requirements, Result, Task
 
 __all__ = [
-    "Client", "ConfigError", "Payload", "PoolConfig", "Priority", "RayschedError", "Requirements",
+    "BackpressureError", "Client", "ConfigError", "Payload", "PoolConfig", "Priority", "RayschedError", "Requirements",
     "Result", "SchedulerConfig", "SchedulerNotFoundError", "Status", "Task", "TaskHandle",
     "TaskTimeoutError", "connect", "default_config", "find", "wait_all",
 ]

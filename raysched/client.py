@@ -18,7 +18,7 @@ from typing import Any
 
 from raysched.config import SchedulerConfig, default_config
 from raysched.core.types import Status
-from raysched.errors import SchedulerNotFoundError, TaskTimeoutError
+from raysched.errors import BackpressureError, SchedulerNotFoundError, TaskTimeoutError
 from raysched.models import Result, Task
 
 SUBMIT_CHUNK = 512
@@ -58,8 +58,9 @@ class TaskHandle:
 class Client:
     """A driver's connection to one scheduler actor."""
 
-    def __init__(self, actor: Any, owns_ray: bool) -> None:
+    def __init__(self, actor: Any, owns_ray: bool, max_outstanding: int = 100_000) -> None:
         self.actor = actor
+        self.max_outstanding = max_outstanding
         self.client_id = uuid.uuid4().hex
         self._owns_ray = owns_ray
         stats = self._get(actor.stats.remote())
@@ -67,6 +68,7 @@ class Client:
         self.notes: list[str] = stats["notes"]
         self._handles: dict[str, TaskHandle] = {}
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -77,18 +79,33 @@ class Client:
         data = task.model_dump() if isinstance(task, Task) else task
         return Task.model_validate(data, context={"pools": self.pools})
 
-    def submit(self, task: Task | Mapping[str, Any]) -> TaskHandle:
-        """Submit one task; returns its handle at once."""
-        return self.submit_many([task])[0]
+    def submit(self, task: Task | Mapping[str, Any], *, block: bool = True,
+               timeout: float | None = None) -> TaskHandle:
+        """Submit one task; returns its handle at once (see ``submit_many`` for backpressure)."""
+        return self.submit_many([task], block=block, timeout=timeout)[0]
 
-    def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]]) -> list[TaskHandle]:
+    def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]], *, block: bool = True,
+                    timeout: float | None = None) -> list[TaskHandle]:
         """Submit tasks in batches of ``SUBMIT_CHUNK`` per scheduler call.
 
         Every task is validated before any is sent, so a bad task in the list submits nothing.
+        Backpressure: a client holds at most ``max_outstanding`` unfinished tasks. Past that,
+        ``block=True`` waits up to ``timeout`` seconds (None: as long as it takes) for results
+        to make room, and ``block=False`` does not wait; either way ``BackpressureError`` says
+        so when there is no room, and nothing of this call is submitted.
         """
         checked = [self.validate(t) for t in tasks]
+        if len(checked) > self.max_outstanding:
+            raise BackpressureError(f"{len(checked)} tasks in one call exceed max_outstanding="
+                                    f"{self.max_outstanding}; submit them in smaller parts")
         handles = [TaskHandle(self, t.id) for t in checked]
-        with self._lock:
+        with self._room:
+            room = self._room.wait_for(
+                lambda: len(self._handles) + len(handles) <= self.max_outstanding,
+                timeout=timeout if block else 0)
+            if not room:
+                raise BackpressureError(f"{len(self._handles)} tasks of this client are still "
+                                        f"unfinished (max_outstanding={self.max_outstanding})")
             for h in handles:
                 if h.task_id in self._handles:
                     raise ValueError(f"task id {h.task_id!r} is already submitted by this client")
@@ -156,8 +173,9 @@ class Client:
         return ray.get(ref)
 
     def _resolve(self, result: Result) -> None:
-        with self._lock:
+        with self._room:
             handle = self._handles.pop(result.task_id, None)
+            self._room.notify_all()
         if handle is not None:
             handle._set(result)
 
@@ -178,15 +196,16 @@ class Client:
                 self._resolve(result)
 
     def _fail_all(self, reason: str) -> None:
-        with self._lock:
+        with self._room:
             handles, self._handles = self._handles, {}
+            self._room.notify_all()
         for task_id, h in handles.items():
             h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))
 
 
 def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, Any] | None = None,
             *, num_cpus: int | None = None, name: str | None = None,
-            ready_timeout_s: float = 120.0) -> Client:
+            ready_timeout_s: float = 120.0, max_outstanding: int = 100_000) -> Client:
     """Connect a driver to raysched.
 
     - No ``address`` and no ``RAY_ADDRESS`` (and Ray not started): start an embedded local Ray on
@@ -221,7 +240,7 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
     except ray.exceptions.GetTimeoutError:
         raise SchedulerNotFoundError(f"scheduler {actor_name!r} did not become ready in "
                                      f"{ready_timeout_s} s") from None
-    return Client(actor, owns_ray)
+    return Client(actor, owns_ray, max_outstanding)
 
 
 def find(name: str = "raysched-scheduler", namespace: str = "raysched") -> Any:

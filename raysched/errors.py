@@ -15,3 +15,7 @@ class TaskTimeoutError(RayschedError, TimeoutError):
 
 class ConfigError(RayschedError, ValueError):
     """A configuration that cannot be run on this cluster."""
+
+
+class BackpressureError(RayschedError):
+    """The client has as many unfinished tasks as it may hold; nothing was submitted."""

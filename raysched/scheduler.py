@@ -279,22 +279,39 @@ class SchedulerActor:
         for outcome in decisions.ended:
             self._deliver(outcome)
         batches: dict[str, list[WorkItem]] = defaultdict(list)
+        expected_s: dict[str, float] = defaultdict(float)
         for a in decisions.assignments:
             payload = self._pending[a.task.task_id].task.payload
             batches[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
                                                  a.task.deadline_s, payload))
+            expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
         for worker_id, items in batches.items():
-            asyncio.get_running_loop().create_task(self._run_batch(worker_id, items))
+            timeout_s = max(self.config.hang_grace_s,
+                            self.config.hang_factor * expected_s[worker_id])
+            asyncio.get_running_loop().create_task(self._run_batch(worker_id, items, timeout_s))
         return now
 
-    async def _run_batch(self, worker_id: str, items: list[WorkItem]) -> None:
-        """One streaming call carries a batch to a worker; completions come back as they end."""
+    async def _run_batch(self, worker_id: str, items: list[WorkItem], timeout_s: float) -> None:
+        """One streaming call carries a batch to a worker; completions come back as they end.
+
+        A worker that streams nothing for ``timeout_s`` is taken as hung, not waited on: it is
+        killed, and its tasks are retried elsewhere like those of any lost worker.
+        """
         handle = self.workers.get(worker_id)
         unfinished = {item.task_id for item in items}
         try:
             if handle is None:
                 raise RayActorError()
-            async for ref in handle.execute.remote(items):
+            stream = handle.execute.remote(items).__aiter__()
+            while True:
+                try:
+                    ref = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    ray.kill(handle, no_restart=True)
+                    self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
+                    return
                 completions: list[Completion] = await ref
                 now = time.time()
                 for c in completions:

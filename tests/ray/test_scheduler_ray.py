@@ -254,3 +254,29 @@ def test_learned_table_is_visible_and_survives_a_restart(make_client):
     assert any("restored" in note for note in again.notes)
     restored = [row for row in again.stats()["learned"] if row["kind"] == "summarization"]
     assert sum(row["observations"] for row in restored) == 12
+
+
+def test_hung_worker_is_detected_killed_and_replaced(make_client):
+    from tests.ray.conftest import small_config
+
+    config = small_config().model_copy(update={"hang_grace_s": 1.0, "hang_factor": 1.0,
+                                               "max_attempts": 2})
+    client = make_client(config)
+    hung = client.submit(cpu_task(_sleep, 120.0, priority="MEDIUM"))
+    r = hung.result(60)
+    assert r.status is Status.FAILED and "hung" in r.reason and r.attempts == 2
+    ok = client.submit(Task(kind="classification", sla_ms=10_000, payload={"features": [0.0] * 8}))
+    assert ok.result(30).ok
+
+
+def test_backpressure_on_a_driver_that_submits_too_fast(make_client):
+    client = make_client()
+    client.max_outstanding = 2
+    first = client.submit_many([cpu_task(_sleep, 0.5), cpu_task(_sleep, 0.5)])
+    with pytest.raises(raysched.BackpressureError):
+        client.submit(cpu_task(_sleep, 0.0), block=False)
+    with pytest.raises(raysched.BackpressureError):
+        client.submit(cpu_task(_sleep, 0.0), timeout=0.05)
+    # Blocking with room to come: waits for a result, then goes in.
+    late = client.submit(cpu_task(_sleep, 0.0), timeout=30)
+    assert all(h.result(30).ok for h in [*first, late])
