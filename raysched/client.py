@@ -58,8 +58,12 @@ class TaskHandle:
 class Client:
     """A driver's connection to one scheduler actor."""
 
-    def __init__(self, actor: Any, owns_ray: bool, max_outstanding: int = 100_000) -> None:
+    def __init__(self, actor: Any, owns_ray: bool, max_outstanding: int = 100_000,
+                 name: str = "raysched-scheduler", namespace: str = "raysched",
+                 reconnect_s: float = 60.0) -> None:
         self.actor = actor
+        self.name, self.namespace = name, namespace
+        self.reconnect_s = reconnect_s
         self.max_outstanding = max_outstanding
         self.client_id = uuid.uuid4().hex
         self._owns_ray = owns_ray
@@ -186,14 +190,39 @@ class Client:
             self._poller.start()
 
     def _poll_loop(self) -> None:
+        ack: list[str] = []
         while not self._closed.is_set():
             try:
-                results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S))
-            except Exception as exc:  # the scheduler is gone: every open handle gets told
-                self._fail_all(f"lost the scheduler: {type(exc).__name__}: {exc}")
-                return
+                results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
+                                                           ack=ack))
+            except Exception as exc:
+                # The scheduler restarts (max_restarts) and replays its task log: wait for it,
+                # then keep polling with the same client id. Unacknowledged results come again.
+                if not self._reconnect():
+                    with self._lock:
+                        ids = sorted(self._handles)
+                    self._fail_all(f"lost the scheduler ({type(exc).__name__}) and it did not "
+                                   f"come back within {self.reconnect_s:.0f} s; unfinished "
+                                   f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
+                    return
+                continue
+            ack = [r.task_id for r in results]
             for result in results:
                 self._resolve(result)
+
+    def _reconnect(self) -> bool:
+        import ray
+
+        give_up = time.monotonic() + self.reconnect_s
+        while time.monotonic() < give_up and not self._closed.is_set():
+            try:
+                actor = ray.get_actor(self.name, namespace=self.namespace)
+                ray.get(actor.start.remote(), timeout=10)
+                self.actor = actor
+                return True
+            except Exception:  # still restarting
+                time.sleep(0.5)
+        return False
 
     def _fail_all(self, reason: str) -> None:
         with self._room:
@@ -229,8 +258,12 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
             loopback_env()
             ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
     actor_name = name or cfg.name
+    # Restartable: after a crash Ray starts it again and it replays its task log.
     options: dict[str, Any] = {"name": actor_name, "namespace": cfg.namespace,
-                               "get_if_exists": True, "num_cpus": 0, "max_concurrency": 10_000}
+                               "get_if_exists": True, "num_cpus": 0, "max_concurrency": 10_000,
+                               "max_restarts": -1, "max_task_retries": 0}
+    # On the head node, where its task log is, before and after a restart.
+    options["resources"] = {"node:__internal_head__": 0.001}
     if not owns_ray:
         options["lifetime"] = "detached"
     actor = ray.remote(SchedulerActor).options(**options).remote(cfg.model_dump())
@@ -240,7 +273,7 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
     except ray.exceptions.GetTimeoutError:
         raise SchedulerNotFoundError(f"scheduler {actor_name!r} did not become ready in "
                                      f"{ready_timeout_s} s") from None
-    return Client(actor, owns_ray, max_outstanding)
+    return Client(actor, owns_ray, max_outstanding, name=actor_name, namespace=cfg.namespace)
 
 
 def find(name: str = "raysched-scheduler", namespace: str = "raysched") -> Any:

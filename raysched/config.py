@@ -75,6 +75,8 @@ class SchedulerConfig(BaseModel):
     # predicted service) is taken as hung: the worker is killed and its tasks are retried.
     hang_grace_s: float = Field(default=30.0, gt=0)
     hang_factor: float = Field(default=4.0, ge=1)
+    # fsync the task log after each batch: survives a node crash, costs a disk flush per batch.
+    wal_fsync: bool = False
     # A name from raysched.core.policies.POLICIES (all but the oracle-driven "clairvoyant").
     policy: str = "raysched"
     # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.

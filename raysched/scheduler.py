@@ -13,7 +13,8 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -25,6 +26,7 @@ from raysched.core.adaptive import AdaptiveEstimator
 from raysched.core.types import Status, WorkItem
 from raysched.metrics import SchedulerMetrics
 from raysched.models import Result, Task
+from raysched.wal import TaskLog
 
 log = logging.getLogger("raysched")
 # Worker actors that die are restarted by the scheduler, not by Ray, so their lost tasks are
@@ -68,6 +70,9 @@ class SchedulerActor:
         self._wake: asyncio.Event | None = None
         self.metrics = SchedulerMetrics()
         self.started_s = time.time()
+        self.log: TaskLog | None = None
+        # Results handed to drivers but not yet acknowledged: replayed after a restart.
+        self._unacked: dict[str, tuple[str, Result]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -92,16 +97,45 @@ class SchedulerActor:
         if restored:
             self.notes.append(f"restored {restored} learned service-time models (trusted less "
                               f"until they see new completions)")
+        self._open_log()
         loop = asyncio.get_running_loop()
         loop.create_task(self._dispatch_loop())
         loop.create_task(self._metrics_loop())
         return self.notes
 
+    def _open_log(self) -> None:
+        """Open the task log; after a restart, take up what the previous incarnation owed."""
+        session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+        self.log = TaskLog(Path(session_dir) / "raysched" / f"{self.config.name}.wal",
+                           fsync=self.config.wal_fsync)
+        pending, unacked = self.log.replay()
+        if not pending and not unacked:
+            return
+        now = time.time()
+        for task_id, (client_id, result) in unacked.items():
+            self._unacked[task_id] = (client_id, result)
+            self._mailboxes[client_id].results.append(result)
+        rerun = 0
+        for task_id, (client_id, task, deadline_s) in pending.items():
+            core_task = replace(task.to_core(now), deadline_s=deadline_s)
+            outcome = self.core.submit(core_task, now)
+            self._pending[task_id] = _Pending(task, client_id)
+            if outcome is None:
+                rerun += 1
+            else:
+                self._deliver(replace(outcome, reason=f"after a scheduler restart: {outcome.reason}"))
+        note = (f"restarted: {rerun} accepted tasks queued to run again, "
+                f"{len(pending) - rerun} reported as rejected, {len(unacked)} results to deliver")
+        log.warning(note)
+        self.notes.append(note)
+        self.log.flush()
+
     async def ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until every worker started so far has registered; returns ``stats()``."""
+        await self.start()
         if self._starting:
             await asyncio.wait(list(self._starting), timeout=timeout_s)
-        return self.stats()
+        return self._stats()
 
     def _spawn(self, pool: PoolConfig) -> None:
         from actors.cpu_actor import CPUActor
@@ -142,27 +176,49 @@ class SchedulerActor:
     # -- driver API --------------------------------------------------------------------------
 
     async def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
-        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None."""
+        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None.
+
+        Accepted tasks are in the task log before this returns, so a scheduler restart from here
+        on runs or reports every one of them.
+        """
+        await self.start()
         now = time.time()
         out: list[Result | None] = []
+        accepted: list[tuple[Task, float]] = []
         for task in tasks:
-            if task.id in self._pending:
-                out.append(self._rejection(task, now, f"task id {task.id!r} is already queued"))
+            if task.id in self._pending or task.id in self._unacked:
+                out.append(self._rejection(task, now, f"task id {task.id!r} is already in the "
+                                                      f"scheduler"))
                 continue
-            outcome = self.core.submit(task.to_core(now), now)
+            core_task = task.to_core(now)
+            outcome = self.core.submit(core_task, now)
             if outcome is None:
                 self._pending[task.id] = _Pending(task, client_id)
+                accepted.append((task, core_task.deadline_s))
                 out.append(None)
             else:
                 result = self._result(outcome, task.kind)
                 self.metrics.record(outcome)
                 out.append(result)
+        if accepted and self.log is not None:
+            self.log.accepted(client_id, accepted)
+            self.log.flush()
         self._kick()
         return out
 
-    async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000
-                   ) -> list[Result]:
-        """Results finished for ``client_id`` since the last poll; waits up to ``timeout_s``."""
+    async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000,
+                   ack: list[str] | None = None) -> list[Result]:
+        """Results finished for ``client_id`` since the last poll; waits up to ``timeout_s``.
+
+        ``ack``: ids of results the driver has received; until acknowledged, a result is
+        delivered again after a scheduler restart.
+        """
+        await self.start()
+        if ack:
+            for task_id in ack:
+                self._unacked.pop(task_id, None)
+            if self.log is not None:
+                self.log.acked(ack)
         box = self._mailboxes[client_id]
         if not box.results:
             box.event.clear()
@@ -192,7 +248,11 @@ class SchedulerActor:
                 handle.abort.remote(ids)
         return ended
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         now = time.time()
         stats = self.core.stats(now)
         stats["notes"] = list(self.notes)
@@ -267,6 +327,10 @@ class SchedulerActor:
             # Sleep until new work, a completion, or the next expiry, whichever comes first.
             next_expiry = self.core.next_expiry_s()
             timeout = idle_s if next_expiry is None else min(idle_s, max(0.0, next_expiry - now))
+            if self.log is not None:
+                self.log.flush()
+                if self.log.needs_compaction():
+                    self._compact_log()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -362,9 +426,19 @@ class SchedulerActor:
         if pending is None:
             return
         self.metrics.record(outcome)
+        result = self._result(outcome, pending.task.kind)
+        self._unacked[outcome.task_id] = (pending.client_id, result)
+        if self.log is not None:
+            self.log.ended([(pending.client_id, result)])
         box = self._mailboxes[pending.client_id]
-        box.results.append(self._result(outcome, pending.task.kind))
+        box.results.append(result)
         box.event.set()
+
+    def _compact_log(self) -> None:
+        assert self.log is not None
+        pending = {tid: (p.client_id, p.task, self.core.deadline_of(tid))
+                   for tid, p in self._pending.items()}
+        self.log.compact(pending, self._unacked)
 
     def _rejection(self, task: Task, now: float, reason: str) -> Result:
         return Result(task_id=task.id, status=Status.REJECTED, reason=reason, kind=task.kind,

@@ -265,6 +265,11 @@ class SchedulerCore:
         """When the earliest queued task's latest start passes (a hint: entries may be stale)."""
         return self._expiry[0][0] if self._expiry else None
 
+    def deadline_of(self, task_id: str) -> float:
+        """The absolute deadline of an unfinished task (infinite for an unknown one)."""
+        rec = self._records.get(task_id)
+        return rec.task.deadline_s if rec is not None else float("inf")
+
     def state_of(self, task_id: str) -> str | None:
         rec = self._records.get(task_id)
         return rec.state if rec else None

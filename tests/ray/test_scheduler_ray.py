@@ -280,3 +280,22 @@ def test_backpressure_on_a_driver_that_submits_too_fast(make_client):
     # Blocking with room to come: waits for a result, then goes in.
     late = client.submit(cpu_task(_sleep, 0.0), timeout=30)
     assert all(h.result(30).ok for h in [*first, late])
+
+
+def test_scheduler_restart_runs_or_reports_every_accepted_task(make_client):
+    import ray
+
+    client = make_client(cpu={"replicas": 2, "slots": 1})
+    slow = client.submit_many([cpu_task(_sleep, 0.3, priority="MEDIUM") for _ in range(10)])
+    done_before = client.submit(cpu_task(_sleep, 0.0, priority="CRITICAL"))
+    assert done_before.result(10).ok
+    # Crash the scheduler (Ray restarts it: max_restarts) with work queued and running.
+    ray.kill(client.actor, no_restart=False)
+    results = [h.result(120) for h in slow]
+    assert [r.task_id for r in results] == [h.task_id for h in slow]
+    assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
+    notes = client.stats()["notes"]
+    assert any(n.startswith("restarted:") for n in notes), notes
+    # The driver got each result once, and the restarted scheduler keeps serving.
+    assert client.outstanding() == 0
+    assert client.submit(cpu_task(_sleep, 0.0)).result(30).ok

@@ -1,0 +1,116 @@
+"""A write-ahead record of the scheduler's promises: accepted tasks and undelivered results.
+
+Every accepted task is appended when it is admitted, every Result when it is produced, and every
+acknowledgement when a driver has received its results. After the scheduler actor restarts, a
+replay yields the tasks that were accepted and never ended (to run again, or to report) and the
+results no driver has acknowledged (to deliver again). Drivers drop duplicates by task id, so a
+task's Result reaches its driver exactly once even though a task may run twice.
+
+Why a file on the head node rather than Ray's GCS key-value store: a GCS put is a round trip
+per call (about a millisecond here), while an append to a local file costs microseconds and
+batches naturally with the scheduler's own batches. The scheduler actor runs on the head node and
+restarts there, and the file lives in the Ray session's directory, so a new Ray session (a new
+cluster) never replays the previous one's tasks.
+
+Format: length-prefixed pickled records ``(op, ...)``; a torn last record (a crash mid-write)
+ends the replay.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray import cloudpickle
+
+_LEN = struct.Struct("<I")
+COMPACT_BYTES = 64 * 1024 * 1024
+
+
+class TaskLog:
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the actor's life
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def accepted(self, client_id: str, entries: list[tuple[Any, float]]) -> None:
+        """Tasks admitted for ``client_id``, each with its absolute deadline."""
+        self._append(("A", client_id, entries))
+
+    def ended(self, results: list[tuple[str, Any]]) -> None:
+        """``(client_id, Result)`` pairs produced (not yet acknowledged)."""
+        self._append(("E", results))
+
+    def acked(self, task_ids: list[str]) -> None:
+        self._append(("K", task_ids))
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _append(self, record: tuple[Any, ...]) -> None:
+        data = cloudpickle.dumps(record)
+        self._file.write(_LEN.pack(len(data)))
+        self._file.write(data)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _records(self) -> Iterator[tuple[Any, ...]]:
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            while True:
+                head = f.read(_LEN.size)
+                if len(head) < _LEN.size:
+                    return
+                data = f.read(_LEN.unpack(head)[0])
+                try:
+                    yield cloudpickle.loads(data)
+                except Exception:  # a torn record at the end of a crashed write
+                    return
+
+    def replay(self) -> tuple[dict[str, tuple[str, Any, float]], dict[str, tuple[str, Any]]]:
+        """``(pending, unacked)``: task_id -> (client_id, Task, deadline_s) for accepted tasks
+        with no Result, and task_id -> (client_id, Result) for results not acknowledged."""
+        pending: dict[str, tuple[str, Any, float]] = {}
+        unacked: dict[str, tuple[str, Any]] = {}
+        for rec in self._records():
+            if rec[0] == "A":
+                for task, deadline_s in rec[2]:
+                    pending[task.id] = (rec[1], task, deadline_s)
+            elif rec[0] == "E":
+                for client_id, result in rec[1]:
+                    pending.pop(result.task_id, None)
+                    unacked[result.task_id] = (client_id, result)
+            elif rec[0] == "K":
+                for task_id in rec[1]:
+                    unacked.pop(task_id, None)
+        return pending, unacked
+
+    def needs_compaction(self) -> bool:
+        return self._file.tell() >= COMPACT_BYTES
+
+    def compact(self, pending: dict[str, tuple[str, Any, float]],
+                unacked: dict[str, tuple[str, Any]]) -> None:
+        """Rewrite the log as just what is still owed."""
+        self._file.flush()
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            by_client: dict[str, list[tuple[Any, float]]] = {}
+            for client_id, task, deadline_s in pending.values():
+                by_client.setdefault(client_id, []).append((task, deadline_s))
+            for record in [("A", c, e) for c, e in by_client.items()] + [("E", list(unacked.values()))]:
+                data = cloudpickle.dumps(record)
+                f.write(_LEN.pack(len(data)) + data)
+        self._file.close()
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "ab")  # noqa: SIM115
