@@ -136,6 +136,19 @@ def test_sequences_join_and_leave_a_running_batch(engine):
     assert [s.token_ids for s in seqs] == alone
 
 
+def test_a_sequence_resumes_on_an_engine_without_its_cache(engine, model_dir):
+    """A sequence whose cache row is gone (a fresh engine) continues where it stopped."""
+    (s,) = _seqs(engine, [(PROMPTS[3], 10)])
+
+    async def first_part():
+        while s.num_generated < 4:
+            await engine.step([s], 1)
+    asyncio.run(first_part())
+    fresh = HFEngine(str(model_dir), calibrate=False)
+    _run(fresh, [s])
+    assert s.token_ids == _alone(engine, PROMPTS[3], 10)
+
+
 def test_per_request_max_new_tokens(engine):
     seqs = _seqs(engine, [(PROMPTS[0], 1), (PROMPTS[1], 3), (PROMPTS[3], 7), (PROMPTS[4], 16)])
 

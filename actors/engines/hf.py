@@ -189,7 +189,9 @@ class HFEngine:
         ids = self._encode(seq.prompt) or [self.pad_token_id]
         # Keep the end of an over-long prompt so prompt + output fits the context.
         room = max(1, self.max_context_tokens - seq.max_new_tokens)
-        return ids[-room:]
+        # A sequence this engine has no row for but that already has tokens (its row was lost)
+        # resumes where it stopped: its tokens so far are prefilled with the prompt.
+        return ids[-room:] + list(seq.token_ids)
 
     def _run(self, plans: list[_RowPlan], max_steps: int) -> _CallResult:
         """One call's forwards (runs in a worker thread)."""
