@@ -13,9 +13,11 @@ import uuid
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the hf engine needs torch (pip install '.[hf]')")
+torch = pytest.importorskip("torch", reason="the hf engine needs torch (pip install '.[hf]')",
+                            exc_type=ImportError)
 transformers = pytest.importorskip(
-    "transformers", reason="the hf engine needs transformers (pip install '.[hf]')")
+    "transformers", reason="the hf engine needs transformers (pip install '.[hf]')",
+    exc_type=ImportError)
 
 from actors.engines import make_engine, real_engines_available
 from actors.engines.base import Sequence

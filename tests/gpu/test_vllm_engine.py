@@ -14,10 +14,12 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-torch = pytest.importorskip("torch", reason="the vLLM engine needs torch with CUDA")
+torch = pytest.importorskip("torch", reason="the vLLM engine needs torch with CUDA",
+                            exc_type=ImportError)
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU is visible: the vLLM engine tests need one", allow_module_level=True)
-pytest.importorskip("vllm", reason="vllm is not installed (pip install '.[vllm]' on a GPU node)")
+pytest.importorskip("vllm", reason="vllm is not installed (pip install '.[vllm]' on a GPU node)",
+                    exc_type=ImportError)
 
 from actors.engines import make_engine, real_engines_available
 from actors.engines.base import Sequence
