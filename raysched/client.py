@@ -31,6 +31,7 @@ class TaskHandle:
     def __init__(self, client: Client, task_id: str) -> None:
         self._client = client
         self.task_id = task_id
+        self.resolved_at: float | None = None  # time.monotonic() when the Result arrived
         self._future: concurrent.futures.Future[Result] = concurrent.futures.Future()
 
     def result(self, timeout: float | None = None) -> Result:
@@ -52,6 +53,7 @@ class TaskHandle:
 
     def _set(self, result: Result) -> None:
         if not self._future.done():
+            self.resolved_at = time.monotonic()
             self._future.set_result(result)
 
 
@@ -72,6 +74,7 @@ class Client:
         self.notes: list[str] = stats["notes"]
         self._handles: dict[str, TaskHandle] = {}
         self._lock = threading.Lock()
+        self.duplicates_dropped = 0
         self._room = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
         self._closed = threading.Event()
@@ -117,7 +120,7 @@ class Client:
         self._ensure_poller()
         for i in range(0, len(checked), SUBMIT_CHUNK):
             chunk = checked[i:i + SUBMIT_CHUNK]
-            rejections = self._get(self.actor.submit.remote(self.client_id, chunk))
+            rejections = self._call("submit", self.client_id, chunk)
             for result in rejections:
                 if result is not None:
                     self._resolve(result)
@@ -142,11 +145,11 @@ class Client:
         return await handle
 
     def cancel(self, task_ids: list[str]) -> list[bool]:
-        return self._get(self.actor.cancel.remote(task_ids))
+        return self._call("cancel", task_ids)
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's load tables, queue depths, result counts and startup notes."""
-        return self._get(self.actor.stats.remote())
+        return self._call("stats")
 
     def outstanding(self) -> int:
         with self._lock:
@@ -176,9 +179,28 @@ class Client:
 
         return ray.get(ref)
 
+    def _call(self, method: str, *args: Any) -> Any:
+        """Call the scheduler; if it is restarting, wait for it and call once more.
+
+        Calls are idempotent (a task id submitted twice by one client is accepted once), so a
+        call that "may or may not have executed" before a crash is safe to repeat.
+        """
+        from ray.exceptions import RayActorError
+
+        try:
+            return self._get(getattr(self.actor, method).remote(*args))
+        except RayActorError:
+            if not self._reconnect():
+                raise SchedulerNotFoundError(f"scheduler {self.name!r} is gone and did not come "
+                                             f"back within {self.reconnect_s:.0f} s") from None
+            return self._get(getattr(self.actor, method).remote(*args))
+
     def _resolve(self, result: Result) -> None:
         with self._room:
             handle = self._handles.pop(result.task_id, None)
+            if handle is None:
+                # A result delivered again after a scheduler restart: the first one stands.
+                self.duplicates_dropped += 1
             self._room.notify_all()
         if handle is not None:
             handle._set(result)

@@ -186,7 +186,12 @@ class SchedulerActor:
         out: list[Result | None] = []
         accepted: list[tuple[Task, float]] = []
         for task in tasks:
-            if task.id in self._pending or task.id in self._unacked:
+            owner = self._pending.get(task.id)
+            done = self._unacked.get(task.id)
+            if (owner and owner.client_id == client_id) or (done and done[0] == client_id):
+                out.append(None)  # a repeated call: already accepted, its Result will come
+                continue
+            if owner or done:
                 out.append(self._rejection(task, now, f"task id {task.id!r} is already in the "
                                                       f"scheduler"))
                 continue

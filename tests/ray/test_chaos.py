@@ -1,0 +1,29 @@
+"""A short chaos run in CI: worker kills, a node removed, a scheduler restart; nothing lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_task_ends_exactly_once_under_faults(tmp_path):
+    out = tmp_path / "chaos.json"
+    proc = subprocess.run([sys.executable, "benchmarks/chaos.py", "--tasks", "1500", "--rate",
+                           "200", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=400, check=False)
+    assert out.exists(), proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    ended = sum(r[k] for k in ("completed", "failed", "rejected", "expired", "cancelled"))
+    assert r["lost"] == 0 and r["duplicated"] == 0
+    assert ended == r["submitted"] == 1500
+    kinds = {f["what"].split(" ")[0] for f in r["faults"]}
+    assert {"killed", "removed", "restarted"} <= kinds
+    assert r["completed"] > 0.5 * r["submitted"]
+    assert proc.returncode == 0, proc.stdout[-2000:]
