@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,10 +35,11 @@ class LLMActor:
 
     def __init__(self, worker_id: str, pool: str, engine: str = "sim", model: str = "7b",
                  max_batch_size: int = 16, max_wait_ms: float = 2.0,
-                 time_scale: float = 1.0) -> None:
+                 time_scale: float = 1.0, engine_options: dict[str, Any] | None = None) -> None:
         self.worker_id = worker_id
         self.pool = pool
-        self.engine: Engine = make_engine(engine, model, time_scale=time_scale)
+        self.engine: Engine = make_engine(engine, model, time_scale=time_scale,
+                                          **(engine_options or {}))
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1e3
         self._waiting: list[tuple[int, float, int, _Request]] = []
@@ -116,6 +118,10 @@ class LLMActor:
                 for r in live:
                     self._resolve(r, ok=False, error=f"engine failed: {exc!r}", retryable=True)
                 self._running = []
+                if getattr(self.engine, "dead", False):
+                    # A dead engine does not come back: let the completions go out, then end the
+                    # actor so the scheduler replaces the worker instead of retrying into it.
+                    asyncio.get_running_loop().call_later(1.0, os._exit, 1)
                 continue
             self.steps += 1
             batch_size = len(live)

@@ -9,13 +9,16 @@ units the cluster has.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.scheduler import SchedulerCore
+from actors.engines.simulated import PRESETS
 from raysched.errors import ConfigError
+
+
 
 
 class PoolConfig(BaseModel):
@@ -36,6 +39,9 @@ class PoolConfig(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
     cluster_resource: str | None = None
     time_scale: float = Field(default=1.0, gt=0, le=100)
+    # Passed to the engine's constructor: tensor_parallel_size, max_model_len,
+    # gpu_memory_utilization for vllm; device, dtype, num_threads for hf.
+    engine_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _replicas(self) -> PoolConfig:
@@ -166,5 +172,15 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
             update["engine"] = engine
             if engine == "sim":
                 update["num_gpus"] = 0.0
+                if pool.engine == "sim":
+                    notes.append(f"pool {pool.name}: running the SIMULATED engine ({pool.model})")
+            elif engine == "hf" and pool.model in PRESETS:
+                raise ConfigError(f"pool {pool.name}: engine 'hf' needs a model directory, "
+                                  f"not the simulator preset {pool.model!r}")
+            elif engine == "vllm":
+                # Tensor-parallel engines take their GPUs through a placement group; an actor
+                # holding them too would deadlock the group.
+                tp = int(pool.engine_options.get("tensor_parallel_size", 1))
+                update["num_gpus"] = 1.0 if tp == 1 else 0.0
         pools.append(pool.model_copy(update=update))
     return pools, notes

@@ -150,7 +150,7 @@ class SchedulerActor:
             handle = ray.remote(LLMActor).options(**opts).remote(
                 worker_id, pool.name, engine=pool.engine, model=pool.model,
                 max_batch_size=pool.max_batch_size, max_wait_ms=pool.max_wait_ms,
-                time_scale=pool.time_scale)
+                time_scale=pool.time_scale, engine_options=pool.engine_options)
         task = asyncio.get_running_loop().create_task(self._register(worker_id, pool, handle))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)

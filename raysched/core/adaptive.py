@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
-from raysched.core.placement import Choice, eligible
+from raysched.core.placement import Choice, EstimatorPlacement, eligible
 from raysched.core.types import Completion, CoreTask, Priority, ServicePrior
 
 PROMPT_UNIT = 1000.0
@@ -199,13 +199,13 @@ class AdaptiveEstimator:
             self.models[(row["kind"], row["worker"])] = m
 
 
-class AdaptivePlacement:
+class AdaptivePlacement(EstimatorPlacement):
     """Filter -> score (learned) -> pick, deadline-aware, with bounded exploration."""
 
     def __init__(self, estimator: AdaptiveEstimator | None = None, explore: float = 1.0,
                  max_bonus: float = 0.2, exact_up_to: int = 64, samples: int = 8,
                  seed: int = 0) -> None:
-        self.estimator = estimator or AdaptiveEstimator()
+        self.estimator: AdaptiveEstimator = estimator or AdaptiveEstimator()
         self.explore = explore
         self.max_bonus = max_bonus
         self.exact_up_to = exact_up_to
@@ -251,10 +251,3 @@ class AdaptivePlacement:
         finish, service, w = min(scored, key=optimistic)
         return Choice(w, service, finish)
 
-    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
-                 if eligible(task, g)]
-        return min(times) if times else None
-
-    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
-        self.estimator.observe(task, completion, now_s)

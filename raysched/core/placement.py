@@ -71,7 +71,21 @@ class Placement(Protocol):
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
 
-class LeastCompletionTime:
+class EstimatorPlacement:
+    """What every placement shares: a service estimator that answers the best case and learns."""
+
+    estimator: ServiceEstimator
+
+    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
+                 if eligible(task, g)]
+        return min(times) if times else None
+
+    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
+        self.estimator.observe(task, completion, now_s)
+
+
+class LeastCompletionTime(EstimatorPlacement):
     """Pick the eligible worker with the earliest predicted finish (wait + service).
 
     Inside a group of like workers the least loaded one finishes first, so only each group's
@@ -79,7 +93,7 @@ class LeastCompletionTime:
     """
 
     def __init__(self, estimator: ServiceEstimator | None = None) -> None:
-        self.estimator: ServiceEstimator = estimator or PriorEstimator()
+        self.estimator = estimator or PriorEstimator()
 
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         best: Choice | None = None
@@ -95,27 +109,11 @@ class LeastCompletionTime:
                 best = Choice(worker, service_s, finish_s)
         return best
 
-    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
-                 if eligible(task, g)]
-        return min(times) if times else None
 
-    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
-        self.estimator.observe(task, completion, now_s)
-
-
-class _Baseline:
-    """Shared parts of the baseline placements: prior-based best case, nothing learned."""
+class _Baseline(EstimatorPlacement):
+    """The baseline placements: engine priors, nothing learned."""
 
     estimator: ServiceEstimator = PriorEstimator()
-
-    def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
-                 if eligible(task, g)]
-        return min(times) if times else None
-
-    def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
-        return None
 
     def _choice(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> Choice:
         service_s = self.estimator.service_s(task, worker)
