@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.scheduler import SchedulerCore
-from actors.engines.simulated import PRESETS
 from raysched.errors import ConfigError
 
 
@@ -141,6 +140,8 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
     - An LLM pool with ``engine="auto"`` runs a real engine where the cluster has GPUs and the
       engine imports, else the simulated engine on CPU resources. Either way the notes say so.
     """
+    from actors.engines.simulated import PRESETS  # actors imports raysched: import late
+
     pools: list[PoolConfig] = []
     notes: list[str] = []
     has_gpus = cluster_resources.get("GPU", 0) > 0
