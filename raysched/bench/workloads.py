@@ -169,7 +169,7 @@ def trace_rule(context_tokens: int, generated_tokens: int) -> tuple[Priority, st
       is HIGH (a chat reply someone waits for), up to 256 MEDIUM, longer LOW.
     - Pool: MEDIUM and LOW requests whose context fits Llama-2-70B's 4,096 tokens go to llm-70b
       (long answers, the bigger model); HIGH ones, and anything longer, go to llm-7b
-      (32k context).
+      (32k context). "Fits" counts the token budget the scheduler sees (``token_budget``).
     - Deadline (in ``load_trace``): arrival + max(0.5 s, slack x the request's idle service time
       on its pool), slack 3 (HIGH), 5 (MEDIUM), 10 (LOW).
     """
@@ -179,9 +179,15 @@ def trace_rule(context_tokens: int, generated_tokens: int) -> tuple[Priority, st
         prio = Priority.MEDIUM
     else:
         prio = Priority.LOW
-    fits_70b = context_tokens + generated_tokens <= 4_096
+    fits_70b = context_tokens + token_budget(generated_tokens) <= 4_096
     pool = "llm-70b" if prio is not Priority.HIGH and fits_70b else "llm-7b"
     return prio, pool
+
+
+def token_budget(generated_tokens: int) -> int:
+    """The ``max_new_tokens`` a replayed request asks for: the next power of two above what it
+    really generates, at most 1,000 (the trace's cap). Only the clairvoyant policy knows more."""
+    return max(generated_tokens, min(1_000, 1 << max(0, math.ceil(math.log2(max(generated_tokens, 1))))))
 
 
 def read_trace(path: str | Path, limit: int | None = None) -> list[tuple[float, int, int]]:
@@ -229,9 +235,7 @@ def load_trace(path: str | Path, load: float | None = None, compress: float = 1.
         idle_s = SimLLMWorker("probe", p.preset, p.max_batch_size).prior.service_s(ctx, gen, 1)
         at = t / compress
         deadline = at + max(TRACE_SLACK_FLOOR_S, TRACE_SLACK[prio] * idle_s)
-        # The scheduler sees a token budget, not the true length: the next power of two.
-        max_new = min(1_000, 1 << max(0, math.ceil(math.log2(max(gen, 1)))))
         core = CoreTask(f"az{n}", "trace", prio, deadline, pool, num_prompt_tokens=ctx,
-                        max_new_tokens=max(max_new, gen))
+                        max_new_tokens=token_budget(gen))
         tasks.append(SimTask(at, core, true_new_tokens=gen))
     return tasks, compress
