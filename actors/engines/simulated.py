@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from actors.engines.base import Sequence
 from raysched.core.types import ServicePrior
@@ -140,7 +140,11 @@ class SimulatedEngine:
         return f"{r.model.name} on {r.num_gpus}x {r.gpu.name}"
 
     def prior(self) -> ServicePrior:
-        return self.roofline.prior()
+        """The roofline prior in this engine's time: scaled like its steps."""
+        p = self.roofline.prior()
+        k = self.time_scale
+        return replace(p, fixed_s=p.fixed_s * k, prefill_s_per_token=p.prefill_s_per_token * k,
+                       decode_s_per_step=p.decode_s_per_step * k)
 
     def count_tokens(self, prompt: str) -> int:
         return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))

@@ -122,3 +122,10 @@ def test_trace_replay_maps_rows_to_pools_and_load():
         assert st.task.deadline_s > st.arrival_s
     entry, _ = run_sim("raysched", tasks, DEFAULT_CLUSTER)
     assert sum(entry["results"].values()) == 2_000
+
+
+def test_simulated_engine_prior_runs_on_its_own_clock():
+    from actors.engines.simulated import SimulatedEngine
+
+    real, fast = SimulatedEngine("7b"), SimulatedEngine("7b", time_scale=0.1)
+    assert fast.prior().service_s(500, 40, 4) == pytest.approx(0.1 * real.prior().service_s(500, 40, 4))
