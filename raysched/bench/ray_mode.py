@@ -113,6 +113,10 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
     scale = args.time_scale
     meta.update(time_scale=scale, note="ray mode: simulated engines and sleeping CPU tasks, "
                                        "times scaled back to real time")
+    if "ray-serve" in args.peer and scale < 1:
+        meta["peer_note"] = ("Ray Serve's router backs off and probes in real time, which does not "
+                             "shrink with --time-scale: compare with the peer at time scale 1")
+        print(f"note: {meta['peer_note']}")
     if not ray.is_initialized():
         if args.address:
             ray.init(address=args.address, namespace="raysched", log_to_driver=False)

@@ -43,8 +43,9 @@ def machine() -> dict[str, Any]:
         pass
     import os
 
+    # Other work on the machine moves wall-clock (ray mode) figures: record how busy it was.
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
 
 
 def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], seed: int = 0,
