@@ -59,7 +59,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from raysched.core import Completion, CoreTask, Priority, SchedulerCore, ServicePrior, WorkerSpec
+from raysched.core import (
+    Completion,
+    CoreConfig,
+    CoreTask,
+    Priority,
+    SchedulerCore,
+    ServicePrior,
+    WorkerSpec,
+)
 
 T0 = 1_000_000.0  # the core's clock starts here (an arbitrary epoch; the core never reads a clock)
 CLASSES = list(Priority)
@@ -71,6 +79,12 @@ console = Console(width=None if sys.stdout.isatty() else 250)
 
 
 # -- shared helpers ---------------------------------------------------------------------------
+
+
+# The core's admission bounds (per class, pool and tenant) are lifted: these parts measure the
+# data structures at 10^5 and 10^6 queued tasks, not admission control.
+UNBOUNDED = CoreConfig(max_queued_per_class=10**7, max_queued_per_pool=10**7,
+                       max_queued_per_tenant=10**7)
 
 
 def _noop() -> None:
@@ -189,7 +203,7 @@ def _filled_core(q: int, w: int, rng: random.Random, low_backlog: bool
     built from LOW tasks alone sits in contiguous memory and makes the queue's full scans look
     about 3x cheaper than they are after hours of churn.
     """
-    core = SchedulerCore()
+    core = SchedulerCore(UNBOUNDED)
     prior = ServicePrior(fixed_s=0.01)
     for i in range(w):
         core.add_worker(WorkerSpec(f"cpu-{i}", "cpu", slots=4, concurrency=1, prior=prior), T0)
@@ -397,7 +411,7 @@ KIND_MIX = [("classification", "cpu", 0.40), ("summarization", "llm-7b", 0.30),
 def _memory_core() -> SchedulerCore:
     from actors.engines.simulated import PRESETS
 
-    core = SchedulerCore()
+    core = SchedulerCore(UNBOUNDED)
     cpu = ServicePrior(fixed_s=0.0012)
     for i in range(2):
         core.add_worker(WorkerSpec(f"cpu-{i}", "cpu", 4, 1, cpu), T0)

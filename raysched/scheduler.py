@@ -232,6 +232,8 @@ class SchedulerActor:
             except asyncio.TimeoutError:
                 return []
         taken, box.results = box.results[:max_results], box.results[max_results:]
+        if self.log is not None:
+            self.log.flush()  # what a driver is told is in the log first
         return taken
 
     async def cancel(self, task_ids: list[str]) -> list[bool]:

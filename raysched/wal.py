@@ -36,6 +36,10 @@ class TaskLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the actor's life
+        # Results and acknowledgements come one at a time; they are written as one record per
+        # flush (one pickling pass, not one per result).
+        self._ended: list[tuple[str, Any]] = []
+        self._acked: list[str] = []
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -44,13 +48,20 @@ class TaskLog:
         self._append(("A", client_id, entries))
 
     def ended(self, results: list[tuple[str, Any]]) -> None:
-        """``(client_id, Result)`` pairs produced (not yet acknowledged)."""
-        self._append(("E", results))
+        """``(client_id, Result)`` pairs produced (not yet acknowledged); written at flush."""
+        self._ended.extend(results)
 
     def acked(self, task_ids: list[str]) -> None:
-        self._append(("K", task_ids))
+        """Results the drivers have received; written at flush."""
+        self._acked.extend(task_ids)
 
     def flush(self) -> None:
+        if self._ended:
+            self._append(("E", self._ended))
+            self._ended = []
+        if self._acked:
+            self._append(("K", self._acked))
+            self._acked = []
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
@@ -66,7 +77,7 @@ class TaskLog:
     # -- reading -----------------------------------------------------------------------------
 
     def _records(self) -> Iterator[tuple[Any, ...]]:
-        self._file.flush()
+        self.flush()
         with open(self.path, "rb") as f:
             while True:
                 head = f.read(_LEN.size)
@@ -102,7 +113,7 @@ class TaskLog:
     def compact(self, pending: dict[str, tuple[str, Any, float]],
                 unacked: dict[str, tuple[str, Any]]) -> None:
         """Rewrite the log as just what is still owed."""
-        self._file.flush()
+        self.flush()
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             by_client: dict[str, list[tuple[Any, float]]] = {}
