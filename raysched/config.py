@@ -9,6 +9,7 @@ units the cluster has.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,14 +34,22 @@ class PoolConfig(BaseModel):
     slots: int | None = Field(default=None, ge=1, le=4096)
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
+    num_cpus: float = Field(default=1.0, ge=0, le=1024)
+    num_gpus: float = Field(default=0.0, ge=0, le=64)
     resources: dict[str, float] = Field(default_factory=dict)
     cluster_resource: str | None = None
     time_scale: float = Field(default=1.0, gt=0, le=100)
     # Passed to the engine's constructor: tensor_parallel_size, max_model_len,
     # gpu_memory_utilization for vllm; device, dtype, num_threads for hf.
     engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _amounts(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: a for k, a in v.items() if not (math.isfinite(a) and a >= 0)}
+        if bad:
+            raise ValueError(f"resource amounts must be finite and non-negative: {bad}")
+        return v
 
     @model_validator(mode="after")
     def _replicas(self) -> PoolConfig:

@@ -129,7 +129,7 @@ class Task(BaseModel):
     @field_validator("kind")
     @classmethod
     def _kind_name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError("kind must start with a letter and use letters, digits, '_', '-', '.'")
         return v
 
@@ -141,7 +141,7 @@ class Task(BaseModel):
             raise ValueError("a deadline is required: set sla_ms or deadline_s (or best_effort=True)")
         pool = self.pool
         known = (info.context or {}).get("pools") if info is not None else None
-        if not _NAME.match(pool):
+        if not _NAME.fullmatch(pool):
             raise ValueError(f"requirements.pool {pool!r} is not a pool name")
         if known is not None and pool not in known:
             raise ValueError(f"requirements.pool: unknown pool {pool!r}; known: {sorted(known)}")
@@ -153,13 +153,21 @@ class Task(BaseModel):
                 raise ValueError(f"payload.max_new_tokens is required for {self.kind} on {pool}")
         elif self.kind == "classification" and p.features is None and p.fn is None:
             raise ValueError("payload.features is required for classification")
-        elif self.kind != "classification" and p.fn is None and p.features is None:
+        elif self.kind == "classification" and p.fn is None and p.features is not None:
+            from actors.cpu_actor import FRAUD_WEIGHTS  # actors imports raysched: import late
+
+            if len(p.features) != FRAUD_WEIGHTS.size:
+                raise ValueError(f"payload.features: the {pool} pool's classifier takes "
+                                 f"{FRAUD_WEIGHTS.size} features, got {len(p.features)}")
+        elif self.kind != "classification" and p.fn is None:
             raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} on {pool}")
         return self
 
     @property
     def pool(self) -> str:
-        return self.requirements.pool or DEFAULT_POOL_BY_KIND.get(self.kind, "cpu")
+        if self.requirements.pool is not None:
+            return self.requirements.pool
+        return DEFAULT_POOL_BY_KIND.get(self.kind, "cpu")
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -1050,7 +1050,7 @@ def test_only_live_policies_are_accepted(policy):
     assert_names_exactly(info.value, {"policy"})
 
 
-# -- known gaps (strict xfail: each starts failing, as a reminder, once fixed) ---------------------
+# -- gaps these tests found, now closed; and one known gap (strict xfail) --------------------------
 
 
 def _llm_task(**kw: Any) -> dict[str, Any]:
@@ -1060,8 +1060,6 @@ def _llm_task(**kw: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.xfail(strict=True, reason="models.py:42 _NAME ends in '$' and is used with .match "
-                   "(lines 132, 144), so a name with one trailing newline passes")
 @pytest.mark.parametrize("data,field,context", [
     (_llm_task(kind="summarization\n", requirements={"pool": "llm-7b"}), "kind", CONTEXT),
     ({"kind": "job\n", "sla_ms": 800, "payload": {"fn": work}}, "kind", CONTEXT),
@@ -1073,8 +1071,6 @@ def test_trailing_newline_in_names(data, field, context):
     assert_names_exactly(info.value, {field})
 
 
-@pytest.mark.xfail(strict=True, reason="models.py:162 Task.pool is `requirements.pool or "
-                   "default`, so an empty pool name silently means the kind's default pool")
 @pytest.mark.parametrize("context", [CONTEXT, None], ids=["known-pools", "no-context"])
 def test_empty_pool_name_is_rejected(context):
     with pytest.raises(ValidationError) as info:
@@ -1082,8 +1078,6 @@ def test_empty_pool_name_is_rejected(context):
     assert_names_exactly(info.value, {"requirements.pool"})
 
 
-@pytest.mark.xfail(strict=True, reason="config.py:36 PoolConfig.resources is dict[str, float] "
-                   "with no bound: negative, NaN and infinite amounts pass validation")
 @pytest.mark.parametrize("amount", [-1.0, NAN, INF], ids=["negative", "nan", "inf"])
 def test_pool_resources_must_be_finite_and_non_negative(amount):
     with pytest.raises(ValidationError) as info:
@@ -1091,8 +1085,6 @@ def test_pool_resources_must_be_finite_and_non_negative(amount):
     assert_names_exactly(info.value, {"resources"})
 
 
-@pytest.mark.xfail(strict=True, reason="config.py:34-35 num_cpus/num_gpus have ge=0 but no upper "
-                   "bound and allow infinity: an infinite request passes validation")
 @pytest.mark.parametrize("field", ["num_cpus", "num_gpus"])
 def test_pool_cpu_and_gpu_requests_must_be_finite(field):
     with pytest.raises(ValidationError) as info:
@@ -1116,9 +1108,6 @@ def test_booleans_are_not_numbers(model, data, field):
     assert_names_exactly(info.value, {field})
 
 
-@pytest.mark.xfail(strict=True, reason="models.py:156 Task._consistent: the fn rule is `kind != "
-                   "'classification' and p.fn is None and p.features is None`, so features stand "
-                   "in for fn; the CPU worker then fails the task (actors/cpu_actor.py:76)")
 @pytest.mark.parametrize("kind", ["agent", "job"])
 def test_features_do_not_stand_in_for_fn(kind):
     data = {"kind": kind, "sla_ms": 800, "requirements": {"pool": "cpu"},
@@ -1128,10 +1117,6 @@ def test_features_do_not_stand_in_for_fn(kind):
     assert_names_exactly(info.value, {"payload.fn"})
 
 
-@pytest.mark.xfail(strict=True, reason="models.py:75 Payload.features takes 1..MAX_FEATURES "
-                   "values, "
-                   "but the cpu pool's classification model takes exactly 8 "
-                   "(actors/cpu_actor.py:70): a wrong length is queued and fails on the worker")
 @pytest.mark.parametrize("length", [1, 7, 9, MAX_FEATURES])
 def test_classification_features_have_the_model_length(length):
     data = {"kind": "classification", "sla_ms": 800, "payload": {"features": [0.1] * length}}
