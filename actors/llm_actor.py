@@ -89,6 +89,12 @@ class LLMActor:
                 n += 1
         return n
 
+    def set_speed(self, speed: float) -> None:
+        """Slow the simulated engine down (a drill: the scheduler is not told)."""
+        if not hasattr(self.engine, "speed"):
+            raise ValueError(f"engine {self.engine.name} has no speed to set")
+        self.engine.speed = speed
+
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
 

@@ -10,10 +10,16 @@ Policies: ``raysched`` (learned placement), ``least_loaded``, ``pow2`` and ``cla
 (knows the true speeds and output lengths at every moment).
 
     python benchmarks/adaptive.py --mode sim --out DIR [--tasks N] [--seeds 0,1,2]
+    python benchmarks/adaptive.py --mode ray --out DIR [--tasks N] [--time-scale 0.5]
 
 writes ``DIR/results.json`` with, per policy: ``mean_ms`` (completions 200 up to the drift),
 ``p99_ms``, ``deadline_met``, ``recover_completions`` (completions after the drift until the
 rolling mean latency is back within 10% of ``clairvoyant``'s), and ``DIR/rolling_latency.png``.
+
+In ``--mode ray`` the same tasks go through the real scheduler actor and three simulated-engine
+LLM actors whose speeds are set behind the scheduler's back (``set_worker_speed``), time
+compressed by ``--time-scale``; ``clairvoyant`` needs an oracle, so its numbers (and the
+reference for ``recover_completions``) come from the simulator on the same tasks.
 """
 
 from __future__ import annotations
@@ -88,6 +94,73 @@ def run_policy(policy: str, tasks: list[SimTask], seed: int, drift_worker: int =
     }
 
 
+def _entry(policy: str, done: list[tuple[float, float, str]], met: list[bool], drift_at: float
+           ) -> dict[str, Any]:
+    """Summary of one run from (end time, latency ms, worker) per completed task."""
+    done.sort()
+    lat_ms = np.array([d[1] for d in done])
+    drift_idx = int(np.searchsorted([d[0] for d in done], drift_at))
+    share = {}
+    for phase, sel in (("before", done[WARMUP:drift_idx]), ("after", done[drift_idx:])):
+        counts: dict[str, int] = {}
+        for d in sel:
+            counts[d[2]] = counts.get(d[2], 0) + 1
+        share[phase] = {w: c / max(1, len(sel)) for w, c in sorted(counts.items())}
+    return {"policy": policy, "mean_ms": float(lat_ms[WARMUP:drift_idx].mean()),
+            "p99_ms": float(np.percentile(lat_ms, 99)), "deadline_met": float(np.mean(met)),
+            "drift_completion": drift_idx, "rolling_ms": rolling(lat_ms).tolist(), "share": share}
+
+
+def run_ray(tasks: list[SimTask], seed: int, drift_worker: int, time_scale: float
+            ) -> dict[str, dict[str, Any]]:
+    """raysched, least_loaded and pow2 on Ray; clairvoyant from the simulator."""
+    import threading
+    import time
+
+    import ray
+
+    import raysched
+    from raysched._ray import init_local
+    from raysched.bench.ray_mode import to_task
+
+    if not ray.is_initialized():
+        init_local(num_cpus=16)
+    runs = {"clairvoyant": run_policy("clairvoyant", tasks, seed, drift_worker)}
+    drift_s = tasks[len(tasks) // 2].arrival_s * time_scale
+    for policy in ("raysched", "least_loaded", "pow2"):
+        config = raysched.SchedulerConfig(name=f"adaptive-{policy}-{seed}", policy=policy, pools=[
+            raysched.PoolConfig(name="llm-7b", kind="llm", engine="sim", model="7b",
+                                replicas=len(SPEEDUPS), max_batch_size=16, num_cpus=0.1,
+                                time_scale=time_scale)])
+        client = raysched.connect(config=config)
+        workers = sorted(client.stats()["workers"], key=lambda w: int(w.rsplit("-", 1)[1]))
+        name = {w: f"llm-7b-{i}" for i, w in enumerate(workers)}
+        for w, speedup in zip(workers, SPEEDUPS, strict=True):
+            ray.get(client.actor.set_worker_speed.remote(w, 1 / speedup))
+        start = time.monotonic()
+        drift = threading.Timer(drift_s, lambda: ray.get(client.actor.set_worker_speed.remote(
+            workers[drift_worker], DRIFT_SLOWDOWN / SPEEDUPS[drift_worker])))
+        drift.start()
+        handles, i = [], 0
+        while i < len(tasks):
+            due = []
+            while i < len(tasks) and tasks[i].arrival_s * time_scale <= time.monotonic() - start:
+                due.append(to_task(tasks[i], time_scale))
+                i += 1
+            if due:
+                handles.extend(client.submit_many(due))
+            time.sleep(0.002)
+        results = [(h, h.result(timeout=600)) for h in handles]
+        drift.join()
+        done = [((h.resolved_at - start) / time_scale, r.total_s / time_scale * 1e3,
+                 name.get(r.worker_id, r.worker_id)) for h, r in results if r.ok]
+        runs[policy] = _entry(policy, done, [r.deadline_met for _, r in results],
+                              drift_s / time_scale)
+        client.close()
+        ray.kill(client.actor)
+    return runs
+
+
 def rolling(x: np.ndarray, window: int = WINDOW) -> np.ndarray:
     c = np.cumsum(np.insert(x, 0, 0.0))
     out = np.empty_like(x)
@@ -111,7 +184,8 @@ def recover_completions(entry: dict[str, Any], reference: dict[str, Any]) -> int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=["sim"], default="sim")
+    ap.add_argument("--mode", choices=["sim", "ray"], default="sim")
+    ap.add_argument("--time-scale", type=float, default=0.5, help="ray mode: time compression")
     ap.add_argument("--out", default="out/adaptive")
     ap.add_argument("--tasks", type=int, default=6_000)
     ap.add_argument("--seeds", default="0,1,2")
@@ -123,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in POLICY_NAMES}
     for seed in seeds:
         tasks = workload(args.tasks, seed, args.load)
-        runs = {p: run_policy(p, tasks, seed, args.drift_worker) for p in POLICY_NAMES}
+        if args.mode == "ray":
+            runs = run_ray(tasks, seed, args.drift_worker, args.time_scale)
+        else:
+            runs = {p: run_policy(p, tasks, seed, args.drift_worker) for p in POLICY_NAMES}
         for p in POLICY_NAMES:
             runs[p]["recover_completions"] = recover_completions(runs[p], runs["clairvoyant"])
             runs[p]["seed"] = seed
@@ -142,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         })
     clair = next(s for s in summary if s["policy"] == "clairvoyant")
     pow2 = next(s for s in summary if s["policy"] == "pow2")
-    _print(summary, clair, pow2)
+    _print(summary, clair, pow2, args.mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"mode": args.mode, "tasks": args.tasks, "seeds": seeds, "load": args.load,
@@ -155,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print(summary: list[dict[str, Any]], clair: dict[str, Any], pow2: dict[str, Any]) -> None:
+def _print(summary: list[dict[str, Any]], clair: dict[str, Any], pow2: dict[str, Any],
+           mode: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="adaptive placement, 1x / 1.5x / 3x workers, one slows 3x mid-run (sim)")
+    t = Table(title=f"adaptive placement, 1x / 1.5x / 3x workers, one slows 3x mid-run ({mode})")
     for col in ("policy", "mean ms", "vs clairvoyant", "p99 ms", "pow2 p99 / p99",
                 "deadline met", "recover (completions)", "share after drift"):
         t.add_column(col, justify="right")

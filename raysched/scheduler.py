@@ -315,6 +315,10 @@ class SchedulerActor:
         ray.kill(handle, no_restart=True)
         return True
 
+    async def set_worker_speed(self, worker_id: str, speed: float) -> None:
+        """Slow a simulated worker down without telling the scheduler (for drills)."""
+        await self.workers[worker_id].set_speed.remote(speed)
+
     # -- loops -------------------------------------------------------------------------------
 
     def _kick(self) -> None:

@@ -119,7 +119,7 @@ class SimulatedEngine:
     simulated = True
 
     def __init__(self, preset: str = "7b", time_scale: float = 1.0,
-                 min_sleep_s: float = 0.002) -> None:
+                 min_sleep_s: float = 0.002, speed: float = 1.0) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown simulated model {preset!r}; presets: {sorted(PRESETS)}")
         if time_scale <= 0:
@@ -132,6 +132,8 @@ class SimulatedEngine:
         self.min_sleep_s = min_sleep_s
         self.name = f"sim-{preset}"
         self.max_context_tokens = self.roofline.model.max_context_tokens
+        # A service-time multiplier the prior does not know: a slower GPU, a noisy neighbour.
+        self.speed = speed
         self.busy_model_s = 0.0  # modelled GPU time, unscaled
 
     @property
@@ -164,7 +166,7 @@ class SimulatedEngine:
             for s in live:
                 s.num_generated += steps
         self.busy_model_s += model_s
-        await asyncio.sleep(model_s * self.time_scale)
+        await asyncio.sleep(model_s * self.speed * self.time_scale)
         return steps
 
     def text(self, seq: Sequence) -> str:
