@@ -177,8 +177,13 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
                     notes.append(f"pool {pool.name}: {why}; running the SIMULATED engine "
                                  f"({pool.model}) on CPU resources")
             elif engine != "sim" and engine not in real_engines:
-                raise ConfigError(f"pool {pool.name} asks for engine {engine!r}, which is not "
-                                  f"available here (available: sim, {', '.join(real_engines)})")
+                # The scheduler runs on the head node, which often has neither GPUs nor the
+                # engine's packages; the pool's own nodes may. Trust an explicit choice, say so.
+                if not has_gpus and engine == "vllm":
+                    raise ConfigError(f"pool {pool.name} asks for engine 'vllm' but the "
+                                      f"cluster has no GPUs")
+                notes.append(f"pool {pool.name}: engine {engine!r} is not installed on the "
+                             f"scheduler's node; it must be on the pool's nodes")
             update["engine"] = engine
             if engine == "sim":
                 update["num_gpus"] = 0.0

@@ -67,10 +67,13 @@ def test_auto_replicas_without_the_resource_is_a_clear_error():
         resolve_pools(cluster_pools(), {"CPU": 8.0, "cpu_pool": 8.0}, real_engines=[])
 
 
-def test_engine_that_is_not_installed_is_refused():
+def test_explicit_engine_trusted_where_the_head_lacks_it_but_not_without_gpus():
     config = SchedulerConfig(pools=[PoolConfig(name="llm-7b", kind="llm", engine="vllm")])
-    with pytest.raises(ConfigError, match="not available"):
-        resolve_pools(config, {"CPU": 8.0, "GPU": 1.0}, real_engines=[])
+    pools, notes = resolve_pools(config, {"CPU": 8.0, "GPU": 1.0}, real_engines=[])
+    assert pools[0].engine == "vllm" and pools[0].num_gpus == 1.0
+    assert any("must be on the pool's nodes" in n for n in notes)
+    with pytest.raises(ConfigError, match="no GPUs"):
+        resolve_pools(config, {"CPU": 8.0}, real_engines=[])
 
 
 @pytest.mark.parametrize("bad", [
