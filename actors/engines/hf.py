@@ -268,7 +268,7 @@ class HFEngine:
         layers = list(cache.layers)
         for layer in layers:
             if type(layer) is not DynamicLayer:
-                raise NotImplementedError(
+                raise ValueError(
                     f"the hf engine joins and splits full-attention caches only; this model uses "
                     f"{type(layer).__name__}")
         return layers
