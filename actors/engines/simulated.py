@@ -162,7 +162,11 @@ class SimulatedEngine:
         if live:
             wanted = max(1, math.ceil(self.min_sleep_s / (one_step_s * self.time_scale)))
             steps = min(max_steps, wanted, min(s.remaining for s in live))
-            model_s += steps * one_step_s
+            # Each step adds one token of KV cache per sequence, so step i of the chunk is
+            # longer than the first by i times that: the sum is exact, not the first step x n.
+            growth_s = (len(live) * self.roofline.model.kv_bytes_per_token
+                        / self.roofline.mem_bandwidth_bytes_s())
+            model_s += steps * one_step_s + growth_s * steps * (steps - 1) / 2
             for s in live:
                 s.num_generated += steps
         self.busy_model_s += model_s

@@ -129,3 +129,21 @@ def test_simulated_engine_prior_runs_on_its_own_clock():
 
     real, fast = SimulatedEngine("7b"), SimulatedEngine("7b", time_scale=0.1)
     assert fast.prior().service_s(500, 40, 4) == pytest.approx(0.1 * real.prior().service_s(500, 40, 4))
+
+
+def test_simulated_engine_chunks_cost_the_same_as_single_steps():
+    """Running several decode steps per sleep (small time scales) must not make a long
+    generation cheaper than stepping one token at a time."""
+    import asyncio
+
+    from actors.engines.base import Sequence
+    from actors.engines.simulated import SimulatedEngine
+
+    def run(max_steps: int) -> float:
+        engine = SimulatedEngine("7b", time_scale=1e-6)  # sleeps are negligible
+        seqs = [Sequence(f"s{i}", "x", 500, 300) for i in range(4)]
+        while not all(s.done for s in seqs):
+            asyncio.run(engine.step(seqs, max_steps))
+        return engine.busy_model_s
+
+    assert run(1_000) == pytest.approx(run(1), rel=1e-9)
