@@ -214,14 +214,9 @@ MUSGRAVE = {
 # -- machine -----------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from raysched.bench.runner import cpu_model
+
+    cpu = cpu_model() or platform.processor() or ""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "cpu": cpu, "cpu_count": os.cpu_count(),
                             "load_average_1_5_15": os.getloadavg()}

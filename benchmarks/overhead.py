@@ -99,15 +99,9 @@ class DirectNoop:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from raysched.bench.runner import cpu_model as read_cpu_model
+
+    cpu_model = read_cpu_model() or "unknown"
     try:
         import ray
 

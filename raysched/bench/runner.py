@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -32,19 +33,21 @@ SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "priority", "edf"
                 "clairvoyant")
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import os
+    return ""
 
+
+def machine() -> dict[str, Any]:
     # Other work on the machine moves wall-clock (ray mode) figures: record how busy it was.
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
 
 
