@@ -5,38 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
-from raysched.core.types import Priority, Status
+from raysched.bench.report import records_from_results, tally
 from raysched.models import Result
 
 
 def summarize(results: Iterable[Result], stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Counts and latency percentiles per priority, and status totals.
-
-    ``deadline_met`` is the fraction of *all* tasks of a class (rejected and expired included)
-    that completed by their deadline; latencies are over completed tasks.
-    """
-    results = list(results)
-    per_priority: dict[str, dict[str, Any]] = {}
-    for prio in Priority:
-        mine = [r for r in results if r.priority is prio]
-        done_ms = np.array([r.total_s * 1e3 for r in mine if r.status is Status.COMPLETED])
-
-        def pct(q: float, done_ms: np.ndarray = done_ms) -> float | None:
-            return float(np.percentile(done_ms, q)) if done_ms.size else None
-
-        per_priority[prio.name] = {
-            "count": len(mine),
-            "completed": int(done_ms.size),
-            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-            "deadline_met": (sum(r.deadline_met for r in mine) / len(mine)) if mine else None,
-        }
-    out: dict[str, Any] = {
-        "per_priority": per_priority,
-        "results": {s.value: sum(1 for r in results if r.status is s) for s in Status},
-        "submitted": len(results),
-    }
+    """Counts and latency percentiles per priority, and status totals (see ``tally``)."""
+    out = tally(records_from_results(list(results)))
     if stats is not None:
         out["per_pool"] = {name: {"workers": p["workers"], "utilization": p["utilization"]}
                            for name, p in stats["pools"].items()}

@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysched.bench.report import Record, mean_entry, print_table, summarize, write_report
+from raysched.bench.report import (
+    Record,
+    mean_entry,
+    print_table,
+    records_from_results,
+    summarize,
+    write_report,
+)
 from raysched.bench.workloads import PoolSpec
 from raysched.config import PoolConfig, SchedulerConfig
 from raysched.models import CHARS_PER_TOKEN, Task
@@ -78,11 +85,6 @@ def replay(client: Any, tasks: list[SimTask], time_scale: float, progress: Any =
         if progress is not None:
             progress.update(bar, completed=len(results))
     return results, time.monotonic() - start
-
-
-def records_from_results(results: list[Any], time_scale: float) -> list[Record]:
-    return [Record(r.task_id, int(r.priority), r.status.value, r.deadline_met,
-                   r.total_s / time_scale * 1e3, r.worker_id, 0.0) for r in results]
 
 
 def map_worker_ids(records: list[Record], cluster: tuple[PoolSpec, ...]) -> list[Record]:

@@ -34,9 +34,15 @@ def records_from_outcomes(outcomes: Sequence[Outcome]) -> list[Record]:
                    (o.end_s - o.submit_s) * 1e3, o.worker_id, o.end_s) for o in outcomes]
 
 
-def summarize(policy: str, records: Sequence[Record], span_s: float,
-              busy_s: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
-    """The results.json entry of one run."""
+def records_from_results(results: Sequence[Any], time_scale: float = 1.0) -> list[Record]:
+    """Records of user ``Result``s, with times scaled back by ``time_scale``."""
+    return [Record(r.task_id, int(r.priority), r.status.value, r.deadline_met,
+                   r.total_s / time_scale * 1e3, r.worker_id, 0.0) for r in results]
+
+
+def tally(records: Sequence[Record]) -> dict[str, Any]:
+    """Per class: count, completed, p50/p95/p99 of completed latencies, and the fraction of *all*
+    its tasks (rejected and expired included) that met their deadline; totals per status."""
     prio = np.array([r.priority for r in records], dtype=np.int8)
     status = np.array([r.status for r in records])
     met = np.array([r.deadline_met for r in records], dtype=bool)
@@ -54,12 +60,19 @@ def summarize(policy: str, records: Sequence[Record], span_s: float,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
             "deadline_met": float(met[mine].mean()) if mine.any() else None,
         }
+    return {"per_priority": per_priority,
+            "results": {s.value: int((status == s.value).sum()) for s in Status},
+            "submitted": len(records)}
+
+
+def summarize(policy: str, records: Sequence[Record], span_s: float,
+              busy_s: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """The results.json entry of one run."""
+    met = sum(r.deadline_met for r in records)
     entry: dict[str, Any] = {
         "policy": policy,
-        "goodput": float(met.sum() / span_s) if span_s > 0 else 0.0,
-        "per_priority": per_priority,
-        "results": {s.value: int((status == s.value).sum()) for s in Status},
-        "submitted": len(records),
+        "goodput": float(met / span_s) if span_s > 0 else 0.0,
+        **tally(records),
         "span_s": span_s,
     }
     if busy_s is not None and span_s > 0:
