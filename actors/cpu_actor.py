@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
-from raysched.core.types import Completion, ServicePrior, WorkItem
+from raysched.core.protocol import FRAUD_NUM_FEATURES, Completion, WorkerInfo, WorkItem
+from raysched.core.types import ServicePrior
 
 # Logistic-regression fraud scorer. Features, in order (standardised by the caller):
 #   0 amount z-score vs the card's history      4 foreign merchant (0/1)
@@ -18,6 +18,7 @@ from raysched.core.types import Completion, ServicePrior, WorkItem
 # The weights are fixed illustrative values, not trained on real data: large amounts, new
 # devices, card-not-present and recent failures raise the score; a long gap lowers it slightly.
 FRAUD_WEIGHTS = np.array([1.2, -0.3, 0.8, 1.5, 0.9, 1.1, 1.4, 0.7])
+assert FRAUD_WEIGHTS.size == FRAUD_NUM_FEATURES
 FRAUD_BIAS = -4.0
 FRAUD_MODEL = "fraud-logreg-v1"
 # The prior of a CPU task: scoring takes microseconds, the dispatch round trip about a
@@ -41,12 +42,12 @@ class CPUActor:
         self.pool = pool
         self.fixed_s = CPU_PRIOR_S
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         import ray
 
-        return {"worker_id": self.worker_id, "pool": self.pool, "engine": "cpu",
-                "simulated": False, "node_id": ray.get_runtime_context().get_node_id(),
-                "prior": ServicePrior(fixed_s=self.fixed_s), "max_context_tokens": 0}
+        return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine="cpu",
+                          simulated=False, node_id=ray.get_runtime_context().get_node_id(),
+                          prior=ServicePrior(fixed_s=self.fixed_s))
 
     def execute(self, items: list[WorkItem]) -> Iterator[list[Completion]]:
         """Run ``items`` in order, streaming completions back in small groups."""

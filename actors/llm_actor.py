@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from actors.engines import Engine, Sequence, make_engine
-from raysched.core.types import Completion, WorkItem
+from raysched.core.protocol import Completion, WorkerInfo, WorkItem
 
 
 class _Request:
@@ -50,13 +50,14 @@ class LLMActor:
         self._loop_task: asyncio.Task[None] | None = None
         self.steps = 0
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         import ray
 
-        return {"worker_id": self.worker_id, "pool": self.pool, "engine": self.engine.name,
-                "simulated": self.engine.simulated, "label": getattr(self.engine, "label", ""),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                "prior": self.engine.prior(), "max_context_tokens": self.engine.max_context_tokens}
+        return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine=self.engine.name,
+                          simulated=self.engine.simulated, label=getattr(self.engine, "label", ""),
+                          node_id=ray.get_runtime_context().get_node_id(),
+                          prior=self.engine.prior(),
+                          max_context_tokens=self.engine.max_context_tokens)
 
     async def execute(self, items: list[WorkItem]) -> AsyncIterator[list[Completion]]:
         """Add ``items`` to the batch; stream completions back as sequences finish."""

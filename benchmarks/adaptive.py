@@ -37,7 +37,7 @@ from raysched.bench.runner import machine
 from raysched.bench.workloads import PoolSpec, work_s
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.types import CoreTask, Priority
-from raysched.sim import Oracle, Simulator, SimTask
+from raysched.sim import Oracle, SimTask, Simulator
 
 SPEEDUPS = (1.0, 1.5, 3.0)  # relative to the prior
 DRIFT_SLOWDOWN = 3.0

@@ -86,7 +86,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.engines.simulated import (
+from raysched.core.roofline import (
     A100_80GB,
     LLAMA2_70B,
     MISTRAL_7B,

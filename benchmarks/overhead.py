@@ -59,15 +59,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from raysched.core import (
-    Completion,
-    CoreConfig,
-    CoreTask,
-    Priority,
-    SchedulerCore,
-    ServicePrior,
-    WorkerSpec,
-)
+from raysched.core import CoreConfig, CoreTask, Priority, SchedulerCore, ServicePrior, WorkerSpec
+from raysched.core.protocol import Completion
 
 T0 = 1_000_000.0  # the core's clock starts here (an arbitrary epoch; the core never reads a clock)
 CLASSES = list(Priority)
@@ -403,7 +396,7 @@ KIND_MIX = [("classification", "cpu", 0.40), ("summarization", "llm-7b", 0.30),
 
 
 def _memory_core() -> SchedulerCore:
-    from actors.engines.simulated import PRESETS
+    from raysched.core.roofline import PRESETS
 
     core = SchedulerCore(UNBOUNDED)
     cpu = ServicePrior(fixed_s=0.0012)
@@ -533,7 +526,7 @@ def part_c(quick: bool) -> dict[str, Any]:
     import raysched
     from actors.cpu_actor import CPUActor
     from raysched import PoolConfig, SchedulerConfig, Task
-    from raysched.core.types import WorkItem
+    from raysched.core.protocol import WorkItem
     from raysched.models import Payload
 
     n_tasks = 3_000 if quick else 20_000

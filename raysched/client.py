@@ -70,7 +70,8 @@ class Client:
         self.client_id = uuid.uuid4().hex
         self._owns_ray = owns_ray
         stats = self._get(actor.stats.remote())
-        self.pools: set[str] = set(stats["pool_config"])
+        # Pool name -> kind ("cpu" or "llm"): the validation context of every task.
+        self.pools: dict[str, str] = {name: p["kind"] for name, p in stats["pool_config"].items()}
         self.notes: list[str] = stats["notes"]
         self._handles: dict[str, TaskHandle] = {}
         self._lock = threading.Lock()

@@ -15,10 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raysched.core.policies import POLICIES, build_core
+from raysched.core.roofline import PRESETS
 from raysched.core.scheduler import SchedulerCore
 from raysched.errors import ConfigError
-
-
 
 
 class PoolConfig(BaseModel):
@@ -149,7 +148,6 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
     - An LLM pool with ``engine="auto"`` runs a real engine where the cluster has GPUs and the
       engine imports, else the simulated engine on CPU resources. Either way the notes say so.
     """
-    from actors.engines.simulated import PRESETS  # actors imports raysched: import late
 
     pools: list[PoolConfig] = []
     notes: list[str] = []

@@ -19,3 +19,7 @@ class ConfigError(RayschedError, ValueError):
 
 class BackpressureError(RayschedError):
     """The client has as many unfinished tasks as it may hold; nothing was submitted."""
+
+
+class PoolUnavailableError(RayschedError):
+    """A pool has no live worker and none can be started (the reason says why)."""

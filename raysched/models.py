@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import (
@@ -22,17 +22,18 @@ from pydantic import (
     model_validator,
 )
 
-from raysched.core.types import CoreTask, Priority, Status
+from raysched.core.protocol import FRAUD_NUM_FEATURES
+from raysched.core.types import CHARS_PER_TOKEN, CoreTask, Priority, Status
 
 # Limits that keep one request from exhausting the scheduler's memory or a worker's context.
 MAX_PROMPT_CHARS = 256 * 1024
 MAX_NEW_TOKENS = 32_768
 MAX_FEATURES = 4096
 MAX_SLA_MS = 7 * 24 * 3600 * 1000.0
-# A rough token count for scheduling: about four characters per token for English text with
-# BPE tokenizers (OpenAI's tokenizer guide gives the same rule of thumb).
-CHARS_PER_TOKEN = 4
 
+# What each default pool runs; a scheduler with other pools passes its own in the validation
+# context (``{"pools": {name: kind}}``).
+DEFAULT_POOL_KINDS = {"cpu": "cpu", "llm-7b": "llm", "llm-70b": "llm"}
 DEFAULT_POOL_BY_KIND = {
     "classification": "cpu",
     "summarization": "llm-7b",
@@ -145,8 +146,12 @@ class Task(BaseModel):
             raise ValueError(f"requirements.pool {pool!r} is not a pool name")
         if known is not None and pool not in known:
             raise ValueError(f"requirements.pool: unknown pool {pool!r}; known: {sorted(known)}")
+        # The pool's kind decides what the payload must carry: the scheduler's pools when the
+        # caller knows them (a mapping name -> kind), else the default pools' kinds.
+        kinds = known if isinstance(known, Mapping) else DEFAULT_POOL_KINDS
+        pool_kind = kinds.get(pool)
         p = self.payload
-        if pool.startswith("llm"):
+        if pool_kind == "llm":
             if p.prompt is None:
                 raise ValueError(f"payload.prompt is required for {self.kind} on {pool}")
             if p.max_new_tokens is None:
@@ -154,11 +159,9 @@ class Task(BaseModel):
         elif self.kind == "classification" and p.features is None and p.fn is None:
             raise ValueError("payload.features is required for classification")
         elif self.kind == "classification" and p.fn is None and p.features is not None:
-            from actors.cpu_actor import FRAUD_WEIGHTS  # actors imports raysched: import late
-
-            if len(p.features) != FRAUD_WEIGHTS.size:
+            if len(p.features) != FRAUD_NUM_FEATURES:
                 raise ValueError(f"payload.features: the {pool} pool's classifier takes "
-                                 f"{FRAUD_WEIGHTS.size} features, got {len(p.features)}")
+                                 f"{FRAUD_NUM_FEATURES} features, got {len(p.features)}")
         elif self.kind != "classification" and p.fn is None:
             raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} on {pool}")
         return self

@@ -21,9 +21,10 @@ import ray
 from ray.exceptions import RayActorError
 
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
-from raysched.core import Completion, Outcome, SchedulerCore, WorkerSpec
+from raysched.core import Outcome, SchedulerCore, WorkerSpec
 from raysched.core.adaptive import AdaptiveEstimator
-from raysched.core.types import Status, WorkItem
+from raysched.core.protocol import Completion, WorkerInfo, WorkItem
+from raysched.core.types import Status
 from raysched.metrics import SchedulerMetrics
 from raysched.models import Result, Task
 from raysched.wal import TaskLog
@@ -61,7 +62,7 @@ class SchedulerActor:
         self.pools: dict[str, PoolConfig] = {}
         self.notes: list[str] = []
         self.workers: dict[str, Any] = {}  # worker_id -> actor handle
-        self.worker_info: dict[str, dict[str, Any]] = {}
+        self.worker_info: dict[str, WorkerInfo] = {}
         self._pending: dict[str, _Pending] = {}
         self._mailboxes: dict[str, _Mailbox] = defaultdict(_Mailbox)
         self._worker_seq = itertools.count()
@@ -165,12 +166,12 @@ class SchedulerActor:
         self.workers[worker_id] = handle
         self.worker_info[worker_id] = info
         spec = WorkerSpec(worker_id=worker_id, pool=pool.name, slots=pool.worker_slots,
-                          concurrency=pool.concurrency, prior=info["prior"],
-                          max_context_tokens=info["max_context_tokens"], node_id=info["node_id"])
+                          concurrency=pool.concurrency, prior=info.prior,
+                          max_context_tokens=info.max_context_tokens, node_id=info.node_id)
         self.core.add_worker(spec, time.time())
-        sim = " SIMULATED" if info["simulated"] else ""
-        log.info("worker %s up on node %s: %s%s %s", worker_id, info["node_id"][:8],
-                 info["engine"], sim, info.get("label", ""))
+        sim = " SIMULATED" if info.simulated else ""
+        log.info("worker %s up on node %s: %s%s %s", worker_id, info.node_id[:8],
+                 info.engine, sim, info.label)
         self._kick()
 
     # -- driver API --------------------------------------------------------------------------
@@ -251,7 +252,7 @@ class SchedulerActor:
                     abort[worker_id].append(task_id)
         for worker_id, ids in abort.items():
             handle = self.workers.get(worker_id)
-            if handle is not None and self.pools[self.worker_info[worker_id]["pool"]].kind == "llm":
+            if handle is not None and self.pools[self.worker_info[worker_id].pool].kind == "llm":
                 handle.abort.remote(ids)
         return ended
 
@@ -267,9 +268,9 @@ class SchedulerActor:
         stats["queued"] = self.core.queued()
         stats["running"] = self.core.running()
         for worker_id, w in stats["workers"].items():
-            info = self.worker_info.get(worker_id, {})
-            w.update(engine=info.get("engine"), simulated=info.get("simulated"),
-                     node_id=info.get("node_id"))
+            info = self.worker_info.get(worker_id)
+            if info is not None:
+                w.update(engine=info.engine, simulated=info.simulated, node_id=info.node_id)
         stats["pool_config"] = {name: p.model_dump() for name, p in self.pools.items()}
         estimator = self._estimator()
         stats["learned"] = estimator.table() if estimator is not None else []
@@ -415,7 +416,7 @@ class SchedulerActor:
                     worker_id, reason)
         for outcome in self.core.worker_lost(worker_id, time.time(), reason):
             self._deliver(outcome)
-        self._spawn(self.pools[info["pool"]])
+        self._spawn(self.pools[info.pool])
         self._kick()
 
     async def _metrics_loop(self) -> None:

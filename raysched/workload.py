@@ -16,7 +16,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from raysched.models import CHARS_PER_TOKEN, Task
+from raysched.core.types import CHARS_PER_TOKEN
+from raysched.models import Task
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import importlib.util
 from typing import Any
 
 from actors.engines.base import Engine, Sequence
-from actors.engines.simulated import PRESETS, SimulatedEngine
+from actors.engines.simulated import SimulatedEngine
+from raysched.core.roofline import PRESETS
 
 ENGINES = ("sim", "hf", "vllm")
 

@@ -49,16 +49,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.engines.base import Sequence
-from raysched.core.types import ServicePrior
+from raysched.core.roofline import PRESETS as ROOFLINES
+from raysched.core.types import CHARS_PER_TOKEN, ServicePrior
 
 log = logging.getLogger("raysched.vllm")
-CHARS_PER_TOKEN = 4
 TELEMETRY_KEPT = 10_000
 
 
 @dataclass(frozen=True)
 class VLLMPreset:
-    """A model and how to serve it. The presets match the simulator's (``actors.engines.simulated``)
+    """A model and how to serve it. The presets match the simulator's (``raysched.core.roofline``)
     so the simulator can be calibrated against the same models."""
 
     model: str
@@ -226,9 +226,7 @@ class VLLMEngine:
 
     def prior(self) -> ServicePrior:
         """The roofline of the matching simulated preset; telemetry corrects it online."""
-        from actors.engines.simulated import PRESETS as SIM
-
-        return SIM[self.sim_preset or "7b"].prior()
+        return ROOFLINES[self.sim_preset or "7b"].prior()
 
     def count_tokens(self, prompt: str) -> int:
         tok = self._tokenizer

@@ -24,7 +24,8 @@ from raysched.bench.report import (
 )
 from raysched.bench.workloads import PoolSpec
 from raysched.config import PoolConfig, SchedulerConfig
-from raysched.models import CHARS_PER_TOKEN, Task
+from raysched.core.types import CHARS_PER_TOKEN
+from raysched.models import Task
 from raysched.sim.workers import SimTask
 
 

@@ -27,7 +27,7 @@ from raysched.bench.workloads import (
     scale_cluster,
 )
 from raysched.core.policies import POLICIES, build_core
-from raysched.sim import Oracle, Simulator, SimTask
+from raysched.sim import Oracle, SimTask, Simulator
 
 SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "priority", "edf", "raysched",
                 "clairvoyant")

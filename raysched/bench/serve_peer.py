@@ -41,7 +41,7 @@ from typing import Any
 from raysched.bench.ray_mode import simulated_cpu_work
 from raysched.bench.report import Record
 from raysched.bench.workloads import PoolSpec
-from raysched.models import CHARS_PER_TOKEN
+from raysched.core.types import CHARS_PER_TOKEN
 from raysched.sim.workers import SimTask
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class LLMReplica:
                               max_batch_size=max_batch_size, time_scale=time_scale)
 
     async def __call__(self, task_id: str, kind: str, prompt: str, max_new_tokens: int) -> str:
-        from raysched.core.types import WorkItem
+        from raysched.core.protocol import WorkItem
         from raysched.models import Payload
 
         # No priorities or deadlines in Serve: every request is equal in the batcher's queue.

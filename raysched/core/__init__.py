@@ -9,11 +9,11 @@ from raysched.core.placement import (
     ServiceEstimator,
     make_placement,
 )
+from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
 from raysched.core.scheduler import CoreConfig, Decisions, SchedulerCore
 from raysched.core.types import (
     Assignment,
-    Completion,
     CoreTask,
     Outcome,
     Priority,

@@ -34,7 +34,8 @@ from typing import Any
 
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
 from raysched.core.placement import Choice, EstimatorPlacement, eligible
-from raysched.core.types import Completion, CoreTask, Priority, ServicePrior
+from raysched.core.protocol import Completion
+from raysched.core.types import CoreTask, Priority, ServicePrior
 
 PROMPT_UNIT = 1000.0
 TOKENS_UNIT = 100.0

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
-from raysched.core.types import Completion, CoreTask
+from raysched.core.protocol import Completion
+from raysched.core.types import CoreTask
 
 
 class ServiceEstimator(Protocol):

@@ -16,16 +16,9 @@ from typing import Any
 
 from raysched.core.load import LoadTable
 from raysched.core.placement import LeastCompletionTime, Placement
+from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
-from raysched.core.types import (
-    Assignment,
-    Completion,
-    CoreTask,
-    Outcome,
-    Priority,
-    Status,
-    WorkerSpec,
-)
+from raysched.core.types import Assignment, CoreTask, Outcome, Priority, Status, WorkerSpec
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 # How deep a worker's own queue may grow under early binding: deep enough never to push back.

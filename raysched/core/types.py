@@ -10,6 +10,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+# A rough token count for scheduling: about four characters per token for English text with
+# BPE tokenizers (OpenAI's tokenizer guide gives the same rule of thumb).
+CHARS_PER_TOKEN = 4
+
 
 class Priority(enum.IntEnum):
     """Priority classes; a lower value runs first."""
@@ -97,36 +101,6 @@ class Assignment:
     attempt: int
     predicted_service_s: float
     predicted_finish_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A worker's report on one task it ran (or failed to run)."""
-
-    task_id: str
-    worker_id: str
-    ok: bool
-    service_s: float
-    output: Any = None
-    error: str = ""
-    # A failure of the worker rather than of the task (engine died): worth another attempt.
-    retryable: bool = False
-    # Telemetry: time queued inside the worker, tokens, and the batch the task ran in.
-    worker_queue_s: float = 0.0
-    num_prompt_tokens: int = 0
-    num_generated_tokens: int = 0
-    batch_size: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """A task as it travels to a worker: the core's view plus the payload to run."""
-
-    task_id: str
-    kind: str
-    priority: int
-    deadline_s: float
-    payload: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from raysched.core.load import WorkerGroup, WorkerLoad
+from raysched.core.protocol import Completion
 from raysched.core.scheduler import SchedulerCore
-from raysched.core.types import Completion, CoreTask, Outcome, WorkerSpec
+from raysched.core.types import CoreTask, Outcome, WorkerSpec
 from raysched.sim.workers import SimLLMWorker, SimTask, SimWorker
 
 _ARRIVAL, _WORKER, _WAKE, _SPEED = 0, 1, 2, 3

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from actors.engines.simulated import PRESETS, STEP_OVERHEAD_S, Roofline
+from raysched.core.roofline import PRESETS, STEP_OVERHEAD_S, Roofline
 from raysched.core.types import CoreTask, ServicePrior
 
 _EPS_TOKENS = 1e-6

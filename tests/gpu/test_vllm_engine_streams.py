@@ -17,7 +17,7 @@ import pytest
 from actors.engines.base import Sequence
 from actors.engines.vllm_engine import VLLMEngine
 from actors.llm_actor import LLMActor
-from raysched.core.types import WorkItem
+from raysched.core.protocol import WorkItem
 from raysched.models import Payload
 
 

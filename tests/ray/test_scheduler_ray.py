@@ -197,7 +197,7 @@ def test_llm_actor_batches_continuously(ray_session):
     import ray
 
     from actors.llm_actor import LLMActor
-    from raysched.core.types import WorkItem
+    from raysched.core.protocol import WorkItem
     from raysched.models import Payload
 
     actor = ray.remote(LLMActor).options(num_cpus=0.25).remote(

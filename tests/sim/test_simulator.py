@@ -19,7 +19,7 @@ from raysched.bench.workloads import (
 )
 from raysched.core.policies import build_core
 from raysched.core.types import CoreTask, Priority
-from raysched.sim import SimCPUWorker, SimLLMWorker, Simulator, SimTask
+from raysched.sim import SimCPUWorker, SimLLMWorker, SimTask, Simulator
 
 TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
     "AzureLLMInferenceTrace_conv.csv"

@@ -8,9 +8,10 @@ import pytest
 
 from raysched.core.adaptive import RLS, AdaptiveEstimator, AdaptivePlacement, _features
 from raysched.core.load import LoadTable
-from raysched.core.types import Completion, CoreTask, Priority, ServicePrior, WorkerSpec
-from raysched.sim import Simulator, SimLLMWorker, SimTask
 from raysched.core.policies import build_core
+from raysched.core.protocol import Completion
+from raysched.core.types import CoreTask, Priority, ServicePrior, WorkerSpec
+from raysched.sim import SimLLMWorker, SimTask, Simulator
 
 PRIOR = ServicePrior(fixed_s=0.001, prefill_s_per_token=1e-4, decode_s_per_step=0.01,
                      batch_slowdown=0.01)

@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raysched.core import (
-    Completion,
     CoreConfig,
     CoreTask,
     Outcome,
@@ -40,6 +39,7 @@ from raysched.core import (
     Status,
     WorkerSpec,
 )
+from raysched.core.protocol import Completion
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 INF = float("inf")

@@ -25,16 +25,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from raysched.config import PoolConfig, SchedulerConfig, default_config
-from raysched.core import (
-    Completion,
-    CoreTask,
-    Priority,
-    SchedulerCore,
-    ServicePrior,
-    Status,
-    WorkerSpec,
-)
+from raysched.core import CoreTask, Priority, SchedulerCore, ServicePrior, Status, WorkerSpec
 from raysched.core.policies import POLICIES
+from raysched.core.protocol import Completion
 from raysched.models import (
     DEFAULT_POOL_BY_KIND,
     MAX_FEATURES,

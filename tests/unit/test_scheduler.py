@@ -15,7 +15,6 @@ import pytest
 
 import raysched.core
 from raysched.core import (
-    Completion,
     LeastCompletionTime,
     Priority,
     SchedulerCore,
@@ -23,6 +22,7 @@ from raysched.core import (
     Status,
     make_placement,
 )
+from raysched.core.protocol import Completion
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
