@@ -319,7 +319,7 @@ def _instrumented_loop(st: _State, arrivals: _Arrivals, n: int) -> dict[str, Any
 
 
 def _queued_by_class(core: SchedulerCore, now: float) -> dict[str, int]:
-    return dict(core.stats(now)["pools"]["cpu"]["queued"])
+    return dict(core.stats(now).pools["cpu"].queued)
 
 
 def part_a(quick: bool, seed: int) -> dict[str, Any]:

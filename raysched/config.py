@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.roofline import PRESETS
-from raysched.core.scheduler import SchedulerCore
+from raysched.core.scheduler import CoreConfig, SchedulerCore
 from raysched.errors import ConfigError
+
+_CORE = CoreConfig()
 
 
 class PoolConfig(BaseModel):
@@ -79,11 +81,12 @@ class SchedulerConfig(BaseModel):
     name: str = "raysched-scheduler"
     namespace: str = "raysched"
     pools: list[PoolConfig]
-    aging_s: float | None = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    max_queued_per_class: int = Field(default=250_000, ge=1)
-    max_queued_per_pool: int = Field(default=500_000, ge=1)
-    max_queued_per_tenant: int = Field(default=100_000, ge=1)
+    # The core's knobs; their defaults and meaning are CoreConfig's.
+    aging_s: float | None = Field(default=_CORE.aging_s, gt=0)
+    max_attempts: int = Field(default=_CORE.max_attempts, ge=1, le=100)
+    max_queued_per_class: int = Field(default=_CORE.max_queued_per_class, ge=1)
+    max_queued_per_pool: int = Field(default=_CORE.max_queued_per_pool, ge=1)
+    max_queued_per_tenant: int = Field(default=_CORE.max_queued_per_tenant, ge=1)
     # A worker call that streams nothing for max(hang_grace_s, hang_factor x the batch's
     # predicted service) is taken as hung: the worker is killed and its tasks are retried.
     hang_grace_s: float = Field(default=30.0, gt=0)
@@ -110,12 +113,15 @@ class SchedulerConfig(BaseModel):
             raise ValueError(f"unknown policy {v!r} for a live scheduler; known: {known}")
         return v
 
-    def build_core(self) -> SchedulerCore:
-        return build_core(self.policy, aging_s=self.aging_s,
-                          max_attempts=self.max_attempts,
+    def core_config(self) -> CoreConfig:
+        """The core's knobs from this config (the policy sets ordering and admission)."""
+        return CoreConfig(aging_s=self.aging_s, max_attempts=self.max_attempts,
                           max_queued_per_class=self.max_queued_per_class,
                           max_queued_per_pool=self.max_queued_per_pool,
                           max_queued_per_tenant=self.max_queued_per_tenant)
+
+    def build_core(self) -> SchedulerCore:
+        return build_core(self.policy, config=self.core_config())
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:

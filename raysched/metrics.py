@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray.util import metrics
 
-from raysched.core.types import Outcome, Priority, Status
+from raysched.core.types import CoreStats, Outcome, Priority, Status
 
 # Histogram buckets in ms: from a fast CPU classification to a long agent run.
 LATENCY_BUCKETS_MS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000]
@@ -36,9 +36,9 @@ class SchedulerMetrics:
         if not outcome.deadline_met:
             self.deadline_misses.inc(1, {"priority": prio})
 
-    def publish(self, stats: dict) -> None:
-        for pool, p in stats["pools"].items():
+    def publish(self, stats: CoreStats) -> None:
+        for pool, p in stats.pools.items():
             for prio in Priority:
-                self.queue_depth.set(p["queued"][prio.name], {"pool": pool, "priority": prio.name})
-        for worker, w in stats["workers"].items():
-            self.utilization.set(w["utilization"], {"pool": w["pool"], "worker": worker})
+                self.queue_depth.set(p.queued[prio.name], {"pool": pool, "priority": prio.name})
+        for worker, w in stats.workers.items():
+            self.utilization.set(w.utilization, {"pool": w.pool, "worker": worker})

@@ -2,29 +2,33 @@
 
 from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.placement import (
-    PLACEMENTS,
     LeastCompletionTime,
     Placement,
     PriorEstimator,
     ServiceEstimator,
-    make_placement,
 )
-from raysched.core.protocol import Completion
+from raysched.core.policies import PLACEMENTS, POLICIES, build_core, make_placement
+from raysched.core.protocol import Completion, WorkerInfo, WorkItem
 from raysched.core.queue import DeadlineQueue
 from raysched.core.scheduler import CoreConfig, Decisions, SchedulerCore
 from raysched.core.types import (
     Assignment,
+    CoreStats,
     CoreTask,
     Outcome,
+    PoolStats,
     Priority,
     ServicePrior,
     Status,
+    TaskState,
     WorkerSpec,
+    WorkerStats,
 )
 
 __all__ = [
-    "PLACEMENTS", "Assignment", "Completion", "CoreConfig", "CoreTask", "DeadlineQueue",
-    "Decisions", "LeastCompletionTime", "LoadTable", "Outcome", "Placement", "PriorEstimator",
-    "Priority", "SchedulerCore", "ServiceEstimator", "ServicePrior", "Status", "WorkerLoad",
-    "WorkerSpec", "make_placement",
+    "PLACEMENTS", "POLICIES", "Assignment", "Completion", "CoreConfig", "CoreStats", "CoreTask",
+    "DeadlineQueue", "Decisions", "LeastCompletionTime", "LoadTable", "Outcome", "Placement",
+    "PoolStats", "PriorEstimator", "Priority", "SchedulerCore", "ServiceEstimator",
+    "ServicePrior", "Status", "TaskState", "WorkItem", "WorkerInfo", "WorkerLoad", "WorkerSpec",
+    "WorkerStats", "build_core", "make_placement",
 ]

@@ -227,6 +227,16 @@ class AdaptivePlacement(EstimatorPlacement):
                 found[w.worker_id] = w
         return list(found.values())
 
+    def state(self) -> dict[str, Any] | None:
+        return self.estimator.state()
+
+    def restore(self, state: dict[str, Any]) -> int:
+        self.estimator.restore(state)
+        return len(state.get("models", []))
+
+    def learned(self) -> list[dict[str, Any]]:
+        return self.estimator.table()
+
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         est = self.estimator
         scored = []

@@ -166,15 +166,6 @@ class LoadTable:
         for group in self.groups(pool):
             yield from group.members.values()
 
-    def pool_totals(self, pool: str) -> dict[str, float]:
-        workers = list(self.pool_workers(pool))
-        return {
-            "workers": len(workers),
-            "in_flight": sum(len(w.in_flight) for w in workers),
-            "free_slots": sum(w.free_slots for w in workers),
-            "backlog_s": sum(w.backlog_s for w in workers),
-        }
-
     def _group_of(self, spec: WorkerSpec) -> WorkerGroup:
         key = (spec.prior, spec.max_context_tokens)
         pool = self._groups.setdefault(spec.pool, {})

@@ -9,9 +9,8 @@ estimator can replace the engine priors without touching the rest.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
 from raysched.core.protocol import Completion
@@ -53,11 +52,19 @@ class Choice:
     finish_s: float
 
 
+def context_need(task: CoreTask) -> int:
+    """Tokens of context ``task`` needs: its prompt and answer, or the floor it asked for."""
+    return max(task.num_prompt_tokens + task.max_new_tokens, task.min_context_tokens)
+
+
+def fits_context(task: CoreTask, max_context_tokens: int) -> bool:
+    """Filter: can a worker with this context limit (0: none) hold ``task`` at all?"""
+    return max_context_tokens == 0 or context_need(task) <= max_context_tokens
+
+
 def eligible(task: CoreTask, group: WorkerGroup) -> bool:
     """Filter: can workers of ``group`` hold this task at all (context length)?"""
-    limit = group.max_context_tokens
-    need = max(task.num_prompt_tokens + task.max_new_tokens, task.min_context_tokens)
-    return limit == 0 or need <= limit
+    return fits_context(task, group.max_context_tokens)
 
 
 class Placement(Protocol):
@@ -70,6 +77,18 @@ class Placement(Protocol):
         ...
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
+
+    def state(self) -> dict[str, Any] | None:
+        """What this placement has learned, JSON-friendly; None when it learns nothing."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> int:
+        """Take up a saved ``state()``; returns how many learned models it restored."""
+        ...
+
+    def learned(self) -> list[dict[str, Any]]:
+        """Rows describing the learned models, for status and reports (empty: none)."""
+        ...
 
 
 class EstimatorPlacement:
@@ -84,6 +103,16 @@ class EstimatorPlacement:
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
+
+    # A placement over fixed priors learns nothing to save; learning ones override these.
+    def state(self) -> dict[str, Any] | None:
+        return None
+
+    def restore(self, state: dict[str, Any]) -> int:
+        return 0
+
+    def learned(self) -> list[dict[str, Any]]:
+        return []
 
 
 class LeastCompletionTime(EstimatorPlacement):
@@ -122,9 +151,7 @@ class _Baseline(EstimatorPlacement):
 
 
 def _fits(task: CoreTask, w: WorkerLoad) -> bool:
-    limit = w.spec.max_context_tokens
-    need = max(task.num_prompt_tokens + task.max_new_tokens, task.min_context_tokens)
-    return w.free_slots > 0 and (limit == 0 or need <= limit)
+    return w.free_slots > 0 and fits_context(task, w.spec.max_context_tokens)
 
 
 class FirstFree(_Baseline):
@@ -200,20 +227,3 @@ class PowerOfTwo(_Baseline):
             if _fits(task, w):
                 return self._choice(task, w, now_s)
         return None
-
-
-PLACEMENTS: dict[str, Callable[..., Placement]] = {
-    "least_completion": LeastCompletionTime,
-    "first_free": FirstFree,
-    "round_robin": RoundRobin,
-    "least_loaded": LeastLoaded,
-    "pow2": PowerOfTwo,
-}
-
-
-def make_placement(name: str, **kwargs: object) -> Placement:
-    try:
-        factory = PLACEMENTS[name]
-    except KeyError:
-        raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}") from None
-    return factory(**kwargs)

@@ -21,15 +21,57 @@ is Ray Serve's router: it holds requests while every replica is at ``max_ongoing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
-from raysched.core.placement import LeastCompletionTime, Placement, ServiceEstimator, make_placement
+from raysched.core.placement import (
+    FirstFree,
+    LeastCompletionTime,
+    LeastLoaded,
+    Placement,
+    PowerOfTwo,
+    RoundRobin,
+    ServiceEstimator,
+)
 from raysched.core.scheduler import CoreConfig, SchedulerCore
 
 
 @dataclass(frozen=True, slots=True)
+class PlacementArgs:
+    """What a placement may be built from: a seed for random choices, a learned model to
+    start from, and (for the oracle reference only) the true service-time model."""
+
+    seed: int = 0
+    estimator: AdaptiveEstimator | None = None
+    oracle: ServiceEstimator | None = None
+
+
+PLACEMENTS: dict[str, Callable[[PlacementArgs], Placement]] = {
+    "first_free": lambda a: FirstFree(),
+    "round_robin": lambda a: RoundRobin(),
+    "least_loaded": lambda a: LeastLoaded(),
+    "pow2": lambda a: PowerOfTwo(seed=a.seed),
+    "least_completion": lambda a: LeastCompletionTime(a.oracle),
+    "adaptive": lambda a: AdaptivePlacement(a.estimator, seed=a.seed),
+}
+
+
+def make_placement(name: str, args: PlacementArgs | None = None) -> Placement:
+    """The placement registered as ``name``; ``ValueError`` naming the known ones otherwise."""
+    try:
+        factory = PLACEMENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}") from None
+    return factory(args or PlacementArgs())
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
+    """A named scheduling policy: queue ``ordering``, ``placement`` (a ``PLACEMENTS`` name),
+    whether it admits and expires by deadline, ages waiting work, binds early, and whether it
+    needs an oracle of true service times (a reference, not a live policy)."""
+
     name: str
     ordering: str
     placement: str
@@ -52,35 +94,25 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
 )}
 
 
-def build_core(policy: str, *, seed: int = 0, aging_s: float | None = 30.0, max_attempts: int = 3,
-               max_queued_per_class: int = 250_000, max_queued_per_pool: int = 500_000,
-               max_queued_per_tenant: int = 100_000, oracle: ServiceEstimator | None = None,
+def build_core(policy: str, *, config: CoreConfig | None = None, seed: int = 0,
+               oracle: ServiceEstimator | None = None,
                estimator: AdaptiveEstimator | None = None) -> SchedulerCore:
     """A ``SchedulerCore`` running ``policy``.
 
+    ``config`` gives the knobs (bounds, attempts, aging period; ``CoreConfig``'s defaults when
+    None); the policy sets the ordering, admission, early binding, and whether aging is on.
     ``oracle`` is the true service-time model the ``clairvoyant`` policy needs; ``estimator`` is
-    the learned model ``raysched`` starts from (a restored one, say).
+    the learned model ``raysched`` starts from (a restored one, say). Raises ``ValueError`` for
+    an unknown policy or a missing oracle.
     """
     try:
         p = POLICIES[policy]
     except KeyError:
         raise ValueError(f"unknown policy {policy!r}; known: {sorted(POLICIES)}") from None
-    placement: Placement
-    if p.needs_oracle:
-        if oracle is None:
-            raise ValueError(f"policy {policy!r} needs an oracle of true service times")
-        placement = LeastCompletionTime(oracle)
-    elif p.placement == "adaptive":
-        placement = AdaptivePlacement(estimator, seed=seed)
-    elif p.placement == "least_completion":
-        placement = LeastCompletionTime()
-    elif p.placement == "pow2":
-        placement = make_placement("pow2", seed=seed)
-    else:
-        placement = make_placement(p.placement)
-    config = CoreConfig(aging_s=aging_s if p.aging else None, max_attempts=max_attempts,
-                        max_queued_per_class=max_queued_per_class,
-                        max_queued_per_pool=max_queued_per_pool,
-                        max_queued_per_tenant=max_queued_per_tenant, ordering=p.ordering,
-                        admission=p.admission, early_binding=p.early_binding)
-    return SchedulerCore(config, placement)
+    if p.needs_oracle and oracle is None:
+        raise ValueError(f"policy {policy!r} needs an oracle of true service times")
+    base = config or CoreConfig()
+    core_config = replace(base, aging_s=base.aging_s if p.aging else None, ordering=p.ordering,
+                          admission=p.admission, early_binding=p.early_binding)
+    placement = make_placement(p.placement, PlacementArgs(seed, estimator, oracle))
+    return SchedulerCore(core_config, placement)

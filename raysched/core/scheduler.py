@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from raysched.core.load import LoadTable
-from raysched.core.placement import LeastCompletionTime, Placement
+from raysched.core.placement import LeastCompletionTime, Placement, context_need
 from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
-from raysched.core.types import Assignment, CoreTask, Outcome, Priority, Status, WorkerSpec
+from raysched.core.types import (
+    Assignment,
+    CoreStats,
+    CoreTask,
+    Outcome,
+    PoolStats,
+    Priority,
+    Status,
+    TaskState,
+    WorkerSpec,
+    WorkerStats,
+)
 
-QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+QUEUED, RUNNING, CANCELLING = TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLING
 # How deep a worker's own queue may grow under early binding: deep enough never to push back.
 EARLY_BINDING_SLOTS = 1024
 
@@ -65,7 +75,7 @@ class _Record:
     submit_s: float
     seq: int
     latest_start_s: float
-    state: str = QUEUED
+    state: TaskState = QUEUED
     attempts: int = 0
     worker_id: str = ""
     start_s: float | None = None
@@ -92,7 +102,9 @@ class SchedulerCore:
         self._expiry: list[tuple[float, int, str]] = []  # (latest_start_s, seq, task_id)
         self._seq = 0
         self.counts: dict[Status, int] = {s: 0 for s in Status}
-        self._shed: list[Outcome] = []  # tasks shed by submit, reported by the next assign
+        # Pools that cannot serve (no worker and none coming), with the reason: their tasks
+        # are refused at once instead of waiting for a worker that will not come.
+        self._down: dict[str, str] = {}
 
     # -- pools and workers -------------------------------------------------------------------
 
@@ -106,6 +118,7 @@ class SchedulerCore:
 
     def add_worker(self, spec: WorkerSpec, now_s: float) -> None:
         self.add_pool(spec.pool)
+        self._down.pop(spec.pool, None)
         if self.config.early_binding:
             spec = replace(spec, slots=max(spec.slots, spec.concurrency * EARLY_BINDING_SLOTS))
         self.table.add(spec, now_s)
@@ -130,56 +143,89 @@ class SchedulerCore:
                 self._requeue(rec)
         return outcomes
 
+    def pool_down(self, pool: str, reason: str, now_s: float) -> list[Outcome]:
+        """Mark ``pool`` unable to serve (no worker and none coming); its queued tasks end now.
+
+        Until a worker joins the pool again, submits to it are refused at once with ``reason``.
+        Tasks that had run before end ``failed``, the rest ``rejected``.
+        """
+        self.add_pool(pool)
+        self._down[pool] = reason
+        queue = self._queues[pool]
+        ended = []
+        for task in list(queue.tasks()):
+            queue.remove(task.task_id)
+            rec = self._records[task.task_id]
+            ended.append(self._finish(rec, Status.FAILED if rec.attempts else Status.REJECTED,
+                                      now_s, f"pool {pool} cannot serve: {reason}"))
+        return ended
+
+    def pool_down_reason(self, pool: str) -> str:
+        """Why ``pool`` cannot serve now; empty while it can (or may soon)."""
+        return self._down.get(pool, "")
+
     # -- tasks -------------------------------------------------------------------------------
 
-    def submit(self, task: CoreTask, now_s: float) -> Outcome | None:
-        """Admit ``task``; returns a ``rejected`` Outcome at once when it cannot be admitted.
+    def submit(self, task: CoreTask, now_s: float) -> list[Outcome]:
+        """Admit ``task``; returns every Outcome the call caused, at once.
 
-        Admission: the pool exists, some worker can hold the task, the class queue has room, and
-        the deadline can be met on an idle eligible worker (unless the task is best-effort).
+        The list holds the task's own ``rejected`` Outcome when it cannot be admitted, and the
+        queued tasks it shed when its pool's queue was full; it is empty when the task was
+        admitted and shed nothing. The task was admitted iff no Outcome carries its id.
+
+        Admission: the pool exists and can serve, some worker can hold the task, the class queue
+        has room, and the deadline can be met on an idle eligible worker (unless best-effort).
         """
         if task.task_id in self._records:
             raise ValueError(f"task id {task.task_id!r} is already in the scheduler")
         queue = self._queues.get(task.pool)
         rec = _Record(task, now_s, self._next_seq(), float("inf"))
         if queue is None:
-            return self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")
+            return [self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")]
+        if task.pool in self._down:
+            return [self._reject(rec, now_s, f"pool {task.pool} cannot serve: "
+                                             f"{self._down[task.pool]}")]
         if queue.depth(task.priority) >= self.config.max_queued_per_class:
-            return self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
-                                            f"{task.priority.name} tasks already wait for {task.pool}")
+            return [self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
+                                             f"{task.priority.name} tasks already wait for "
+                                             f"{task.pool}")]
         if queue.tenant_depth(task.tenant) >= self.config.max_queued_per_tenant:
-            return self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
-                                            f"{self.config.max_queued_per_tenant} tasks queued "
-                                            f"for {task.pool}")
+            return [self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
+                                             f"{self.config.max_queued_per_tenant} tasks queued "
+                                             f"for {task.pool}")]
+        best_case_s = self.placement.best_case_s(task, self.table)
+        if best_case_s is None:
+            if not any(True for _ in self.table.groups(task.pool)):
+                # The pool is empty for now but a worker is coming (one is being started or
+                # replaced; the driver calls ``pool_down`` when none is): wait for it.
+                best_case_s = 0.0
+            else:
+                return [self._reject(rec, now_s, f"no worker in {task.pool} can hold "
+                                                 f"{context_need(task)} tokens")]
+        slack_s = task.deadline_s - now_s
+        if self.config.admission and not task.best_effort:
+            if best_case_s > slack_s:
+                return [self._reject(rec, now_s, f"infeasible deadline: needs at least "
+                                                 f"{best_case_s * 1e3:.1f} ms on an idle "
+                                                 f"{task.pool} worker, has "
+                                                 f"{slack_s * 1e3:.1f} ms")]
+            rec.latest_start_s = task.deadline_s - best_case_s
+        shed: list[Outcome] = []
         if len(queue) >= self.config.max_queued_per_pool:
             victim = next((v for c in reversed(Priority) if c > task.priority
                            and (v := queue.newest(c)) is not None), None)
             if victim is None:
-                return self._reject(rec, now_s, f"overloaded: {len(queue)} tasks queued for "
-                                                f"{task.pool} and none of a lower class to shed")
+                return [self._reject(rec, now_s, f"overloaded: {len(queue)} tasks queued for "
+                                                 f"{task.pool} and none of a lower class to "
+                                                 f"shed")]
             queue.remove(victim.task_id)
-            self._shed.append(self._finish(
+            shed.append(self._finish(
                 self._records[victim.task_id], Status.REJECTED, now_s,
                 f"shed under overload: {task.pool}'s queue is full and a "
                 f"{task.priority.name} task arrived"))
-        best_case_s = self.placement.best_case_s(task, self.table)
-        if best_case_s is None:
-            if not any(True for _ in self.table.groups(task.pool)):
-                # The pool is empty for now (a worker is being replaced): wait for it.
-                best_case_s = 0.0
-            else:
-                return self._reject(rec, now_s, f"no worker in {task.pool} can hold "
-                                                f"{task.num_prompt_tokens + task.max_new_tokens} tokens")
-        slack_s = task.deadline_s - now_s
-        if self.config.admission and not task.best_effort:
-            if best_case_s > slack_s:
-                return self._reject(rec, now_s, f"infeasible deadline: needs at least "
-                                                f"{best_case_s * 1e3:.1f} ms on an idle {task.pool} "
-                                                f"worker, has {slack_s * 1e3:.1f} ms")
-            rec.latest_start_s = task.deadline_s - best_case_s
         self._records[task.task_id] = rec
         self._push(rec)
-        return None
+        return shed
 
     def cancel(self, task_id: str, now_s: float, reason: str = "cancelled by the caller") -> Outcome | None:
         """Cancel a queued or running task; None when it has already finished or is unknown.
@@ -204,8 +250,7 @@ class SchedulerCore:
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
         place and does not block work that can run elsewhere.
         """
-        decisions = Decisions(ended=self._shed + self._expire(now_s))
-        self._shed = []
+        decisions = Decisions(ended=self._expire(now_s))
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
             while queue and self.table.free_slots(pool) > 0 and len(skipped) < self.config.max_skips:
@@ -219,7 +264,8 @@ class SchedulerCore:
                         rec = self._records[task.task_id]
                         status = Status.FAILED if rec.attempts else Status.REJECTED
                         decisions.ended.append(self._finish(
-                            rec, status, now_s, f"no worker in {pool} can hold this task's context"))
+                            rec, status, now_s, f"no worker in {pool} can hold "
+                                                f"{context_need(task)} tokens"))
                         continue
                     skipped.append(task)
                     continue
@@ -263,7 +309,7 @@ class SchedulerCore:
         rec = self._records.get(task_id)
         return rec.task.deadline_s if rec is not None else float("inf")
 
-    def state_of(self, task_id: str) -> str | None:
+    def state_of(self, task_id: str) -> TaskState | None:
         rec = self._records.get(task_id)
         return rec.state if rec else None
 
@@ -279,26 +325,29 @@ class SchedulerCore:
         """Tasks accepted and not yet ended (queued or running, cancelling not counted)."""
         return sum(1 for r in self._records.values() if r.state != CANCELLING)
 
-    def stats(self, now_s: float) -> dict[str, Any]:
-        """A plain-dict snapshot: per pool queue depth by class and oldest wait, per worker load."""
+    def stats(self, now_s: float) -> CoreStats:
+        """A snapshot: per pool queue depth by class and oldest wait, per worker load."""
         pools = {}
         for pool, queue in self._queues.items():
             oldest = {c.name: (now_s - a if (a := queue.oldest_arrival_s(c)) is not None else 0.0)
                       for c in Priority}
-            pools[pool] = {
-                "queued": {c.name: n for c, n in queue.depth_by_class().items()},
-                "oldest_wait_s": oldest,
-                **self.table.pool_totals(pool),
-                "utilization": _mean([w.utilization(now_s) for w in self.table.pool_workers(pool)]),
-            }
-        workers = {
-            w.worker_id: {"pool": w.spec.pool, "in_flight": len(w.in_flight),
-                          "free_slots": w.free_slots, "backlog_s": w.backlog_s,
-                          "completed": w.completed, "utilization": w.utilization(now_s)}
+            workers = list(self.table.pool_workers(pool))
+            pools[pool] = PoolStats(
+                queued={c.name: n for c, n in queue.depth_by_class().items()},
+                oldest_wait_s=oldest, workers=len(workers),
+                in_flight=sum(len(w.in_flight) for w in workers),
+                free_slots=sum(w.free_slots for w in workers),
+                backlog_s=sum(w.backlog_s for w in workers),
+                utilization=_mean([w.utilization(now_s) for w in workers]),
+                down=self._down.get(pool, ""))
+        worker_stats = {
+            w.worker_id: WorkerStats(pool=w.spec.pool, in_flight=len(w.in_flight),
+                                     free_slots=w.free_slots, backlog_s=w.backlog_s,
+                                     completed=w.completed, utilization=w.utilization(now_s))
             for w in self.table.workers.values()
         }
-        return {"pools": pools, "workers": workers,
-                "results": {s.value: n for s, n in self.counts.items()}}
+        return CoreStats(pools=pools, workers=worker_stats,
+                         results={s.value: n for s, n in self.counts.items()})
 
     # -- internals ---------------------------------------------------------------------------
 

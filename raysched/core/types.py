@@ -24,6 +24,14 @@ class Priority(enum.IntEnum):
     LOW = 4
 
 
+class TaskState(enum.IntEnum):
+    """Where an unfinished task is inside the core; a finished one has left it (an Outcome)."""
+
+    QUEUED = 1  # in its pool's deadline queue
+    RUNNING = 2  # bound to a worker, in that worker's row of the load table
+    CANCELLING = 3  # cancelled while running: its slot stays taken until the worker reports
+
+
 class Status(str, enum.Enum):
     """How a task ended. Every accepted or refused task ends in exactly one of these."""
 
@@ -123,3 +131,44 @@ class Outcome:
     @property
     def deadline_met(self) -> bool:
         return self.status is Status.COMPLETED and self.end_s <= self.deadline_s
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One pool's queue and load at a moment.
+
+    ``queued`` and ``oldest_wait_s`` are keyed by class name (``CRITICAL`` .. ``LOW``);
+    ``backlog_s`` is the predicted seconds of work in flight, summed over workers;
+    ``utilization`` is the mean over workers of the fraction of time each had work in flight.
+    ``down`` is empty while the pool can serve, else why it cannot (no worker and none coming).
+    """
+
+    queued: dict[str, int]
+    oldest_wait_s: dict[str, float]
+    workers: int
+    in_flight: int
+    free_slots: int
+    backlog_s: float
+    utilization: float
+    down: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """One worker's row of the load table at a moment (``backlog_s``: predicted seconds)."""
+
+    pool: str
+    in_flight: int
+    free_slots: int
+    backlog_s: float
+    completed: int
+    utilization: float
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStats:
+    """A snapshot of the core: per pool, per worker, and results so far by status value."""
+
+    pools: dict[str, PoolStats]
+    workers: dict[str, WorkerStats]
+    results: dict[str, int]

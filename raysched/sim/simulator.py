@@ -79,9 +79,8 @@ class Simulator:
                 st: SimTask = obj  # type: ignore[assignment]
                 truth[st.task.task_id] = st
                 run.kinds[st.task.task_id] = st.task.kind
-                rejected = core.submit(st.task, now)
-                if rejected is not None:
-                    self._end(run, rejected, on_progress)
+                for outcome in core.submit(st.task, now):
+                    self._end(run, outcome, on_progress)
                 self._push_arrival(arrivals)
             elif kind == _WORKER:
                 wid, version = obj  # type: ignore[misc]

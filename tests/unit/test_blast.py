@@ -21,6 +21,8 @@ past every deadline; then every submitted task has ended exactly once.
 
 from __future__ import annotations
 
+from raysched.core.types import TaskState
+
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -189,14 +191,16 @@ class Harness:
                 reasons.append("infeasible")
         self.submitted[task.task_id] = task
         self.submit_s[task.task_id] = self.now
-        out = self.core.submit(task, self.now)
+        outs = self.core.submit(task, self.now)
         if reasons:
-            assert out is not None and out.status is Status.REJECTED, (task, reasons, out)
+            assert len(outs) == 1, (task, reasons, outs)
+            out = outs[0]
+            assert out.status is Status.REJECTED, (task, reasons, out)
             assert any(r in out.reason for r in reasons), (out.reason, reasons)
             assert out.task_id == task.task_id and out.attempts == 0
             self.end(out)
         else:
-            assert out is None, (task, out)
+            assert outs == [], (task, outs)
             self.queued.add(task.task_id)
             self.latest[task.task_id] = INF if task.best_effort else deadline - best
 
@@ -315,7 +319,7 @@ class Harness:
             self.end(out)
         elif kind == "retry" and self.attempts[tid] < self.cfg.max_attempts:
             assert out is None, f"retryable failure of {tid} ended it: {out}"
-            assert self.core.state_of(tid) == "queued"
+            assert self.core.state_of(tid) is TaskState.QUEUED
             self.queued.add(tid)
         else:
             assert out is not None and out.status is Status.FAILED, out
@@ -368,7 +372,7 @@ class Harness:
             elif self.attempts[tid] >= self.cfg.max_attempts:
                 expect_failed.add(tid)
             else:
-                assert self.core.state_of(tid) == "queued", f"{tid} not requeued"
+                assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"
                 self.queued.add(tid)
         assert {o.task_id for o in outs} == expect_failed
         assert len(outs) == len(expect_failed)
@@ -419,10 +423,10 @@ class Harness:
         assert not (set(self.ended) & self.queued)
         assert set(self.ended) & set(self.running) == self.cancelled_running
         for tid in self.queued:
-            assert core.state_of(tid) == "queued"
+            assert core.state_of(tid) is TaskState.QUEUED
         for tid in self.running:
-            assert core.state_of(tid) == ("cancelling" if tid in self.cancelled_running
-                                          else "running")
+            assert core.state_of(tid) == (TaskState.CANCELLING if tid in self.cancelled_running
+                                          else TaskState.RUNNING)
         # every submitted task is somewhere
         assert len(self.submitted) == len(self.ended) + len(self.queued) + \
             len(set(self.running) - self.cancelled_running)
@@ -440,15 +444,15 @@ class Harness:
 
     def check_stats(self) -> None:
         s = self.core.stats(self.now)
-        assert s["results"] == {st_.value: self.tally[st_] for st_ in Status}
+        assert s.results == {st_.value: self.tally[st_] for st_ in Status}
         for pool in POOLS:
-            p = s["pools"][pool]
-            assert sum(p["queued"].values()) == sum(
+            p = s.pools[pool]
+            assert sum(p.queued.values()) == sum(
                 1 for t in self.queued if self.submitted[t].pool == pool)
-            assert p["in_flight"] == sum(1 for w in self.running.values()
+            assert p.in_flight == sum(1 for w in self.running.values()
                                          if self.workers[w].pool == pool)
-            assert 0.0 <= p["utilization"] <= 1.0
-            assert all(v >= 0.0 for v in p["oldest_wait_s"].values())
+            assert 0.0 <= p.utilization <= 1.0
+            assert all(v >= 0.0 for v in p.oldest_wait_s.values())
 
     # -- driving -------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ Booleans are left out of the "invalid" values of numeric fields: pydantic's lax 
 
 from __future__ import annotations
 
+from raysched.core.types import TaskState
+
+from tests.builders import admit
+
 import math
 import re
 from typing import Any
@@ -592,7 +596,7 @@ def live_core(policy: str) -> SchedulerCore:
 def snapshot(core: SchedulerCore) -> tuple[Any, ...]:
     stats = core.stats(T0)
     return (core.queued(), core.running(), core.unfinished(), dict(core.counts),
-            {p: s["queued"] for p, s in stats["pools"].items()})
+            {p: s.queued for p, s in stats.pools.items()})
 
 
 @st.composite
@@ -640,7 +644,7 @@ def test_invalid_tasks_never_reach_the_queue_and_valid_ones_are_served(policy, i
             assert len(submitted) == calls and snapshot(core) == before
             continue
         assert what != "invalid", f"an invalid task passed validation: {task!r}"
-        outcome = core.submit(task.to_core(now), now)
+        outcome = admit(core, task.to_core(now), now)
         assert submitted[-1] == task.id
         if what == "past" and not task.best_effort:
             assert outcome is not None and outcome.status is Status.REJECTED
@@ -651,7 +655,7 @@ def test_invalid_tasks_never_reach_the_queue_and_valid_ones_are_served(policy, i
             assert after[3][Status.REJECTED] == before[3][Status.REJECTED] + 1
         else:
             assert outcome is None, f"a feasible task was refused: {outcome}"
-            assert core.state_of(task.id) == "queued"
+            assert core.state_of(task.id) is TaskState.QUEUED
             assert snapshot(core)[3] == before[3]  # no outcome counted for an admission
             assert sum(before[4][task.pool].values()) + 1 == core.queued(task.pool)
             assert core.queued() == before[0] + 1

@@ -5,6 +5,10 @@ Every test drives the core synchronously with explicit times; nothing here start
 
 from __future__ import annotations
 
+from raysched.core.types import TaskState
+
+from tests.builders import admit
+
 import ast
 import math
 import pathlib
@@ -97,7 +101,7 @@ def test_core_module_imports_no_clock_no_io(path: pathlib.Path) -> None:
 
 def test_unknown_pool_is_rejected_naming_the_pool(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
-    out = core.submit(make_task(pool="llm-404b"), 0.0)
+    out = admit(core, make_task(pool="llm-404b"), 0.0)
     assert out is not None and out.status is Status.REJECTED
     assert "llm-404b" in out.reason
     assert core.counts[Status.REJECTED] == 1
@@ -109,7 +113,7 @@ def test_infeasible_deadline_is_rejected(make_core, make_worker, make_task) -> N
     core = make_core(w)
     t = make_task(deadline_s=5.0 + 0.3)  # needs 0.46 s on an idle worker
     assert w.prior.service_s(100, 20) == pytest.approx(0.46)
-    out = core.submit(t, 5.0)
+    out = admit(core, t, 5.0)
     assert out is not None and out.status is Status.REJECTED
     assert "infeasible" in out.reason
     assert out.task_id == t.task_id and out.deadline_s == t.deadline_s
@@ -122,8 +126,8 @@ def test_deadline_exactly_feasible_is_accepted(make_core, make_worker, make_task
     core = make_core(w)
     best = w.prior.service_s(100, 20, 1)
     # at t=0 the slack is exactly the deadline, so the comparison is exact
-    assert core.submit(make_task(deadline_s=best), 0.0) is None
-    assert core.submit(make_task(deadline_s=math.nextafter(best, 0.0)), 0.0).status \
+    assert admit(core, make_task(deadline_s=best), 0.0) is None
+    assert admit(core, make_task(deadline_s=math.nextafter(best, 0.0)), 0.0).status \
         is Status.REJECTED
 
 
@@ -132,9 +136,9 @@ def test_feasibility_uses_fastest_eligible_worker(make_core, make_worker, make_t
     fast_small = make_worker(prior=ServicePrior(fixed_s=0.5), max_context_tokens=64)
     core = make_core(slow, fast_small)
     # the fast worker cannot hold 120 tokens, so the best case is the slow worker's 5 s
-    out = core.submit(make_task(deadline_s=1.0), 0.0)
+    out = admit(core, make_task(deadline_s=1.0), 0.0)
     assert out is not None and "infeasible" in out.reason
-    assert core.submit(make_task(deadline_s=1.0, num_prompt_tokens=10, max_new_tokens=10), 0.0) \
+    assert admit(core, make_task(deadline_s=1.0, num_prompt_tokens=10, max_new_tokens=10), 0.0) \
         is None
 
 
@@ -143,13 +147,13 @@ def test_best_effort_infeasible_is_accepted_and_never_expires(make_core, make_wo
     w = make_worker()
     core = make_core(w)
     blocker = make_task(deadline_s=1000.0)
-    core.submit(blocker, 0.0)
+    admit(core, blocker, 0.0)
     (a,) = core.assign(0.0).assignments
     t = make_task(deadline_s=0.1, best_effort=True)
-    assert core.submit(t, 0.0) is None
+    assert admit(core, t, 0.0) is None
     d = core.assign(50.0)
     assert d.ended == [] and d.assignments == []
-    assert core.state_of(t.task_id) == "queued"
+    assert core.state_of(t.task_id) is TaskState.QUEUED
     assert core.complete(ok(a), 60.0).status is Status.COMPLETED
     d = core.assign(60.0)
     assert ids(d) == [t.task_id] and d.ended == []
@@ -160,16 +164,16 @@ def test_best_effort_infeasible_is_accepted_and_never_expires(make_core, make_wo
 def test_queue_full_is_rejected_per_class(make_core, make_worker, make_task) -> None:
     w = make_worker()
     core = make_core(w, max_queued_per_class=2)
-    assert core.submit(make_task(), 0.0) is None
-    assert core.submit(make_task(), 0.0) is None
-    out = core.submit(make_task(), 0.0)
+    assert admit(core, make_task(), 0.0) is None
+    assert admit(core, make_task(), 0.0) is None
+    out = admit(core, make_task(), 0.0)
     assert out is not None and out.status is Status.REJECTED and "queue full" in out.reason
-    assert core.submit(make_task(priority=H), 0.0) is None  # another class has room
+    assert admit(core, make_task(priority=H), 0.0) is None  # another class has room
     core.assign(0.0)  # HIGH goes first; MEDIUM stays full
-    assert core.submit(make_task(), 0.0).status is Status.REJECTED
+    assert admit(core, make_task(), 0.0).status is Status.REJECTED
     core.complete(ok((core_running(core)[0], w.worker_id)), 1.0)
     core.assign(1.0)  # one MEDIUM leaves the queue
-    assert core.submit(make_task(), 1.0) is None
+    assert admit(core, make_task(), 1.0) is None
     assert core.counts[Status.REJECTED] == 2
 
 
@@ -180,28 +184,28 @@ def core_running(core: SchedulerCore) -> list[str]:
 def test_duplicate_id_raises(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     with pytest.raises(ValueError):
-        core.submit(t, 0.0)
+        admit(core, t, 0.0)
     core.assign(0.0)
     with pytest.raises(ValueError):
-        core.submit(make_task(task_id=t.task_id), 0.1)  # while it runs
+        admit(core, make_task(task_id=t.task_id), 0.1)  # while it runs
     assert core.counts[Status.REJECTED] == 0
 
 
 def test_task_too_big_for_every_worker_is_rejected(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker(max_context_tokens=4096), make_worker(max_context_tokens=32768))
-    out = core.submit(make_task(num_prompt_tokens=32700, max_new_tokens=100), 0.0)
+    out = admit(core, make_task(num_prompt_tokens=32700, max_new_tokens=100), 0.0)
     assert out is not None and out.status is Status.REJECTED
     assert "32800" in out.reason
-    assert core.submit(make_task(num_prompt_tokens=32700, max_new_tokens=68), 0.0) is None
+    assert admit(core, make_task(num_prompt_tokens=32700, max_new_tokens=68), 0.0) is None
 
 
 def test_empty_pool_accepts_and_waits_for_a_worker(make_core, make_worker, make_task) -> None:
     core = make_core()
     core.add_pool("llm-7b")
     t = make_task(deadline_s=100.0)
-    assert core.submit(t, 0.0) is None
+    assert admit(core, t, 0.0) is None
     assert core.assign(1.0).assignments == []
     w = make_worker()
     core.add_worker(w, 2.0)
@@ -216,13 +220,13 @@ def test_late_binding_critical_overtakes_queued_low(make_core, make_worker, make
     w = make_worker()
     core = make_core(w)
     first = make_task(deadline_s=100.0)
-    core.submit(first, 0.0)
+    admit(core, first, 0.0)
     (a,) = core.assign(0.0).assignments
     lows = [make_task(priority=L, deadline_s=50.0) for _ in range(3)]
     for t in lows:
-        assert core.submit(t, 0.1) is None
+        assert admit(core, t, 0.1) is None
     crit = make_task(priority=C, deadline_s=90.0)
-    assert core.submit(crit, 0.2) is None
+    assert admit(core, crit, 0.2) is None
     assert core.assign(0.3).assignments == []  # nothing bound while the only slot is busy
     core.complete(ok(a), 0.5)
     d = core.assign(0.5)
@@ -240,7 +244,7 @@ def test_edf_inside_a_class(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
     tasks = [make_task(priority=H, deadline_s=d) for d in (30.0, 10.0, 20.0, 10.0)]
     for t in tasks:
-        core.submit(t, 0.0)
+        admit(core, t, 0.0)
     order = []
     now = 0.0
     while core.unfinished():
@@ -258,7 +262,7 @@ def test_multi_slot_worker_takes_several_in_one_pass(make_core, make_worker, mak
     core = make_core(w)
     ts = [make_task(priority=p) for p in (L, C, M, H)]
     for t in ts:
-        core.submit(t, 0.0)
+        admit(core, t, 0.0)
     d = core.assign(0.0)
     assert ids(d) == [ts[1].task_id, ts[3].task_id, ts[2].task_id]
     assert core.table.workers[w.worker_id].free_slots == 0
@@ -272,13 +276,13 @@ def test_queued_task_past_latest_start_expires_and_never_runs(make_core, make_wo
                                                               make_task) -> None:
     w = make_worker()
     core = make_core(w)
-    core.submit(make_task(deadline_s=100.0), 0.0)
+    admit(core, make_task(deadline_s=100.0), 0.0)
     (a,) = core.assign(0.0).assignments
     t = make_task(deadline_s=2.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     latest = 2.0 - w.prior.service_s(100, 20, 1)  # 1.54
     d = core.assign(latest)  # not passed yet
-    assert d.ended == [] and core.state_of(t.task_id) == "queued"
+    assert d.ended == [] and core.state_of(t.task_id) is TaskState.QUEUED
     d = core.assign(math.nextafter(latest, 10.0))
     assert [o.task_id for o in d.ended] == [t.task_id]
     out = d.ended[0]
@@ -296,7 +300,7 @@ def test_expiry_happens_even_with_free_workers_elsewhere(make_core, make_worker,
     # A task that is feasible at submit but is only looked at too late expires, it does not run
     core = make_core(make_worker())
     t = make_task(deadline_s=1.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     d = core.assign(5.0)
     assert d.assignments == [] and [o.task_id for o in d.ended] == [t.task_id]
 
@@ -304,7 +308,7 @@ def test_expiry_happens_even_with_free_workers_elsewhere(make_core, make_worker,
 def test_running_task_does_not_expire(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
     t = make_task(deadline_s=1.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     assert core.assign(50.0).ended == []
     out = core.complete(ok(a), 60.0)
@@ -317,7 +321,7 @@ def test_running_task_does_not_expire(make_core, make_worker, make_task) -> None
 def test_cancel_queued(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     out = core.cancel(t.task_id, 1.0, reason="user said so")
     assert out.status is Status.CANCELLED and out.reason == "user said so"
     assert out.end_s == 1.0 and out.start_s is None
@@ -336,9 +340,9 @@ def test_cancel_running_once_then_completion_ignored_and_slot_freed(make_core, m
     w = make_worker()
     core = make_core(w)
     t, nxt = make_task(), make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
-    core.submit(nxt, 0.1)
+    admit(core, nxt, 0.1)
     out = core.cancel(t.task_id, 0.2)
     assert out.status is Status.CANCELLED and out.worker_id == w.worker_id
     assert out.start_s == 0.0 and out.attempts == 1
@@ -360,7 +364,7 @@ def test_cancel_running_then_worker_lost_ends_nothing_twice(make_core, make_work
     w = make_worker()
     core = make_core(w)
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     core.assign(0.0)
     assert core.cancel(t.task_id, 0.1).status is Status.CANCELLED
     assert core.worker_lost(w.worker_id, 0.2) == []
@@ -374,7 +378,7 @@ def test_cancel_running_then_worker_lost_ends_nothing_twice(make_core, make_work
 def test_non_retryable_failure_fails(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     out = core.complete(fail(a, error="CUDA OOM"), 1.0)
     assert out.status is Status.FAILED and out.reason == "CUDA OOM" and out.attempts == 1
@@ -383,7 +387,7 @@ def test_non_retryable_failure_fails(make_core, make_worker, make_task) -> None:
 
 def test_failure_without_error_text_has_a_reason(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
-    core.submit(make_task(), 0.0)
+    admit(core, make_task(), 0.0)
     (a,) = core.assign(0.0).assignments
     out = core.complete(fail(a, error=""), 1.0)
     assert out.status is Status.FAILED and out.reason
@@ -394,11 +398,11 @@ def test_retryable_failure_requeues_until_attempts_run_out(make_core, make_worke
     w = make_worker()
     core = make_core(w, max_attempts=2)
     t = make_task(deadline_s=100.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     assert a.attempt == 1
     assert core.complete(fail(a, retryable=True), 1.0) is None
-    assert core.state_of(t.task_id) == "queued"
+    assert core.state_of(t.task_id) is TaskState.QUEUED
     assert core.table.workers[w.worker_id].free_slots == 1
     (a2,) = core.assign(1.0).assignments
     assert a2.task.task_id == t.task_id and a2.attempt == 2
@@ -412,11 +416,11 @@ def test_worker_lost_requeues_then_fails_after_max_attempts(make_core, make_work
     w1, w2, w3 = make_worker(), make_worker(), make_worker()
     core = make_core(w1, max_attempts=2)
     t = make_task(deadline_s=100.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     assert a.worker_id == w1.worker_id
     assert core.worker_lost(w1.worker_id, 1.0) == []
-    assert core.state_of(t.task_id) == "queued"
+    assert core.state_of(t.task_id) is TaskState.QUEUED
     assert core.running() == 0 and w1.worker_id not in core.table.workers
     assert core.assign(1.0).assignments == []  # no worker left in the pool
     core.add_worker(w2, 2.0)
@@ -442,7 +446,7 @@ def test_worker_lost_requeues_all_in_flight_keeping_order(make_core, make_worker
     core = make_core(big)
     ts = [make_task(priority=p, deadline_s=100.0) for p in (L, M, H)]
     for t in ts:
-        core.submit(t, 0.0)
+        admit(core, t, 0.0)
     assert len(core.assign(0.0).assignments) == 3
     assert core.worker_lost(big.worker_id, 1.0) == []
     assert core.queued() == 3
@@ -455,15 +459,15 @@ def test_stale_completion_after_requeue_is_ignored(make_core, make_worker, make_
     w1, w2 = make_worker(), make_worker()
     core = make_core(w1)
     t = make_task(deadline_s=100.0)
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a1,) = core.assign(0.0).assignments
     core.worker_lost(w1.worker_id, 1.0)
     assert core.complete(ok(a1), 1.1) is None  # queued now: old worker's report ends nothing
-    assert core.state_of(t.task_id) == "queued"
+    assert core.state_of(t.task_id) is TaskState.QUEUED
     core.add_worker(w2, 2.0)
     (a2,) = core.assign(2.0).assignments
     assert core.complete(ok(a1), 2.5) is None  # runs on w2 now
-    assert core.state_of(t.task_id) == "running"
+    assert core.state_of(t.task_id) is TaskState.RUNNING
     assert core.table.workers[w2.worker_id].free_slots == 0
     out = core.complete(ok(a2), 3.0)
     assert out.status is Status.COMPLETED and out.worker_id == w2.worker_id and out.attempts == 2
@@ -476,11 +480,11 @@ def test_completion_from_wrong_worker_does_not_free_a_slot(make_core, make_worke
     w1, w2 = make_worker(), make_worker()
     core = make_core(w1, w2)
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     other = w2.worker_id if a.worker_id == w1.worker_id else w1.worker_id
     assert core.complete(ok((t.task_id, other)), 1.0) is None
-    assert core.state_of(t.task_id) == "running"
+    assert core.state_of(t.task_id) is TaskState.RUNNING
     assert core.table.free_slots("llm-7b") == 1
 
 
@@ -500,17 +504,17 @@ def test_big_task_is_set_aside_without_blocking_small_work(make_core, make_worke
                       prior=ServicePrior(fixed_s=0.1, prefill_s_per_token=1e-5))
     core = make_core(small, big)
     hog = make_task(num_prompt_tokens=20000, deadline_s=100.0)
-    core.submit(hog, 0.0)
+    admit(core, hog, 0.0)
     (a_hog,) = core.assign(0.0).assignments
     assert a_hog.worker_id == "big"
     crit_big = make_task(priority=C, num_prompt_tokens=20000, deadline_s=100.0)
     low_small = make_task(priority=L, deadline_s=100.0)
-    core.submit(crit_big, 0.1)
-    core.submit(low_small, 0.1)
+    admit(core, crit_big, 0.1)
+    admit(core, low_small, 0.1)
     d = core.assign(0.2)
     # the CRITICAL cannot run on the small worker: it waits, and the LOW uses the free slot
     assert [(a.task.task_id, a.worker_id) for a in d.assignments] == [(low_small.task_id, "small")]
-    assert core.state_of(crit_big.task_id) == "queued"
+    assert core.state_of(crit_big.task_id) is TaskState.QUEUED
     core.complete(ok(a_hog), 1.0)
     d = core.assign(1.0)
     assert [(a.task.task_id, a.worker_id) for a in d.assignments] == [(crit_big.task_id, "big")]
@@ -520,12 +524,12 @@ def test_set_aside_task_keeps_its_place(make_core, make_worker, make_task) -> No
     small = make_worker(worker_id="small", max_context_tokens=4096)
     big = make_worker(worker_id="big", max_context_tokens=32768)
     core = make_core(small, big, max_skips=1)
-    core.submit(make_task(num_prompt_tokens=9000, deadline_s=100.0), 0.0)
+    admit(core, make_task(num_prompt_tokens=9000, deadline_s=100.0), 0.0)
     (hog,) = core.assign(0.0).assignments
     first = make_task(priority=H, num_prompt_tokens=9000, deadline_s=50.0)
     second = make_task(priority=H, num_prompt_tokens=9000, deadline_s=50.0)
-    core.submit(first, 0.1)
-    core.submit(second, 0.1)
+    admit(core, first, 0.1)
+    admit(core, second, 0.1)
     assert core.assign(0.2).assignments == []  # `first` set aside, then the skip budget is spent
     core.complete(ok(hog), 1.0)
     assert [(a.task.task_id, a.worker_id) for a in core.assign(1.0).assignments] == [
@@ -536,12 +540,12 @@ def test_max_skips_bounds_a_pass(make_core, make_worker, make_task) -> None:
     small = make_worker(worker_id="small", max_context_tokens=4096)
     big = make_worker(worker_id="big", max_context_tokens=32768)
     core = make_core(small, big, max_skips=2)
-    core.submit(make_task(num_prompt_tokens=9000, deadline_s=100.0), 0.0)
+    admit(core, make_task(num_prompt_tokens=9000, deadline_s=100.0), 0.0)
     assert core.assign(0.0).assignments[0].worker_id == "big"
     bigs = [make_task(priority=H, num_prompt_tokens=9000, deadline_s=100.0) for _ in range(3)]
     fits = make_task(priority=L, deadline_s=100.0)
     for t in [*bigs, fits]:
-        core.submit(t, 0.1)
+        admit(core, t, 0.1)
     assert core.assign(0.2).assignments == []  # gave up after 2 set-aside tasks
     assert core.queued() == 4
     core.cancel(bigs[0].task_id, 0.3)
@@ -558,7 +562,7 @@ def test_least_completion_time_prefers_faster_prior(make_core, make_worker, make
     core = make_core(fast, slow)
     ts = [make_task(deadline_s=100.0) for _ in range(3)]
     for t in ts:
-        core.submit(t, 0.0)
+        admit(core, t, 0.0)
     d = core.assign(10.0)
     placed = [(a.worker_id, a.predicted_service_s, a.predicted_finish_s) for a in d.assignments]
     # 1st: fast finishes at +1 < +3; 2nd: fast waits 1 s then 1 s -> +2 < +3; 3rd: fast is full
@@ -571,7 +575,7 @@ def test_least_completion_time_goes_to_slow_worker_when_fast_is_backlogged(
     slow = make_worker(worker_id="slow", prior=ServicePrior(fixed_s=2.5), slots=1)
     core = make_core(fast, slow)
     for _ in range(3):
-        core.submit(make_task(deadline_s=100.0), 0.0)
+        admit(core, make_task(deadline_s=100.0), 0.0)
     d = core.assign(0.0)
     # fast: +1, then +2 (waits 1); third: fast would finish +3 > slow +2.5
     assert [a.worker_id for a in d.assignments] == ["fast", "fast", "slow"]
@@ -582,7 +586,7 @@ def test_predicted_service_uses_batch_slowdown(make_core, make_worker, make_task
     w = make_worker(prior=prior, slots=2, concurrency=2, max_context_tokens=0)
     core = make_core(w)
     for _ in range(2):
-        core.submit(make_task(num_prompt_tokens=0, max_new_tokens=100, deadline_s=100.0), 0.0)
+        admit(core, make_task(num_prompt_tokens=0, max_new_tokens=100, deadline_s=100.0), 0.0)
     a1, a2 = core.assign(0.0).assignments
     assert a1.predicted_service_s == pytest.approx(1.0)   # batch 1
     assert a2.predicted_service_s == pytest.approx(1.5)   # batch 2: 1 + 0.5 * 1
@@ -605,7 +609,7 @@ def test_load_table_free_slots_and_stats(make_core, make_worker, make_task) -> N
     assert core.table.free_slots("llm-7b") == 5
     assert core.table.free_slots("nope") == 0
     for p in (H, H, M, L, L, L):
-        core.submit(make_task(priority=p, deadline_s=1000.0), 0.0)
+        admit(core, make_task(priority=p, deadline_s=1000.0), 0.0)
     d = core.assign(2.0)
     assert len(d.assignments) == 5
     assert core.table.free_slots("llm-7b") == 0
@@ -618,43 +622,43 @@ def test_load_table_free_slots_and_stats(make_core, make_worker, make_task) -> N
             core.complete(ok(a), 6.0)
     assert core.table.free_slots("llm-7b") == 5  # no assign pass since: the LOW still waits
     s = core.stats(8.0)
-    pool = s["pools"]["llm-7b"]
-    assert pool["workers"] == 2
-    assert pool["in_flight"] == core.running()
-    assert pool["free_slots"] == core.table.free_slots("llm-7b")
-    assert sum(pool["queued"].values()) == core.queued("llm-7b") == 1
-    assert pool["queued"]["LOW"] == 1
-    assert pool["oldest_wait_s"]["LOW"] == pytest.approx(8.0)
-    assert pool["oldest_wait_s"]["HIGH"] == 0.0
-    ws = s["workers"]
-    assert ws["w1"]["completed"] == 4 and ws["w1"]["in_flight"] == 0 and ws["w1"]["free_slots"] == 4
+    pool = s.pools["llm-7b"]
+    assert pool.workers == 2
+    assert pool.in_flight == core.running()
+    assert pool.free_slots == core.table.free_slots("llm-7b")
+    assert sum(pool.queued.values()) == core.queued("llm-7b") == 1
+    assert pool.queued["LOW"] == 1
+    assert pool.oldest_wait_s["LOW"] == pytest.approx(8.0)
+    assert pool.oldest_wait_s["HIGH"] == 0.0
+    ws = s.workers
+    assert ws["w1"].completed == 4 and ws["w1"].in_flight == 0 and ws["w1"].free_slots == 4
     # w1 added at 0, busy 2..6 -> 4 / 8; w2 busy 2..4 -> 2 / 8
-    assert ws["w1"]["utilization"] == pytest.approx(0.5)
-    assert ws["w2"]["utilization"] == pytest.approx(0.25)
-    assert pool["utilization"] == pytest.approx(0.375)
-    assert s["results"]["completed"] == 5 and s["results"]["rejected"] == 0
+    assert ws["w1"].utilization == pytest.approx(0.5)
+    assert ws["w2"].utilization == pytest.approx(0.25)
+    assert pool.utilization == pytest.approx(0.375)
+    assert s.results["completed"] == 5 and s.results["rejected"] == 0
 
 
 def test_utilization_counts_time_still_busy(make_core, make_worker, make_task) -> None:
     w = make_worker(worker_id="w")
     core = make_core(w)
-    core.submit(make_task(deadline_s=1000.0), 0.0)
+    admit(core, make_task(deadline_s=1000.0), 0.0)
     core.assign(6.0)
-    assert core.stats(10.0)["workers"]["w"]["utilization"] == pytest.approx(0.4)
-    assert core.stats(10.0)["workers"]["w"]["backlog_s"] == pytest.approx(0.46)
+    assert core.stats(10.0).workers["w"].utilization == pytest.approx(0.4)
+    assert core.stats(10.0).workers["w"].backlog_s == pytest.approx(0.46)
 
 
 def test_pool_totals_after_worker_loss(make_core, make_worker, make_task) -> None:
     w1, w2 = make_worker(slots=2, concurrency=2), make_worker(slots=2, concurrency=2)
     core = make_core(w1, w2)
     for _ in range(3):
-        core.submit(make_task(deadline_s=1000.0), 0.0)
+        admit(core, make_task(deadline_s=1000.0), 0.0)
     core.assign(0.0)
     assert core.table.free_slots("llm-7b") == 1
     lost = w1.worker_id if len(core.table.workers[w1.worker_id].in_flight) == 2 else w2.worker_id
     core.worker_lost(lost, 1.0)
     assert core.table.free_slots("llm-7b") == 1
-    assert core.table.pool_totals("llm-7b")["workers"] == 1
+    assert core.stats(0.0).pools["llm-7b"].workers == 1
     d = core.assign(1.0)
     assert len(d.assignments) == 1 and core.table.free_slots("llm-7b") == 0
     assert core.queued() == 1
@@ -667,17 +671,17 @@ def test_worker_lost_requeue_of_lone_task(make_core, make_worker, make_task) -> 
     w = make_worker()
     core = make_core(w)
     t = make_task()
-    core.submit(t, 0.0)
+    admit(core, t, 0.0)
     core.assign(0.0)
     assert core.worker_lost(w.worker_id, 1.0) == []
-    assert core.state_of(t.task_id) == "queued"
+    assert core.state_of(t.task_id) is TaskState.QUEUED
     core.add_worker(make_worker(), 1.0)
     assert ids(core.assign(1.0)) == [t.task_id]
 
 
 def test_retryable_requeue_of_lone_task(make_core, make_worker, make_task) -> None:
     core = make_core(make_worker())
-    core.submit(make_task(), 0.0)
+    admit(core, make_task(), 0.0)
     (a,) = core.assign(0.0).assignments
     assert core.complete(fail(a, retryable=True), 1.0) is None
     (a2,) = core.assign(1.0).assignments
@@ -688,13 +692,13 @@ def test_set_aside_lone_critical_is_put_back(make_core, make_worker, make_task) 
     small = make_worker(max_context_tokens=4096)
     big = make_worker(max_context_tokens=32768)
     core = make_core(small, big)
-    core.submit(make_task(num_prompt_tokens=20000, deadline_s=100.0), 0.0)
+    admit(core, make_task(num_prompt_tokens=20000, deadline_s=100.0), 0.0)
     core.assign(0.0)  # the big worker is now busy
     crit = make_task(priority=C, num_prompt_tokens=20000, deadline_s=100.0)
-    core.submit(crit, 0.1)
-    core.submit(make_task(priority=L, deadline_s=100.0), 0.1)
+    admit(core, crit, 0.1)
+    admit(core, make_task(priority=L, deadline_s=100.0), 0.1)
     assert len(core.assign(0.2).assignments) == 1
-    assert core.state_of(crit.task_id) == "queued"
+    assert core.state_of(crit.task_id) is TaskState.QUEUED
 
 
 def test_min_context_tokens_filters_workers(make_core, make_worker, make_task) -> None:
@@ -704,7 +708,7 @@ def test_min_context_tokens_filters_workers(make_core, make_worker, make_task) -
                            prior=ServicePrior(fixed_s=1.0))
     core = make_core(small_fast, big_slow)
     t = make_task(min_context_tokens=16000, deadline_s=100.0)
-    assert core.submit(t, 0.0) is None
+    assert admit(core, t, 0.0) is None
     (a,) = core.assign(0.0).assignments
     assert a.worker_id == "big"
 
@@ -714,7 +718,7 @@ def test_unholdable_best_effort_admitted_to_empty_pool_still_ends(
     core = make_core()
     core.add_pool("llm-7b")
     t = make_task(num_prompt_tokens=40000, best_effort=True)
-    assert core.submit(t, 0.0) is None  # pool empty: admitted to wait for a worker
+    assert admit(core, t, 0.0) is None  # pool empty: admitted to wait for a worker
     core.add_worker(make_worker(max_context_tokens=8192), 1.0)
     ended = []
     for now in (1.0, 10.0, 1e6):
@@ -729,11 +733,11 @@ def test_unholdable_tasks_do_not_starve_the_pool(make_core, make_worker, make_ta
     core = make_core(max_skips=2)
     core.add_pool("llm-7b")
     for _ in range(2):
-        assert core.submit(make_task(priority=H, num_prompt_tokens=40000, best_effort=True),
+        assert admit(core, make_task(priority=H, num_prompt_tokens=40000, best_effort=True),
                            0.0) is None
     core.add_worker(make_worker(max_context_tokens=8192), 1.0)
     small = make_task(priority=L, deadline_s=1000.0)
-    assert core.submit(small, 1.0) is None
+    assert admit(core, small, 1.0) is None
     assigned = []
     for now in (1.0, 2.0, 100.0, 900.0):
         assigned += ids(core.assign(now))
@@ -750,12 +754,12 @@ def test_lct_within_group_picks_earliest_finish(make_core,
         return make_task(pool="p", priority=H, deadline_s=1000.0, num_prompt_tokens=0,
                          max_new_tokens=n)
 
-    core.submit(t(1000), 0.0)                     # 10 s on w1
+    admit(core, t(1000), 0.0)                     # 10 s on w1
     assert [a.worker_id for a in core.assign(0.0).assignments] == ["w1"]
-    core.submit(t(100), 0.0)
-    core.submit(t(100), 0.0)                      # 1 s + 1 s on w2
+    admit(core, t(100), 0.0)
+    admit(core, t(100), 0.0)                      # 1 s + 1 s on w2
     assert [a.worker_id for a in core.assign(0.0).assignments] == ["w2", "w2"]
-    core.submit(t(100), 0.0)
+    admit(core, t(100), 0.0)
     (a,) = core.assign(0.0).assignments
     # w1 predicts 10 + 1 = 11 s, w2 predicts 2 + 1 = 3 s: "earliest predicted finish" is w2
     assert (a.worker_id, a.predicted_finish_s) == ("w2", pytest.approx(3.0))
