@@ -75,7 +75,7 @@ class CPUActor:
                 output = {"fraud_probability": prob, "flagged": prob >= 0.5, "model": FRAUD_MODEL}
             else:
                 raise ValueError(f"a CPU worker cannot run kind {item.kind!r} without payload.fn")
-        except Exception as exc:  # the task's own failure, reported, not retried
+        except Exception as exc:  # noqa: BLE001 - the task's own failure, reported, not retried
             return Completion(item.task_id, self.worker_id, ok=False,
                               service_s=time.perf_counter() - start,
                               error=f"{type(exc).__name__}: {exc}")

@@ -121,7 +121,7 @@ class LLMActor:
             room = len(live) < self.max_batch_size and bool(self._waiting)
             try:
                 await self.engine.step([r.seq for r in live], max_steps=1 if room else 1 << 30)
-            except Exception as exc:  # the engine is gone: every request in it may be retried
+            except Exception as exc:  # noqa: BLE001 - the engine is gone: every request in it may be retried
                 for r in live:
                     self._resolve(r, ok=False, error=f"engine failed: {exc!r}", retryable=True)
                 self._running = []

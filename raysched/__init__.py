@@ -42,7 +42,12 @@ _WHERE = {
     "Task": "raysched.models",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "BackpressureError", "Client", "ConfigError", "Payload", "PoolConfig", "PoolUnavailableError",
+    "Priority", "RayschedError", "Requirements", "Result", "SchedulerConfig",
+    "SchedulerNotFoundError", "Status", "Task", "TaskHandle", "TaskTimeoutError", "connect",
+    "default_config", "find", "wait_all",
+]
 
 
 def __getattr__(name: str) -> Any:

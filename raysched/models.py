@@ -139,7 +139,8 @@ class Task(BaseModel):
         if self.sla_ms is not None and self.deadline_s is not None:
             raise ValueError("give the deadline as sla_ms or deadline_s, not both")
         if self.sla_ms is None and self.deadline_s is None and not self.best_effort:
-            raise ValueError("a deadline is required: set sla_ms or deadline_s (or best_effort=True)")
+            raise ValueError("a deadline is required: set sla_ms or deadline_s "
+                             "(or best_effort=True)")
         pool = self.pool
         known = (info.context or {}).get("pools") if info is not None else None
         if not _NAME.fullmatch(pool):
@@ -163,7 +164,8 @@ class Task(BaseModel):
                 raise ValueError(f"payload.features: the {pool} pool's classifier takes "
                                  f"{FRAUD_NUM_FEATURES} features, got {len(p.features)}")
         elif self.kind != "classification" and p.fn is None:
-            raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} on {pool}")
+            raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} "
+                             f"on {pool}")
         return self
 
     @property

@@ -132,7 +132,8 @@ class HFEngine:
         if eos_token_ids is None:
             eos = self.model.generation_config.eos_token_id
             if eos is None:
-                eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tokenizer.eos_token_id
+                eos = (cfg.eos_token_id if cfg.eos_token_id is not None
+                       else self.tokenizer.eos_token_id)
             eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         self.eos_token_ids = frozenset(int(e) for e in eos_token_ids)
         pad = self.tokenizer.pad_token_id
@@ -214,7 +215,7 @@ class HFEngine:
             had_rows = len(self._batch) > 0
             first = self._prefill([p.prompt_ids for p in new if p.prompt_ids is not None],
                                   [p.seq for p in new])
-            for p, tok in zip(new, first):
+            for p, tok in zip(new, first, strict=True):
                 tokens[id(p.seq)].append(tok)
                 remaining[id(p.seq)] -= 1
                 if tok in self.eos_token_ids:
@@ -225,7 +226,7 @@ class HFEngine:
                 return _CallResult(tokens, eos, prefilled, steps)
         while steps < max_steps and not self._any_finished(remaining, eos):
             nxt = self._decode()
-            for row, tok in zip(self._batch.rows, nxt):
+            for row, tok in zip(self._batch.rows, nxt, strict=True):
                 tokens[id(row)].append(tok)
                 remaining[id(row)] -= 1
                 if tok in self.eos_token_ids:
@@ -307,7 +308,7 @@ class HFEngine:
             shape[dim] = width - length
             return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
-        for layer_a, layer_b in zip(self._layers(a.cache), self._layers(b.cache)):
+        for layer_a, layer_b in zip(self._layers(a.cache), self._layers(b.cache), strict=True):
             layer_a.keys = torch.cat([lpad(layer_a.keys, la, 2), lpad(layer_b.keys, lb, 2)], 0)
             layer_a.values = torch.cat([lpad(layer_a.values, la, 2),
                                         lpad(layer_b.values, lb, 2)], 0)

@@ -59,7 +59,8 @@ class SimulatedEngine:
         return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
 
     async def step(self, batch: list[Sequence], max_steps: int) -> int:
-        model_s = sum(self.roofline.prefill_s(s.num_prompt_tokens) for s in batch if not s.prefilled)
+        model_s = sum(self.roofline.prefill_s(s.num_prompt_tokens)
+                      for s in batch if not s.prefilled)
         for s in batch:
             s.prefilled = True
         live = [s for s in batch if not s.done]

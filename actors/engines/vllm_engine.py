@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -208,7 +209,8 @@ class VLLMEngine:
             ray.util.remove_placement_group(pg)
             raise RuntimeError(f"no node has {tp} free GPUs next to this actor for a "
                                f"tensor-parallel group (waited {timeout_s:g} s); the 70B pool's "
-                               f"actors must ask for num_gpus=0 and land on an 8-GPU node") from None
+                               f"actors must ask for num_gpus=0 and land on an 8-GPU "
+                               f"node") from None
         return pg
 
     @staticmethod
@@ -279,10 +281,8 @@ class VLLMEngine:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"vLLM produced nothing for {self.step_timeout_s:g} s")
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), left)
-            except asyncio.TimeoutError:
-                pass
         steps = 0
         failures = []
         for st in streams:

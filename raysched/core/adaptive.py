@@ -67,20 +67,22 @@ class RLS:
         scale = max(theta[0], 1e-4) ** 2
         P = [[(rel_sd * max(t, 1e-6)) ** 2 / scale if i == j else 0.0 for j in range(3)]
              for i, t in enumerate(theta)]
-        return cls(theta, P, forget, resid_var=scale, max_trace=100.0 * sum(P[i][i] for i in range(3)))
+        max_trace = 100.0 * sum(P[i][i] for i in range(3))
+        return cls(theta, P, forget, resid_var=scale, max_trace=max_trace)
 
     def predict(self, x: list[float]) -> float:
-        return sum(t * v for t, v in zip(self.theta, x))
+        return sum(t * v for t, v in zip(self.theta, x, strict=True))
 
     def sd(self, x: list[float]) -> float:
         Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-        return math.sqrt(max(self.resid_var, 0.0) * max(sum(a * b for a, b in zip(x, Px)), 0.0))
+        xPx = sum(a * b for a, b in zip(x, Px, strict=True))
+        return math.sqrt(max(self.resid_var, 0.0) * max(xPx, 0.0))
 
     def update(self, x: list[float], y: float) -> None:
         err = y - self.predict(x)
         Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
         # Spread of one new observation: noise plus what the model does not know yet.
-        xPx = max(sum(a * b for a, b in zip(x, Px)), 0.0)
+        xPx = max(sum(a * b for a, b in zip(x, Px, strict=True)), 0.0)
         obs_sd = math.sqrt(max(self.resid_var, 0.0) * (1.0 + xPx))
         # A run of large errors means the worker changed: widen P so the next few completions
         # move the estimate a long way, instead of averaging the new speed into the old one.
@@ -91,9 +93,9 @@ class RLS:
             Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
             self.surprises = 0
         Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-        denom = self.forget + sum(a * b for a, b in zip(x, Px))
+        denom = self.forget + sum(a * b for a, b in zip(x, Px, strict=True))
         k = [v / denom for v in Px]
-        self.theta = [t + ki * err for t, ki in zip(self.theta, k)]
+        self.theta = [t + ki * err for t, ki in zip(self.theta, k, strict=True)]
         P = [[(self.P[i][j] - k[i] * Px[j]) / self.forget for j in range(3)] for i in range(3)]
         # Keep P symmetric and bounded: directions the data never excites (a CPU task has no
         # tokens) would otherwise grow by 1/forget per update until the numbers break.

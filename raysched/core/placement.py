@@ -135,7 +135,8 @@ class LeastCompletionTime(EstimatorPlacement):
                 continue
             service_s = self.estimator.service_s(task, worker)
             finish_s = now_s + worker.wait_s() + service_s
-            if best is None or (finish_s, worker.worker_id) < (best.finish_s, best.worker.worker_id):
+            if best is None or ((finish_s, worker.worker_id)
+                                < (best.finish_s, best.worker.worker_id)):
                 best = Choice(worker, service_s, finish_s)
         return best
 

@@ -2,16 +2,16 @@
 
 Every policy drives the same ``SchedulerCore``, so a comparison changes one thing at a time.
 
-| policy        | queue order            | placement                     | binding | deadlines      |
-|---------------|------------------------|-------------------------------|---------|----------------|
-| fifo          | arrival                | first free worker             | late    | ignored        |
-| round_robin   | arrival                | next worker in turn           | early   | ignored        |
-| least_loaded  | arrival                | least backlog per concurrency  | early   | ignored        |
-| pow2          | arrival                | power of two choices          | late    | ignored        |
-| priority      | class, then arrival    | least backlog                 | late    | ignored        |
-| edf           | deadline               | least backlog                 | late    | admit + expire |
-| raysched      | class, deadline, aging | least learned finish          | late    | admit + expire |
-| clairvoyant   | as raysched            | least true finish (an oracle) | late    | admit + expire |
+| policy       | queue order            | placement                     | binding | deadlines      |
+|--------------|------------------------|-------------------------------|---------|----------------|
+| fifo         | arrival                | first free worker             | late    | ignored        |
+| round_robin  | arrival                | next worker in turn           | early   | ignored        |
+| least_loaded | arrival                | least backlog per concurrency | early   | ignored        |
+| pow2         | arrival                | power of two choices          | late    | ignored        |
+| priority     | class, then arrival    | least backlog                 | late    | ignored        |
+| edf          | deadline               | least backlog                 | late    | admit + expire |
+| raysched     | class, deadline, aging | least learned finish          | late    | admit + expire |
+| clairvoyant  | as raysched            | least true finish (an oracle) | late    | admit + expire |
 
 "Late" binding keeps tasks in the central queue until a worker has a free slot; "early" binds at
 arrival and lets the task wait in the worker's own queue, as a plain load balancer does. ``pow2``

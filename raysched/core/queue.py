@@ -71,7 +71,8 @@ class DeadlineQueue:
         self._by_real: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
         self._tenant_depth: dict[str, int] = {}
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
-        self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
+        self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {
+            c: [] for c in _CLASSES}
         self._live: dict[str, _Entry] = {}
         # Live entries per class, so rebuilding one class's heaps touches only that class.
         self._members: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}

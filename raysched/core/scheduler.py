@@ -123,7 +123,8 @@ class SchedulerCore:
             spec = replace(spec, slots=max(spec.slots, spec.concurrency * EARLY_BINDING_SLOTS))
         self.table.add(spec, now_s)
 
-    def worker_lost(self, worker_id: str, now_s: float, reason: str = "worker lost") -> list[Outcome]:
+    def worker_lost(self, worker_id: str, now_s: float,
+                    reason: str = "worker lost") -> list[Outcome]:
         """Remove a worker at once; requeue its tasks or fail those out of attempts.
 
         Retries are at-least-once: a lost worker may or may not have run the task.
@@ -227,7 +228,8 @@ class SchedulerCore:
         self._push(rec)
         return shed
 
-    def cancel(self, task_id: str, now_s: float, reason: str = "cancelled by the caller") -> Outcome | None:
+    def cancel(self, task_id: str, now_s: float,
+               reason: str = "cancelled by the caller") -> Outcome | None:
         """Cancel a queued or running task; None when it has already finished or is unknown.
 
         A running task's slot stays taken until its worker reports; the report is then dropped.
@@ -253,7 +255,8 @@ class SchedulerCore:
         decisions = Decisions(ended=self._expire(now_s))
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
-            while queue and self.table.free_slots(pool) > 0 and len(skipped) < self.config.max_skips:
+            max_skips = self.config.max_skips
+            while queue and self.table.free_slots(pool) > 0 and len(skipped) < max_skips:
                 task = queue.pop(now_s)
                 assert task is not None
                 choice = self.placement.place(task, self.table, now_s)
@@ -296,7 +299,8 @@ class SchedulerCore:
         if completion.retryable and rec.attempts < self.config.max_attempts:
             self._requeue(rec)
             return None
-        return self._finish(rec, Status.FAILED, now_s, completion.error or "worker reported failure")
+        return self._finish(rec, Status.FAILED, now_s,
+                            completion.error or "worker reported failure")
 
     # -- views -------------------------------------------------------------------------------
 

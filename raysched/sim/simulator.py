@@ -132,7 +132,8 @@ class Simulator:
         if at is not None:
             heapq.heappush(self._heap, (at, next(self._seq), _WORKER, (wid, self._version[wid])))
 
-    def _end(self, run: SimRun, outcome: Outcome, on_progress: Callable[[int], None] | None) -> None:
+    def _end(self, run: SimRun, outcome: Outcome,
+             on_progress: Callable[[int], None] | None) -> None:
         run.outcomes.append(outcome)
         run.end_s = max(run.end_s, outcome.end_s)
         self._truth.pop(outcome.task_id, None)
