@@ -22,7 +22,8 @@ Placement is filter -> score -> pick:
     so little-known workers get tried. CRITICAL tasks never explore, and never go to a worker
     predicted to miss their deadline while another is predicted to meet it.
   * Keeping fast workers for urgent work: a LOW task whose deadline is far off goes to the
-    slowest worker that still finishes it with half its slack to spare.
+    slowest workers that still finish it with half its slack to spare, and among those to the
+    one that finishes it first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from raysched.core.types import CoreTask, Priority, ServicePrior
 
 PROMPT_UNIT = 1000.0
 TOKENS_UNIT = 100.0
+# Workers whose predicted service is within this factor of each other count as equally fast:
+# learned models of identical workers differ by noise, and noise must not decide placement.
+SAME_SPEED = 0.9
 
 
 def _features(prior: ServicePrior, prompt: float, new: float, batch: int) -> list[float]:
@@ -254,7 +258,12 @@ class AdaptivePlacement(EstimatorPlacement):
         if task.priority is Priority.LOW and math.isfinite(task.deadline_s):
             spare = [s for s in scored if s[0] <= task.deadline_s - 0.5 * (task.deadline_s - now_s)]
             if len(spare) > 1:
-                finish, service, w = max(spare, key=lambda s: (s[1], s[2].worker_id))
+                # The slowest workers that still make it with room to spare; among workers
+                # about as slow (within SAME_SPEED), the earliest finish, so LOW work spreads
+                # over idle workers instead of queueing on one.
+                slowest_s = max(s[1] for s in spare)
+                alike = [s for s in spare if s[1] >= slowest_s * SAME_SPEED]
+                finish, service, w = min(alike, key=lambda s: (s[0], s[2].worker_id))
                 return Choice(w, service, finish)
 
         def optimistic(s: tuple[float, float, WorkerLoad]) -> tuple[float, str]:

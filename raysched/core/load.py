@@ -11,7 +11,7 @@ one head per group instead of scanning the pool. That keeps a decision O(groups 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from raysched.core.types import ServicePrior, WorkerSpec
@@ -29,6 +29,8 @@ class WorkerLoad:
     added_s: float = 0.0
     completed: int = 0
     version: int = 0
+    # A task that must run alone (quarantined): while it is in flight, nothing else is placed.
+    alone_task: str = ""
 
     @property
     def worker_id(self) -> str:
@@ -36,6 +38,8 @@ class WorkerLoad:
 
     @property
     def free_slots(self) -> int:
+        if self.alone_task:
+            return 0
         return self.spec.slots - len(self.in_flight)
 
     def wait_s(self) -> float:
@@ -123,14 +127,21 @@ class LoadTable:
             del self._task_worker[task_id]
         return lost
 
-    def start(self, task_id: str, worker_id: str, service_s: float, now_s: float) -> None:
+    def start(self, task_id: str, worker_id: str, service_s: float, now_s: float,
+              alone: bool = False) -> None:
+        """Bind ``task_id`` to a free slot of ``worker_id``; ``alone``: the worker must be idle
+        and takes nothing else until this task finishes."""
         w = self.workers[worker_id]
         assert w.free_slots > 0, f"worker {worker_id} has no free slot"
+        assert not alone or not w.in_flight, f"worker {worker_id} is not idle"
+        before = w.free_slots
         if not w.in_flight:
             w.busy_since_s = now_s
         w.in_flight[task_id] = service_s
         w.backlog_s += service_s
-        self._free_by_pool[w.spec.pool] -= 1
+        if alone:
+            w.alone_task = task_id
+        self._free_by_pool[w.spec.pool] += w.free_slots - before
         self._task_worker[task_id] = worker_id
         self._group_of(w.spec).offer(w)
 
@@ -140,9 +151,12 @@ class LoadTable:
         if worker_id is None:
             return None
         w = self.workers[worker_id]
+        before = w.free_slots
         w.backlog_s = max(0.0, w.backlog_s - w.in_flight.pop(task_id))
+        if w.alone_task == task_id:
+            w.alone_task = ""
         w.completed += 1
-        self._free_by_pool[w.spec.pool] += 1
+        self._free_by_pool[w.spec.pool] += w.free_slots - before
         if not w.in_flight:
             self._close_busy(w, now_s)
             w.backlog_s = 0.0  # clear float residue
@@ -151,6 +165,13 @@ class LoadTable:
 
     def free_slots(self, pool: str) -> int:
         return self._free_by_pool.get(pool, 0)
+
+    def idle_worker(self, pool: str, fits: Callable[[WorkerLoad], bool]) -> WorkerLoad | None:
+        """The first worker of ``pool``, in joining order, with nothing in flight that ``fits``."""
+        for w in self.ordered(pool):
+            if not w.in_flight and fits(w):
+                return w
+        return None
 
     def worker_of(self, task_id: str) -> str | None:
         return self._task_worker.get(task_id)

@@ -29,6 +29,8 @@ class Completion:
     error: str = ""
     # A failure of the worker rather than of the task (engine died): worth another attempt.
     retryable: bool = False
+    # The worker did not start the task: its latest start had passed when its turn came.
+    expired: bool = False
     # Telemetry: time queued inside the worker, tokens, and the batch the task ran in.
     worker_queue_s: float = 0.0
     num_prompt_tokens: int = 0
@@ -45,6 +47,9 @@ class WorkItem:
     priority: int
     deadline_s: float
     payload: Any
+    # Past this moment (the scheduler's clock, seconds since the epoch) the task cannot meet
+    # its deadline: the worker reports it ``expired`` instead of starting it.
+    latest_start_s: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)

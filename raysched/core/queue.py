@@ -6,8 +6,10 @@ equal and a run is reproducible.
 
 Starvation control is aging, and it is explicit: a MEDIUM or LOW task that has waited
 ``aging_s`` is treated as one class higher, two classes after ``2 * aging_s``, and so on, but
-never higher than HIGH. CRITICAL work therefore always goes first, and a stream of HIGH work
-cannot hold LOW work back for longer than ``2 * aging_s`` plus one service time. Aging applies to
+never higher than HIGH. Inside the class it reached, an aged task's key is the earlier of its own
+deadline and the moment it reached that class, so it goes before work of that class due later.
+CRITICAL work therefore always goes first, and a stream of HIGH work cannot hold LOW work (best
+effort included) back for longer than ``2 * aging_s`` plus one service time. Aging applies to
 the longest-waiting task of each class (it is the one that has aged most).
 
 Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
@@ -137,7 +139,11 @@ class DeadlineQueue:
                 steps = int((now_s - oldest.arrival_s) // self.aging_s)
                 if steps > 0:
                     aged = max(int(_AGING_CEILING), int(cls) - steps)
-                    key = (aged, oldest.key_s, oldest.seq)
+                    # Inside the class it reached, an aged task is keyed by the moment it got
+                    # there, not by its own (far) deadline: work of that class whose deadline
+                    # is later no longer goes first, so a saturating stream cannot hold it.
+                    promoted_s = oldest.arrival_s + (int(cls) - aged) * self.aging_s
+                    key = (aged, min(oldest.key_s, promoted_s), oldest.seq)
                     if key < best[0]:
                         best = (key, oldest)
         if best is None:

@@ -14,7 +14,7 @@ import heapq
 from dataclasses import dataclass, field, replace
 
 from raysched.core.load import LoadTable
-from raysched.core.placement import LeastCompletionTime, Placement, context_need
+from raysched.core.placement import LeastCompletionTime, Placement, context_need, fits_context
 from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
 from raysched.core.types import (
@@ -40,7 +40,12 @@ class CoreConfig:
     """Knobs of the core.
 
     ``aging_s``: starvation control (see ``DeadlineQueue``); None turns aging off.
-    ``max_attempts``: runs of one task before a lost worker makes it ``failed``.
+    ``max_attempts``: runs of one task before a lost worker makes it ``failed``. Only runs that
+    may have started count: a task bound to a lost worker behind ``concurrency`` others (a
+    prefetch slot) never ran there and is requeued without charge.
+    ``quarantine_after``: a task whose worker was lost (died or hung) while it may have been
+    running this many times is quarantined: it next runs alone on an idle worker, and ends
+    ``failed`` if that worker is lost too, so a poison task cannot take its neighbours down.
     ``max_queued_per_class``: admission bound per pool and class; a task arriving at a full class
     is rejected at once rather than left to time out.
     ``max_queued_per_pool``: bound on a pool's whole queue. When it is full, an arrival sheds the
@@ -60,6 +65,7 @@ class CoreConfig:
 
     aging_s: float | None = 30.0
     max_attempts: int = 3
+    quarantine_after: int = 2
     max_queued_per_class: int = 250_000
     max_queued_per_pool: int = 500_000
     max_queued_per_tenant: int = 100_000
@@ -79,6 +85,8 @@ class _Record:
     attempts: int = 0
     worker_id: str = ""
     start_s: float | None = None
+    # Times a worker was lost while this task may have been running on it.
+    kills: int = 0
 
 
 @dataclass(slots=True)
@@ -127,15 +135,31 @@ class SchedulerCore:
                     reason: str = "worker lost") -> list[Outcome]:
         """Remove a worker at once; requeue its tasks or fail those out of attempts.
 
-        Retries are at-least-once: a lost worker may or may not have run the task.
+        A worker runs its tasks in the order they were bound, ``concurrency`` at a time, so only
+        the first ``concurrency`` of those still in flight may have started: they are charged
+        the attempt (retries are at-least-once: the worker may or may not have run them) and
+        counted towards quarantine; the rest go back to the queue as if never bound.
         """
-        if worker_id not in self.table.workers:
+        w = self.table.workers.get(worker_id)
+        if w is None:
             return []
+        concurrency = w.spec.concurrency
         outcomes: list[Outcome] = []
-        for task_id in self.table.remove(worker_id, now_s):
+        for i, task_id in enumerate(self.table.remove(worker_id, now_s)):
             rec = self._records[task_id]
             if rec.state == CANCELLING:
                 del self._records[task_id]
+                continue
+            if i >= concurrency:
+                rec.attempts -= 1  # it waited in a prefetch slot and never ran there
+                self._requeue(rec)
+                continue
+            rec.kills += 1
+            if rec.kills > self.config.quarantine_after:
+                outcomes.append(self._finish(
+                    rec, Status.FAILED, now_s,
+                    f"{reason} (worker {worker_id}) while running alone in quarantine; its "
+                    f"worker was lost {rec.kills} times while it ran"))
             elif rec.attempts >= self.config.max_attempts:
                 outcomes.append(self._finish(rec, Status.FAILED, now_s,
                                              f"{reason} (worker {worker_id}); "
@@ -259,6 +283,11 @@ class SchedulerCore:
             while queue and self.table.free_slots(pool) > 0 and len(skipped) < max_skips:
                 task = queue.pop(now_s)
                 assert task is not None
+                rec = self._records[task.task_id]
+                if rec.kills >= self.config.quarantine_after:
+                    if not self._start_alone(rec, decisions, now_s):
+                        skipped.append(task)
+                    continue
                 choice = self.placement.place(task, self.table, now_s)
                 if choice is None:
                     if self.placement.best_case_s(task, self.table) is None:
@@ -272,16 +301,36 @@ class SchedulerCore:
                         continue
                     skipped.append(task)
                     continue
-                rec = self._records[task.task_id]
-                rec.state, rec.worker_id, rec.start_s = RUNNING, choice.worker.worker_id, now_s
-                rec.attempts += 1
-                self.table.start(task.task_id, rec.worker_id, choice.service_s, now_s)
-                decisions.assignments.append(Assignment(task, rec.worker_id, rec.attempts,
-                                                        choice.service_s, choice.finish_s))
+                self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
+                           decisions, now_s)
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s)
         return decisions
+
+    def _bind(self, rec: _Record, worker_id: str, service_s: float, finish_s: float,
+              decisions: Decisions, now_s: float, alone: bool = False) -> None:
+        rec.state, rec.worker_id, rec.start_s = RUNNING, worker_id, now_s
+        rec.attempts += 1
+        self.table.start(rec.task.task_id, worker_id, service_s, now_s, alone=alone)
+        decisions.assignments.append(Assignment(rec.task, worker_id, rec.attempts, service_s,
+                                                finish_s, rec.latest_start_s))
+
+    def _start_alone(self, rec: _Record, decisions: Decisions, now_s: float) -> bool:
+        """Run a quarantined task on an idle worker that takes nothing else meanwhile.
+
+        Placement policies are bypassed: any idle worker that can hold it will do, and its
+        prior gives the predicted service. False when no such worker is idle now.
+        """
+        task = rec.task
+        w = self.table.idle_worker(
+            task.pool, lambda w: w.free_slots > 0
+            and fits_context(task, w.spec.max_context_tokens))
+        if w is None:
+            return False
+        service_s = w.spec.prior.service_s(task.num_prompt_tokens, task.max_new_tokens)
+        self._bind(rec, w.worker_id, service_s, now_s + service_s, decisions, now_s, alone=True)
+        return True
 
     def complete(self, completion: Completion, now_s: float) -> Outcome | None:
         """Take a worker's report. Returns the Outcome, or None for a report that ends nothing:
@@ -293,6 +342,10 @@ class SchedulerCore:
         if rec.state == CANCELLING:
             del self._records[completion.task_id]
             return None
+        if completion.expired:
+            return self._finish(rec, Status.EXPIRED, now_s,
+                                f"deadline could no longer be met when worker "
+                                f"{completion.worker_id} was about to start it; not run")
         self.placement.observe(rec.task, completion, now_s)
         if completion.ok:
             return self._finish(rec, Status.COMPLETED, now_s, "", completion.output)

@@ -109,6 +109,9 @@ class Assignment:
     attempt: int
     predicted_service_s: float
     predicted_finish_s: float
+    # The last moment the task may start and still meet its deadline on an idle worker (inf
+    # when deadlines are not enforced): a worker that reaches it later skips the task.
+    latest_start_s: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)

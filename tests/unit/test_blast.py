@@ -21,8 +21,6 @@ past every deadline; then every submitted task has ended exactly once.
 
 from __future__ import annotations
 
-from raysched.core.types import TaskState
-
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from raysched.core import (
     WorkerSpec,
 )
 from raysched.core.protocol import Completion
+from raysched.core.types import TaskState
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 INF = float("inf")
@@ -90,6 +89,8 @@ class Harness:
         self.running: dict[str, str] = {}          # task -> worker (cancelled ones included)
         self.cancelled_running: set[str] = set()
         self.attempts: Counter[str] = Counter()
+        self.kills: Counter[str] = Counter()
+        self.alone: dict[str, str] = {}  # worker -> the quarantined task it runs alone
         self.history: list[tuple[str, str]] = []   # every (task, worker) ever assigned
         self.submit_s: dict[str, float] = {}
         self.started: dict[str, tuple[float, float]] = {}  # running task -> (start, predicted s)
@@ -126,6 +127,9 @@ class Harness:
     def queued_in(self, pool: str, prio: Priority) -> int:
         return sum(1 for t in self.queued
                    if self.submitted[t].pool == pool and self.submitted[t].priority is prio)
+
+    def has_room(self, w: WorkerSpec) -> bool:
+        return w.worker_id not in self.alone and self.in_flight_of(w.worker_id) < w.slots
 
     def in_flight_of(self, wid: str) -> int:
         return sum(1 for w in self.running.values() if w == wid)
@@ -243,7 +247,21 @@ class Harness:
             if not task.best_effort:
                 assert now <= self.latest[tid], f"{tid} assigned after its latest start"
             n_before = self.in_flight_of(wid)
-            assert n_before < spec.slots, f"{wid} over-assigned"
+            assert n_before < spec.slots and wid not in self.alone, f"{wid} over-assigned"
+            if self.kills[tid] >= self.cfg.quarantine_after:
+                # Quarantined: alone on an idle worker, predicted by that worker's prior.
+                assert n_before == 0, f"quarantined {tid} placed beside others on {wid}"
+                self.alone[wid] = tid
+                assert a.predicted_service_s == pytest.approx(
+                    spec.prior.service_s(task.num_prompt_tokens, task.max_new_tokens))
+                self.attempts[tid] += 1
+                assert a.attempt == self.attempts[tid]
+                self.queued.discard(tid)
+                self.running[tid] = wid
+                self.started[tid] = (now, a.predicted_service_s)
+                self.history.append((tid, wid))
+                self.assigned_total += 1
+                continue
             batch = min(n_before + 1, spec.concurrency)
             assert a.predicted_service_s == pytest.approx(
                 spec.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, batch))
@@ -253,7 +271,7 @@ class Harness:
             # worker predicts an earlier finish. (Inside a group "least loaded" is not always
             # "earliest finish": test_scheduler.py::test_bug_lct_within_group_*.)
             free = [w for w in self.pool_workers(task.pool)
-                    if self.in_flight_of(w.worker_id) < w.slots
+                    if self.has_room(w)
                     and fits(task, w.max_context_tokens)]
             groups: dict[tuple, list[WorkerSpec]] = {}
             for w in free:
@@ -289,7 +307,7 @@ class Harness:
                     f"LOW assigned to {spec.worker_id} while CRITICAL {t.task_id} waits")
         # work-conserving unless the pass ran out of skips
         for pool in POOLS:
-            free = [w for w in self.pool_workers(pool) if self.in_flight_of(w.worker_id) < w.slots]
+            free = [w for w in self.pool_workers(pool) if self.has_room(w)]
             waiting = [self.submitted[t] for t in self.queued if self.submitted[t].pool == pool]
             runnable = [t for t in waiting if any(fits(t, w.max_context_tokens) for w in free)]
             if runnable:
@@ -307,9 +325,12 @@ class Harness:
         comp = Completion(task_id=tid, worker_id=wid, ok=kind == "ok",
                           service_s=self.rng.uniform(0, 2), output=f"out-{tid}",
                           error="" if kind == "ok" else f"{kind} error", retryable=kind == "retry")
-        free_before = self.core.table.workers[wid].free_slots
+        w = self.core.table.workers[wid]
+        free_before = w.spec.slots - len(w.in_flight)
         out = self.core.complete(comp, self.now)
         assert self.core.table.workers[wid].free_slots == free_before + 1, "slot not freed"
+        if self.alone.get(wid) == tid:
+            del self.alone[wid]
         if tid in self.cancelled_running:
             assert out is None, f"completion of cancelled {tid} returned {out}"
             self.cancelled_running.discard(tid)
@@ -362,14 +383,23 @@ class Harness:
         wid = self.rng.choice(sorted(self.workers))
         held = [t for t, w in self.running.items() if w == wid]
         outs = self.core.worker_lost(wid, self.now, reason="chaos")
-        del self.workers[wid]
+        concurrency = self.workers.pop(wid).concurrency
         assert wid not in self.core.table.workers
         expect_failed = set()
-        for tid in held:
+        # Tasks run in the order they were bound, `concurrency` at a time: only the first
+        # `concurrency` may have started; the rest were prefetched and are not charged.
+        for i, tid in enumerate(held):
             if tid in self.cancelled_running:
                 self.cancelled_running.discard(tid)
                 assert self.core.state_of(tid) is None
-            elif self.attempts[tid] >= self.cfg.max_attempts:
+                continue
+            if i >= concurrency:
+                self.attempts[tid] -= 1
+                assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"
+                self.queued.add(tid)
+                continue
+            self.kills[tid] += 1
+            if self.kills[tid] > self.cfg.quarantine_after or self.attempts[tid] >= self.cfg.max_attempts:
                 expect_failed.add(tid)
             else:
                 assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"
@@ -381,6 +411,7 @@ class Harness:
             self.end(o)
         for tid in held:
             del self.running[tid]
+        self.alone.pop(wid, None)
 
     def tick(self) -> None:
         self.now += self.rng.choice([self.rng.uniform(0, 0.2), self.rng.uniform(0, 1.0),

@@ -161,10 +161,13 @@ def test_aging_must_be_positive() -> None:
 
 
 def effective_key(t: CoreTask, seq: int, arrival: float, now: float, aging_s: float) -> tuple:
-    """The docstring rule for the oldest task of its class."""
+    """The docstring rule for the oldest task of its class: aged, it is keyed inside the class
+    it reached by the earlier of its deadline and the moment it reached that class."""
     cls = int(t.priority)
     if cls > int(H):
-        cls = max(int(H), cls - math.floor((now - arrival) / aging_s))
+        aged = max(int(H), cls - math.floor((now - arrival) / aging_s))
+        if aged < cls:
+            return (aged, min(t.deadline_s, arrival + (cls - aged) * aging_s), seq)
     return (cls, t.deadline_s, seq)
 
 
@@ -178,15 +181,28 @@ def test_low_task_aged_two_steps_beats_fresh_medium_and_later_high() -> None:
     q.push(task("fresh-high", H, 30.0), 3, now)     # same class after aging, later deadline
     key, top = q.peek(now)
     assert top.task_id == "old-low"
-    assert key == effective_key(old_low, 1, 0.0, now, aging) == (int(H), 25.0, 1)
+    # Keyed by when it reached HIGH (20 s), not by its own later deadline (25 s).
+    assert key == effective_key(old_low, 1, 0.0, now, aging) == (int(H), 20.0, 1)
     assert drain(q, now) == ["old-low", "fresh-high", "fresh-med"]
 
 
-def test_aged_low_still_loses_to_high_with_earlier_deadline() -> None:
+def test_aged_low_still_loses_to_high_due_before_it_reached_high() -> None:
     q = DeadlineQueue(aging_s=10.0)
     q.push(task("old-low", L, 25.0), 1, 0.0)
-    q.push(task("high-early", H, 24.0), 2, 20.0)
+    q.push(task("high-early", H, 19.5), 2, 19.0)
     assert drain(q, 20.0) == ["high-early", "old-low"]
+
+
+def test_aged_low_beats_high_due_after_it_reached_high() -> None:
+    # A far deadline (or none) must not keep an aged task behind every fresh HIGH arrival.
+    q = DeadlineQueue(aging_s=10.0)
+    q.push(task("old-low", L, 600.0), 1, 0.0)
+    q.push(task("best-effort-low", L, math.inf), 2, 0.5)
+    q.push(task("high", H, 24.0), 3, 20.0)
+    assert drain(q, 20.0) == ["old-low", "high", "best-effort-low"]
+    q.push(task("best-effort-low", L, math.inf), 4, 0.5)
+    q.push(task("high-2", H, 30.0), 5, 21.0)
+    assert drain(q, 21.0) == ["best-effort-low", "high-2"]
 
 
 def test_one_aging_step_is_not_enough_to_reach_high() -> None:
@@ -206,7 +222,7 @@ def test_aging_boundary_is_floor_of_wait() -> None:
     q = DeadlineQueue(aging_s=10.0)
     q.push(task("m", M, 50.0), 1, 0.0)
     assert q.peek(9.999)[0] == (int(M), 50.0, 1)
-    assert q.peek(10.0)[0] == (int(H), 50.0, 1)
+    assert q.peek(10.0)[0] == (int(H), 10.0, 1)
 
 
 def test_aging_never_reaches_critical() -> None:

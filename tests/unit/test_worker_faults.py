@@ -1,0 +1,100 @@
+"""What the core does when workers die or hang: who is charged, quarantine, pools that cannot
+serve, and tasks a worker skips because their deadline passed before their turn."""
+
+from __future__ import annotations
+
+from raysched.core import Completion, Priority, Status, TaskState, build_core
+from raysched.core.types import CoreTask, ServicePrior, WorkerSpec
+
+PRIOR = ServicePrior(fixed_s=0.05)
+
+
+def cpu(worker_id: str, slots: int = 4) -> WorkerSpec:
+    return WorkerSpec(worker_id, "cpu", slots=slots, concurrency=1, prior=PRIOR)
+
+
+def task(task_id: str, deadline_s: float = 1e9) -> CoreTask:
+    return CoreTask(task_id, "work", Priority.HIGH, deadline_s, "cpu")
+
+
+def test_prefetched_tasks_of_a_lost_worker_are_not_charged() -> None:
+    core = build_core("raysched")
+    core.add_worker(cpu("w0"), 0.0)
+    for i in range(4):
+        assert core.submit(task(f"t{i}"), 0.0) == []
+    bound = [a.task.task_id for a in core.assign(0.0).assignments]
+    assert bound == ["t0", "t1", "t2", "t3"]
+    assert core.worker_lost("w0", 1.0, "worker hung") == []
+    # Only t0 may have started on a one-at-a-time worker; the three behind it never ran.
+    core.add_worker(cpu("w1"), 1.0)
+    again = {a.task.task_id: a.attempt for a in core.assign(1.0).assignments}
+    assert again == {"t0": 2, "t1": 1, "t2": 1, "t3": 1}
+
+
+def test_a_poison_task_is_quarantined_then_failed_and_its_neighbours_complete() -> None:
+    core = build_core("raysched")
+    core.add_worker(cpu("w0"), 0.0)
+    core.add_worker(cpu("w1"), 0.0)
+    assert core.submit(task("poison"), 0.0) == []
+    for i in range(6):
+        assert core.submit(task(f"ok{i}"), 0.0) == []
+    now, ended, n = 0.0, {}, 2
+    for _ in range(10):
+        now += 1.0
+        for a in core.assign(now).assignments:
+            if a.task.task_id != "poison":
+                out = core.complete(Completion(a.task.task_id, a.worker_id, ok=True,
+                                               service_s=0.05), now)
+                assert out is not None
+                ended[out.task_id] = out
+        poison_on = core.table.worker_of("poison")
+        if poison_on is None:
+            break
+        if core.state_of("poison") is TaskState.RUNNING:
+            w = core.table.workers[poison_on]
+            # Run alone once quarantined: nothing else bound to its worker.
+            if w.alone_task:
+                assert list(w.in_flight) == ["poison"]
+            for o in core.worker_lost(poison_on, now, "worker hung"):
+                ended[o.task_id] = o
+            core.add_worker(cpu(f"w{n}"), now)
+            n += 1
+    assert ended["poison"].status is Status.FAILED
+    assert "quarantine" in ended["poison"].reason and ended["poison"].attempts == 3
+    healthy = [o for tid, o in ended.items() if tid != "poison"]
+    assert len(healthy) == 6 and all(o.status is Status.COMPLETED for o in healthy)
+    assert all(o.attempts == 1 for o in healthy)
+
+
+def test_a_pool_that_cannot_serve_refuses_at_once_and_ends_its_queue() -> None:
+    core = build_core("raysched")
+    core.add_pool("cpu")
+    # No worker yet but one is coming: the task waits.
+    assert core.submit(task("waits"), 0.0) == []
+    ended = core.pool_down("cpu", "its workers failed to start 3 times", 1.0)
+    assert [(o.task_id, o.status) for o in ended] == [("waits", Status.REJECTED)]
+    assert "failed to start" in ended[0].reason
+    [refused] = core.submit(task("late"), 2.0)
+    assert refused.status is Status.REJECTED and "cannot serve" in refused.reason
+    assert core.stats(2.0).pools["cpu"].down == "its workers failed to start 3 times"
+    core.add_worker(cpu("w0"), 3.0)
+    assert core.submit(task("back"), 3.0) == [] and core.stats(3.0).pools["cpu"].down == ""
+
+
+def test_a_task_the_worker_skips_after_its_latest_start_ends_expired() -> None:
+    core = build_core("raysched")
+    core.add_worker(cpu("w0"), 0.0)
+    assert core.submit(task("late", deadline_s=1.0), 0.0) == []
+    [a] = core.assign(0.0).assignments
+    assert a.latest_start_s == 1.0 - PRIOR.fixed_s
+    out = core.complete(Completion("late", "w0", ok=False, service_s=0.0, expired=True), 1.0)
+    assert out is not None and out.status is Status.EXPIRED and "not run" in out.reason
+
+
+def test_a_refusal_names_the_context_that_was_asked_for() -> None:
+    core = build_core("raysched")
+    core.add_worker(WorkerSpec("big", "llm-70b", 8, 8, PRIOR, max_context_tokens=4096), 0.0)
+    t = CoreTask("ctx", "reasoning", Priority.HIGH, 100.0, "llm-70b", num_prompt_tokens=100,
+                 max_new_tokens=50, min_context_tokens=8000)
+    [out] = core.submit(t, 0.0)
+    assert out.status is Status.REJECTED and "8000 tokens" in out.reason
