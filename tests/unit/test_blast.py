@@ -399,7 +399,8 @@ class Harness:
                 self.queued.add(tid)
                 continue
             self.kills[tid] += 1
-            if self.kills[tid] > self.cfg.quarantine_after or self.attempts[tid] >= self.cfg.max_attempts:
+            if (self.kills[tid] > self.cfg.quarantine_after
+                    or self.attempts[tid] >= self.cfg.max_attempts):
                 expect_failed.add(tid)
             else:
                 assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"
