@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import ray
 
 from raysched.core.protocol import FRAUD_NUM_FEATURES, Completion, WorkerInfo, WorkItem
 from raysched.core.types import ServicePrior
@@ -26,6 +27,11 @@ FRAUD_MODEL = "fraud-logreg-v1"
 CPU_PRIOR_S = 1e-3
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
+# Cancels and liveness checks run on their own thread beside the work (Ray concurrency
+# groups), so they are answered while a task runs; the actor is created with
+# ``concurrency_groups=CONCURRENCY_GROUPS``.
+CONTROL_GROUP = "control"
+CONCURRENCY_GROUPS = {CONTROL_GROUP: 1}
 
 
 def fraud_probability(features: np.ndarray) -> np.ndarray:
@@ -41,20 +47,49 @@ class CPUActor:
         self.worker_id = worker_id
         self.pool = pool
         self.fixed_s = CPU_PRIOR_S
+        # Tasks cancelled while they wait here: written by ``abort`` on the control thread,
+        # read before each task starts (a set add or lookup is atomic under the GIL).
+        self._aborted: set[str] = set()
 
     def info(self) -> WorkerInfo:
-        import ray
-
         return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine="cpu",
                           simulated=False, node_id=ray.get_runtime_context().get_node_id(),
                           prior=ServicePrior(fixed_s=self.fixed_s))
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def abort(self, task_ids: list[str]) -> int:
+        """Make sure the given tasks never start here; returns how many were not yet seen.
+
+        Runs on the control thread, beside ``execute``, so a cancel holds while the worker is
+        busy with the task in front.
+        """
+        new = [t for t in task_ids if t not in self._aborted]
+        self._aborted.update(new)
+        return len(new)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def ping(self) -> str:
+        """A liveness check: answers at once, even while a task runs."""
+        return self.worker_id
+
     def execute(self, items: list[WorkItem]) -> Iterator[list[Completion]]:
-        """Run ``items`` in order, streaming completions back in small groups."""
+        """Run ``items`` in order, streaming completions back in small groups.
+
+        Before each task starts, its cancellation and its latest start are checked: a
+        cancelled task is reported aborted and an expired one ``expired``, neither run.
+        """
         done: list[Completion] = []
         last_flush = time.perf_counter()
         for item in items:
-            done.append(self._run(item))
+            if item.task_id in self._aborted:
+                self._aborted.discard(item.task_id)
+                done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
+                                       error="aborted before it started"))
+            elif time.time() > item.latest_start_s:
+                done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
+                                       expired=True, error="its latest start passed"))
+            else:
+                done.append(self._run(item))
             if time.perf_counter() - last_flush >= COALESCE_S:
                 yield done
                 done, last_flush = [], time.perf_counter()

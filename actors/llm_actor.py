@@ -21,13 +21,15 @@ from raysched.core.protocol import Completion, WorkerInfo, WorkItem
 
 
 class _Request:
-    __slots__ = ("seq", "future", "arrival_s", "start_s")
+    __slots__ = ("arrival_s", "future", "latest_start_s", "seq", "start_s")
 
-    def __init__(self, seq: Sequence, future: asyncio.Future[Completion]) -> None:
+    def __init__(self, seq: Sequence, future: asyncio.Future[Completion],
+                 latest_start_s: float) -> None:
         self.seq = seq
         self.future = future
         self.arrival_s = time.monotonic()
         self.start_s = 0.0
+        self.latest_start_s = latest_start_s  # on the scheduler's clock (time.time())
 
 
 class LLMActor:
@@ -64,12 +66,21 @@ class LLMActor:
         self._ensure_loop()
         loop = asyncio.get_running_loop()
         pending = []
+        limit = self.engine.max_context_tokens
         for item in items:
             p = item.payload
             seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
                            p.max_new_tokens, item.priority)
-            req = _Request(seq, loop.create_future())
+            req = _Request(seq, loop.create_future(), item.latest_start_s)
             self._by_id[item.task_id] = req
+            if limit and seq.num_prompt_tokens + seq.max_new_tokens > limit:
+                # The engine's own token count can exceed the scheduler's estimate: refuse this
+                # request alone, before it can fail a batch; the same input fails every time.
+                self._resolve(req, ok=False, error=(
+                    f"prompt of {seq.num_prompt_tokens} tokens + {seq.max_new_tokens} new "
+                    f"exceeds the model's context of {limit} tokens"))
+                pending.append(req.future)
+                continue
             heapq.heappush(self._waiting, (item.priority, item.deadline_s, next(self._order), req))
             pending.append(req.future)
         assert self._wake is not None
@@ -95,6 +106,10 @@ class LLMActor:
         if not hasattr(self.engine, "speed"):
             raise ValueError(f"engine {self.engine.name} has no speed to set")
         self.engine.speed = speed
+
+    async def ping(self) -> str:
+        """A liveness check: answers at once, whatever the batch is doing."""
+        return self.worker_id
 
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
@@ -133,21 +148,31 @@ class LLMActor:
             self.steps += 1
             batch_size = len(live)
             for r in live:
-                if r.seq.done and not r.future.done():
+                if r.future.done():
+                    continue
+                if r.seq.error:
+                    self._resolve(r, ok=False, error=r.seq.error,
+                                  retryable=r.seq.error_retryable, batch_size=batch_size)
+                elif r.seq.done:
                     self._resolve(r, ok=True, batch_size=batch_size)
             self._running = [r for r in live if not r.future.done()]
 
     def _admit(self) -> None:
         now = time.monotonic()
+        wall_s = time.time()
         while self._waiting and len(self._running) < self.max_batch_size:
             req = heapq.heappop(self._waiting)[3]
             if req.future.done():
+                continue
+            if wall_s > req.latest_start_s:
+                self._resolve(req, ok=False, expired=True,
+                              error="its latest start passed while it waited in the worker")
                 continue
             req.start_s = now
             self._running.append(req)
 
     def _resolve(self, req: _Request, ok: bool, error: str = "", retryable: bool = False,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, expired: bool = False) -> None:
         now = time.monotonic()
         started = req.start_s or now
         seq = req.seq
@@ -155,6 +180,6 @@ class LLMActor:
         req.future.set_result(Completion(
             seq.request_id, self.worker_id, ok=ok,
             output=self.engine.text(seq) if ok else None, error=error, retryable=retryable,
-            service_s=now - started, worker_queue_s=started - req.arrival_s,
+            expired=expired, service_s=now - started, worker_queue_s=started - req.arrival_s,
             num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
             batch_size=batch_size))

@@ -26,10 +26,14 @@ class Sequence:
     num_generated: int = 0
     token_ids: list[int] = field(default_factory=list)
     finished_early: bool = False  # the engine saw an end-of-sequence token
+    # Set by the engine when this one request failed (the engine and the batch go on): the
+    # actor ends it with this message; ``error_retryable`` when another attempt could help.
+    error: str = ""
+    error_retryable: bool = False
 
     @property
     def done(self) -> bool:
-        return self.finished_early or self.num_generated >= self.max_new_tokens
+        return bool(self.error) or self.finished_early or self.num_generated >= self.max_new_tokens
 
     @property
     def remaining(self) -> int:
@@ -50,7 +54,9 @@ class Engine(Protocol):
     async def step(self, batch: list[Sequence], max_steps: int) -> int:
         """Prefill new sequences and decode up to ``max_steps`` tokens for each; return steps run.
 
-        Never decodes a sequence past its ``max_new_tokens``.
+        Never decodes a sequence past its ``max_new_tokens``. A failure of one request (the
+        engine refused it) sets that sequence's ``error`` and leaves the others running; an
+        exception means the engine itself failed, and every request in the batch with it.
         """
         ...
 

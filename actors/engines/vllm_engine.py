@@ -305,10 +305,13 @@ class VLLMEngine:
             if any(_is_dead_error(st.error) for st in failures if st.error is not None):
                 self._dead = next(st.error for st in failures if st.error is not None)
                 self._raise_if_dead()
-            # A request vLLM refused or lost on its own: report the batch as failed (retryable);
-            # the other streams stay alive and are picked up again by the next step.
-            exc = failures[0].error
-            raise RuntimeError(f"vLLM request {failures[0].request_id} failed: {exc!r}") from exc
+            # A request vLLM refused or lost on its own ends alone; the other streams go on. A
+            # ValueError is vLLM refusing the input (a prompt over max_model_len, say): the
+            # same input would be refused again, so it is not worth another attempt.
+            for st in failures:
+                assert st.error is not None
+                st.seq.error = f"vLLM refused request {st.request_id}: {st.error!r}"
+                st.seq.error_retryable = not isinstance(st.error, ValueError)
         return steps
 
     # -- streams ---------------------------------------------------------------------------
