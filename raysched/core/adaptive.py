@@ -50,6 +50,12 @@ def _features(prior: ServicePrior, prompt: float, new: float, batch: int) -> lis
     return [1.0, prompt / PROMPT_UNIT, new * factor / TOKENS_UNIT]
 
 
+def _prior_theta(prior: ServicePrior) -> list[float]:
+    """The prior's coefficients on ``_features``."""
+    return [prior.fixed_s, prior.prefill_s_per_token * PROMPT_UNIT,
+            prior.decode_s_per_step * TOKENS_UNIT]
+
+
 @dataclass
 class RLS:
     """Recursive least squares with forgetting over a few features."""
@@ -64,8 +70,7 @@ class RLS:
 
     @classmethod
     def from_prior(cls, prior: ServicePrior, forget: float, rel_sd: float = 0.5) -> RLS:
-        theta = [prior.fixed_s, prior.prefill_s_per_token * PROMPT_UNIT,
-                 prior.decode_s_per_step * TOKENS_UNIT]
+        theta = _prior_theta(prior)
         # The prior's own uncertainty: each coefficient within about rel_sd of its value.
         # P is in units of the residual variance, set from the same scale.
         scale = max(theta[0], 1e-4) ** 2
@@ -151,8 +156,16 @@ class AdaptiveEstimator:
         return self.model(task.kind, worker).sd(self._x(task, worker, batch))
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        return min(max(self.model(task.kind, w).predict(self._x(task, w, 1)), 1e-6)
-                   for w in group.members.values())
+        """The best case on an idle worker of ``group``: the lower of the engine prior and
+        the learned model. Completions are measured inside busy batches, so the learned time
+        carries contention an idle worker does not have; admitting on it alone would refuse
+        tasks an idle worker meets. A worker that is really slower is caught by expiry."""
+        best_s = math.inf
+        for w in group.members.values():
+            x = self._x(task, w, 1)
+            prior_s = sum(t * v for t, v in zip(_prior_theta(w.spec.prior), x, strict=True))
+            best_s = min(best_s, prior_s, self.model(task.kind, w).predict(x))
+        return max(best_s, 1e-6)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
