@@ -17,6 +17,7 @@ from raysched.core.types import (
     CoreTask,
     Outcome,
     PoolStats,
+    Preemption,
     Priority,
     ServicePrior,
     Status,
@@ -28,7 +29,7 @@ from raysched.core.types import (
 __all__ = [
     "PLACEMENTS", "POLICIES", "Assignment", "Completion", "CoreConfig", "CoreStats", "CoreTask",
     "DeadlineQueue", "Decisions", "LeastCompletionTime", "LoadTable", "Outcome", "Placement",
-    "PoolStats", "PriorEstimator", "Priority", "SchedulerCore", "ServiceEstimator",
+    "PoolStats", "Preemption", "PriorEstimator", "Priority", "SchedulerCore", "ServiceEstimator",
     "ServicePrior", "Status", "TaskState", "WorkItem", "WorkerInfo", "WorkerLoad", "WorkerSpec",
     "WorkerStats", "build_core", "make_placement",
 ]

@@ -145,8 +145,11 @@ class LoadTable:
         self._task_worker[task_id] = worker_id
         self._group_of(w.spec).offer(w)
 
-    def finish(self, task_id: str, now_s: float) -> WorkerLoad | None:
-        """Free the slot ``task_id`` held; None when it held none (already freed or unknown)."""
+    def finish(self, task_id: str, now_s: float, completed: bool = True) -> WorkerLoad | None:
+        """Free the slot ``task_id`` held; None when it held none (already freed or unknown).
+
+        ``completed``: count it as work the worker did (False for a task taken back unrun or
+        preempted)."""
         worker_id = self._task_worker.pop(task_id, None)
         if worker_id is None:
             return None
@@ -155,7 +158,7 @@ class LoadTable:
         w.backlog_s = max(0.0, w.backlog_s - w.in_flight.pop(task_id))
         if w.alone_task == task_id:
             w.alone_task = ""
-        w.completed += 1
+        w.completed += completed
         self._free_by_pool[w.spec.pool] += w.free_slots - before
         if not w.in_flight:
             self._close_busy(w, now_s)

@@ -10,8 +10,9 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | pow2         | arrival                | power of two choices          | late    | ignored        |
 | priority     | class, then arrival    | least backlog                 | late    | ignored        |
 | edf          | deadline               | least backlog                 | late    | admit + expire |
-| raysched     | class, deadline, aging | least learned finish          | late    | admit + expire |
-| clairvoyant  | as raysched            | least true finish (an oracle) | late    | admit + expire |
+| raysched     | class, deadline, aging | least learned finish          | late    | admit, expire, |
+|              |                        |                               |         | preempt        |
+| clairvoyant  | as raysched            | least true finish (an oracle) | late    | as raysched    |
 
 "Late" binding keeps tasks in the central queue until a worker has a free slot; "early" binds at
 arrival and lets the task wait in the worker's own queue, as a plain load balancer does. ``pow2``
@@ -79,6 +80,7 @@ class Policy:
     aging: bool = False
     early_binding: bool = False
     needs_oracle: bool = False
+    preemption: bool = False
 
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
@@ -88,9 +90,10 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("pow2", "arrival", "pow2"),
     Policy("priority", "class_arrival", "least_loaded"),
     Policy("edf", "deadline", "least_loaded", admission=True),
-    Policy("raysched", "class_deadline", "adaptive", admission=True, aging=True),
+    Policy("raysched", "class_deadline", "adaptive", admission=True, aging=True,
+           preemption=True),
     Policy("clairvoyant", "class_deadline", "least_completion", admission=True, aging=True,
-           needs_oracle=True),
+           needs_oracle=True, preemption=True),
 )}
 
 
@@ -113,6 +116,7 @@ def build_core(policy: str, *, config: CoreConfig | None = None, seed: int = 0,
         raise ValueError(f"policy {policy!r} needs an oracle of true service times")
     base = config or CoreConfig()
     core_config = replace(base, aging_s=base.aging_s if p.aging else None, ordering=p.ordering,
-                          admission=p.admission, early_binding=p.early_binding)
+                          admission=p.admission, early_binding=p.early_binding,
+                          preemption=p.preemption)
     placement = make_placement(p.placement, PlacementArgs(seed, estimator, oracle))
     return SchedulerCore(core_config, placement)

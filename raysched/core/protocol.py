@@ -31,6 +31,8 @@ class Completion:
     retryable: bool = False
     # The worker did not start the task: its latest start had passed when its turn came.
     expired: bool = False
+    # The binding this report is for (``WorkItem.binding``); 0 when the worker does not say.
+    binding: int = 0
     # Telemetry: time queued inside the worker, tokens, and the batch the task ran in.
     worker_queue_s: float = 0.0
     num_prompt_tokens: int = 0
@@ -50,6 +52,8 @@ class WorkItem:
     # Past this moment (the scheduler's clock, seconds since the epoch) the task cannot meet
     # its deadline: the worker reports it ``expired`` instead of starting it.
     latest_start_s: float = float("inf")
+    # Which binding of the task this is (``Assignment.binding``); echoed in the Completion.
+    binding: int = 0
 
 
 @dataclass(frozen=True, slots=True)

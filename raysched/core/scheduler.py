@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 
-from raysched.core.load import LoadTable
+from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.placement import LeastCompletionTime, Placement, context_need, fits_context
 from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
@@ -23,6 +23,7 @@ from raysched.core.types import (
     CoreTask,
     Outcome,
     PoolStats,
+    Preemption,
     Priority,
     Status,
     TaskState,
@@ -58,6 +59,12 @@ class CoreConfig:
     ``ordering``: the deadline queue's order (see ``DeadlineQueue``).
     ``admission``: reject infeasible deadlines at submit and expire tasks that can no longer meet
     theirs. Off for the baselines that know nothing of deadlines.
+    ``preemption``: when a pool is full and its first queued task would, by waiting for a
+    slot, start too late to finish in time with its best case twice over, take back a task of
+    a strictly lower class: a running one on a worker that can stop part-way (an LLM engine
+    aborts the sequence, as vLLM's priority policy does), else one still waiting in a prefetch
+    slot. The lowest class goes first, then the latest started (least work lost); a task is
+    taken back at most ``max_preemptions`` times, and its attempt is not charged.
     ``early_binding``: bind each task to a worker at once and let it queue there (round robin,
     least-loaded balancers); workers then take up to ``EARLY_BINDING_SLOTS`` times their
     concurrency.
@@ -72,6 +79,8 @@ class CoreConfig:
     max_skips: int = 32
     ordering: str = "class_deadline"
     admission: bool = True
+    preemption: bool = False
+    max_preemptions: int = 2
     early_binding: bool = False
 
 
@@ -87,6 +96,8 @@ class _Record:
     start_s: float | None = None
     # Times a worker was lost while this task may have been running on it.
     kills: int = 0
+    bindings: int = 0
+    preemptions: int = 0
 
 
 @dataclass(slots=True)
@@ -96,6 +107,8 @@ class Decisions:
 
     assignments: list[Assignment] = field(default_factory=list)
     ended: list[Outcome] = field(default_factory=list)
+    # Tasks taken back from their workers to make room for urgent work: abort these first.
+    preempted: list[Preemption] = field(default_factory=list)
 
 
 class SchedulerCore:
@@ -306,15 +319,61 @@ class SchedulerCore:
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s)
+            if self.config.preemption and queue and not self.table.free_slots(pool):
+                self._preempt_for_head(pool, queue, decisions, now_s)
         return decisions
+
+    def _preempt_for_head(self, pool: str, queue: DeadlineQueue, decisions: Decisions,
+                          now_s: float) -> None:
+        """Make room for the queue's first task when waiting would make it miss (see
+        ``CoreConfig.preemption``); at most one task per pass, so a pass stays cheap."""
+        top = queue.peek(now_s)
+        assert top is not None
+        task = top[1]
+        rec = self._records[task.task_id]
+        best_case_s = task.deadline_s - rec.latest_start_s
+        if rec.latest_start_s == float("inf") or rec.kills >= self.config.quarantine_after:
+            return
+        # Waiting is fine if some eligible slot frees early enough; stop at the first one.
+        victim: tuple[tuple[int, float], _Record, WorkerLoad] | None = None
+        for w in self.table.pool_workers(pool):
+            if not fits_context(task, w.spec.max_context_tokens):
+                continue
+            for i, (tid, service_s) in enumerate(w.in_flight.items()):
+                v = self._records[tid]
+                assert v.start_s is not None
+                if v.start_s + service_s <= rec.latest_start_s - best_case_s:
+                    return
+                if (v.task.priority > task.priority and v.state is RUNNING
+                        and v.preemptions < self.config.max_preemptions
+                        and (w.spec.preemptible or i >= w.spec.concurrency)):
+                    key = (int(v.task.priority), v.start_s)
+                    if victim is None or key > victim[0]:
+                        victim = (key, v, w)
+        if victim is None:
+            return
+        _, v, w = victim
+        self.table.finish(v.task.task_id, now_s, completed=False)
+        v.attempts -= 1
+        v.preemptions += 1
+        decisions.preempted.append(Preemption(v.task.task_id, w.worker_id, task.task_id))
+        self._requeue(v)
+        queue.remove(task.task_id)
+        choice = self.placement.place(task, self.table, now_s)
+        if choice is None:
+            queue.push(task, rec.seq, rec.submit_s)
+            return
+        self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s, decisions,
+                   now_s)
 
     def _bind(self, rec: _Record, worker_id: str, service_s: float, finish_s: float,
               decisions: Decisions, now_s: float, alone: bool = False) -> None:
         rec.state, rec.worker_id, rec.start_s = RUNNING, worker_id, now_s
         rec.attempts += 1
+        rec.bindings += 1
         self.table.start(rec.task.task_id, worker_id, service_s, now_s, alone=alone)
         decisions.assignments.append(Assignment(rec.task, worker_id, rec.attempts, service_s,
-                                                finish_s, rec.latest_start_s))
+                                                finish_s, rec.latest_start_s, rec.bindings))
 
     def _start_alone(self, rec: _Record, decisions: Decisions, now_s: float) -> bool:
         """Run a quarantined task on an idle worker that takes nothing else meanwhile.
@@ -336,7 +395,8 @@ class SchedulerCore:
         """Take a worker's report. Returns the Outcome, or None for a report that ends nothing:
         a duplicate, a report from a worker the task no longer runs on, or a cancelled task."""
         rec = self._records.get(completion.task_id)
-        if rec is None or rec.state == QUEUED or rec.worker_id != completion.worker_id:
+        if (rec is None or rec.state == QUEUED or rec.worker_id != completion.worker_id
+                or (completion.binding and completion.binding != rec.bindings)):
             return None
         self.table.finish(completion.task_id, now_s)
         if rec.state == CANCELLING:

@@ -95,6 +95,9 @@ class WorkerSpec:
     prior: ServicePrior
     max_context_tokens: int = 0
     node_id: str = ""
+    # Whether a running task can be stopped part-way (an LLM engine aborts a sequence); a
+    # worker that cannot may still give back tasks that wait in its prefetch slots.
+    preemptible: bool = False
 
     def __post_init__(self) -> None:
         assert self.slots >= self.concurrency >= 1, "a worker needs slots >= concurrency >= 1"
@@ -112,6 +115,19 @@ class Assignment:
     # The last moment the task may start and still meet its deadline on an idle worker (inf
     # when deadlines are not enforced): a worker that reaches it later skips the task.
     latest_start_s: float = float("inf")
+    # Counts this task's bindings to workers; a worker echoes it in its Completion, so a report
+    # from an earlier binding (one taken back by preemption) is told from the current one.
+    binding: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """The core took ``task_id`` back from ``worker_id`` (to make room for ``for_task_id``):
+    the driver aborts it there; the task is queued again, its attempt not charged."""
+
+    task_id: str
+    worker_id: str
+    for_task_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,8 +54,8 @@ class Simulator:
         for wid, (pool, w) in workers.items():
             n = (slots or {}).get(wid, w.concurrency)
             core.add_worker(WorkerSpec(wid, pool, slots=n, concurrency=w.concurrency,
-                                       prior=w.prior, max_context_tokens=w.max_context_tokens),
-                            0.0)
+                                       prior=w.prior, max_context_tokens=w.max_context_tokens,
+                                       preemptible=isinstance(w, SimLLMWorker)), 0.0)
             self._version[wid] = 0
 
     def run(self, tasks: Iterable[SimTask], on_progress: Callable[[int], None] | None = None,
@@ -108,6 +108,9 @@ class Simulator:
             for outcome in decisions.ended:
                 self._end(run, outcome, on_progress)
             touched = set()
+            for p in decisions.preempted:
+                self.workers[p.worker_id][1].abort(p.task_id, now)
+                touched.add(p.worker_id)
             for a in decisions.assignments:
                 self.workers[a.worker_id][1].add(truth[a.task.task_id], now)
                 touched.add(a.worker_id)

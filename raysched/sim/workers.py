@@ -67,6 +67,14 @@ class SimCPUWorker:
             return None
         return self._head_start_s + self._queue[0].cpu_service_s * self.speed
 
+    def abort(self, task_id: str, now_s: float) -> bool:
+        """Drop a task that has not started (the one running cannot be stopped)."""
+        for i, st in enumerate(self._queue):
+            if st.task.task_id == task_id and i > 0:
+                del self._queue[i]
+                return True
+        return False
+
     def set_speed(self, speed: float, now_s: float) -> None:
         """Change speed from ``now_s`` on; the task in progress keeps the work already done."""
         if self._queue:
@@ -138,6 +146,24 @@ class SimLLMWorker:
         """Change speed from ``now_s`` on (progress so far is kept at the old speed)."""
         self._advance(now_s)
         self.speed = speed
+
+    def abort(self, task_id: str, now_s: float) -> bool:
+        """Stop a sequence wherever it is; its progress is lost (a preemption)."""
+        self._advance(now_s)
+        for s in self._running:
+            if s.st.task.task_id == task_id:
+                self._running.remove(s)
+                self._sum_ctx -= s.ctx
+                while self._waiting and len(self._running) < self.concurrency:
+                    self._admit(self._waiting.popleft(), now_s)
+                if not self._running:
+                    self._sum_ctx = 0.0
+                return True
+        for st in self._waiting:
+            if st.task.task_id == task_id:
+                self._waiting.remove(st)
+                return True
+        return False
 
     def next_event_s(self) -> float | None:
         if not self._running:
