@@ -84,10 +84,12 @@ class CPUActor:
             if item.task_id in self._aborted:
                 self._aborted.discard(item.task_id)
                 done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
-                                       error="aborted before it started"))
+                                       error="aborted before it started",
+                                       binding=item.binding))
             elif time.time() > item.latest_start_s:
                 done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
-                                       expired=True, error="its latest start passed"))
+                                       expired=True, error="its latest start passed",
+                                       binding=item.binding))
             else:
                 done.append(self._run(item))
             if time.perf_counter() - last_flush >= COALESCE_S:
@@ -113,7 +115,7 @@ class CPUActor:
         except Exception as exc:  # noqa: BLE001 - the task's own failure, reported, not retried
             return Completion(item.task_id, self.worker_id, ok=False,
                               service_s=time.perf_counter() - start,
-                              error=f"{type(exc).__name__}: {exc}")
+                              error=f"{type(exc).__name__}: {exc}", binding=item.binding)
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
-                          service_s=time.perf_counter() - start)
+                          service_s=time.perf_counter() - start, binding=item.binding)
 

@@ -21,15 +21,16 @@ from raysched.core.protocol import Completion, WorkerInfo, WorkItem
 
 
 class _Request:
-    __slots__ = ("arrival_s", "future", "latest_start_s", "seq", "start_s")
+    __slots__ = ("arrival_s", "binding", "future", "latest_start_s", "seq", "start_s")
 
     def __init__(self, seq: Sequence, future: asyncio.Future[Completion],
-                 latest_start_s: float) -> None:
+                 latest_start_s: float, binding: int) -> None:
         self.seq = seq
         self.future = future
         self.arrival_s = time.monotonic()
         self.start_s = 0.0
         self.latest_start_s = latest_start_s  # on the scheduler's clock (time.time())
+        self.binding = binding
 
 
 class LLMActor:
@@ -71,7 +72,7 @@ class LLMActor:
             p = item.payload
             seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
                            p.max_new_tokens, item.priority)
-            req = _Request(seq, loop.create_future(), item.latest_start_s)
+            req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding)
             self._by_id[item.task_id] = req
             if limit and seq.num_prompt_tokens + seq.max_new_tokens > limit:
                 # The engine's own token count can exceed the scheduler's estimate: refuse this
@@ -180,6 +181,6 @@ class LLMActor:
         req.future.set_result(Completion(
             seq.request_id, self.worker_id, ok=ok,
             output=self.engine.text(seq) if ok else None, error=error, retryable=retryable,
-            expired=expired, service_s=now - started, worker_queue_s=started - req.arrival_s,
+            expired=expired, binding=req.binding, service_s=now - started, worker_queue_s=started - req.arrival_s,
             num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
             batch_size=batch_size))
