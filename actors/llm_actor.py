@@ -181,6 +181,7 @@ class LLMActor:
         req.future.set_result(Completion(
             seq.request_id, self.worker_id, ok=ok,
             output=self.engine.text(seq) if ok else None, error=error, retryable=retryable,
-            expired=expired, binding=req.binding, service_s=now - started, worker_queue_s=started - req.arrival_s,
+            expired=expired, binding=req.binding, service_s=now - started,
+            worker_queue_s=started - req.arrival_s,
             num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
             batch_size=batch_size))
