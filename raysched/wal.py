@@ -12,25 +12,37 @@ batches naturally with the scheduler's own batches. The scheduler actor runs on 
 restarts there, and the file lives in the Ray session's directory, so a new Ray session (a new
 cluster) never replays the previous one's tasks.
 
-Format: length-prefixed pickled records ``(op, ...)``; a torn last record (a crash mid-write)
-ends the replay.
+Format: length-prefixed pickled records ``(op, ...)``. Records are pickled with cloudpickle
+because payloads may carry Python callables (a CPU task's ``fn``), which plain pickle refuses
+when they are lambdas or defined in ``__main__``. A torn last record (a crash mid-write) ends the
+replay, and the replay cuts it off so that later appends are not hidden behind it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ray import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
+
+log = logging.getLogger("raysched")
 
 _LEN = struct.Struct("<I")
 COMPACT_BYTES = 64 * 1024 * 1024
 
+# task_id -> (client_id, Task, deadline_s) and task_id -> (client_id, Result).
+Pending = dict[str, tuple[str, Any, float]]
+Unacked = dict[str, tuple[str, Any]]
+
 
 class TaskLog:
+    """An append-only file of ``accepted``, ``ended`` and ``acked`` records; see the module."""
+
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +68,8 @@ class TaskLog:
         self._acked.extend(task_ids)
 
     def flush(self) -> None:
+        """Write the buffered results and acknowledgements, then hand the file to the OS
+        (and to the disk too with ``fsync``)."""
         if self._ended:
             self._append(("E", self._ended))
             self._ended = []
@@ -67,33 +81,47 @@ class TaskLog:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        """Flush and close the file."""
+        self.flush()
         self._file.close()
 
     def _append(self, record: tuple[Any, ...]) -> None:
         data = cloudpickle.dumps(record)
-        self._file.write(_LEN.pack(len(data)))
-        self._file.write(data)
+        self._file.write(_LEN.pack(len(data)) + data)
 
     # -- reading -----------------------------------------------------------------------------
 
     def _records(self) -> Iterator[tuple[Any, ...]]:
+        """Every whole record in order; a torn tail is cut off the file once it is reached."""
         self.flush()
+        whole_bytes = 0
         with open(self.path, "rb") as f:
             while True:
                 head = f.read(_LEN.size)
                 if len(head) < _LEN.size:
-                    return
-                data = f.read(_LEN.unpack(head)[0])
+                    break
+                size = _LEN.unpack(head)[0]
+                data = f.read(size)
+                if len(data) < size:
+                    break
                 try:
-                    yield cloudpickle.loads(data)
-                except Exception:  # a torn record at the end of a crashed write
-                    return
+                    record = cloudpickle.loads(data)
+                except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                    log.warning("task log %s: unreadable record at byte %d (%r); replay stops "
+                                "there", self.path, whole_bytes, exc)
+                    break
+                whole_bytes = f.tell()
+                yield record
+        if whole_bytes < self.path.stat().st_size:
+            log.warning("task log %s: dropping a torn tail after byte %d", self.path, whole_bytes)
+            # The file is open for appending: new records go after the cut, where replay reads.
+            os.truncate(self.path, whole_bytes)
 
-    def replay(self) -> tuple[dict[str, tuple[str, Any, float]], dict[str, tuple[str, Any]]]:
+    def replay(self) -> tuple[Pending, Unacked]:
         """``(pending, unacked)``: task_id -> (client_id, Task, deadline_s) for accepted tasks
         with no Result, and task_id -> (client_id, Result) for results not acknowledged."""
-        pending: dict[str, tuple[str, Any, float]] = {}
-        unacked: dict[str, tuple[str, Any]] = {}
+        pending: Pending = {}
+        unacked: Unacked = {}
         for rec in self._records():
             if rec[0] == "A":
                 for task, deadline_s in rec[2]:
@@ -108,20 +136,25 @@ class TaskLog:
         return pending, unacked
 
     def needs_compaction(self) -> bool:
+        """Whether the file has grown past ``COMPACT_BYTES``."""
         return self._file.tell() >= COMPACT_BYTES
 
-    def compact(self, pending: dict[str, tuple[str, Any, float]],
-                unacked: dict[str, tuple[str, Any]]) -> None:
-        """Rewrite the log as just what is still owed."""
+    def compact(self, pending: Pending, unacked: Unacked) -> None:
+        """Rewrite the log as just what is still owed (written aside, then renamed over it)."""
         self.flush()
         tmp = self.path.with_suffix(".tmp")
+        by_client: dict[str, list[tuple[Any, float]]] = {}
+        for client_id, task, deadline_s in pending.values():
+            by_client.setdefault(client_id, []).append((task, deadline_s))
+        records: list[tuple[Any, ...]] = [("A", c, e) for c, e in by_client.items()]
+        records.append(("E", list(unacked.values())))
         with open(tmp, "wb") as f:
-            by_client: dict[str, list[tuple[Any, float]]] = {}
-            for client_id, task, deadline_s in pending.values():
-                by_client.setdefault(client_id, []).append((task, deadline_s))
-            for record in [("A", c, e) for c, e in by_client.items()] + [("E", list(unacked.values()))]:
+            for record in records:
                 data = cloudpickle.dumps(record)
                 f.write(_LEN.pack(len(data)) + data)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
         self._file.close()
         os.replace(tmp, self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the actor's life

@@ -1,0 +1,403 @@
+"""The scheduler's bookkeeping, without Ray: who is owed which Result, and the log that keeps it.
+
+``SchedulerService`` sits between the drivers' calls and ``SchedulerCore``. It holds the tasks
+accepted and not yet ended (with the driver that submitted each), a mailbox of finished
+``Result``s per driver, the results handed out but not yet acknowledged, and the task log that
+lets a restarted scheduler take all of that up again. It converts the core's ``Outcome``s into
+the drivers' ``Result``s and the core's assignments into the ``WorkItem``s workers run.
+
+It also keeps the scheduler's facts that need no Ray: its pools, what each registered worker
+said about itself, and the startup notes, from which it answers ``stats``.
+
+It reads the time only through the clock it is given and does no I/O but the task log's file,
+so the unit tests drive it with a fake clock and a real core; the Ray actor
+(``raysched.scheduler``) is the asyncio glue around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from raysched.config import PoolConfig
+from raysched.core import CoreStats, Outcome, SchedulerCore, WorkerSpec
+from raysched.core.protocol import Completion, WorkerInfo, WorkItem
+from raysched.core.types import Status
+from raysched.models import Result, Task
+from raysched.wal import Pending, TaskLog
+
+log = logging.getLogger("raysched")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The work one dispatch pass sends one worker, in a single call.
+
+    ``expected_s`` is the predicted time from the pass until the last of its tasks ends: what
+    the caller scales to decide how long the worker may stay silent before it counts as hung.
+    """
+
+    worker_id: str
+    items: list[WorkItem]
+    expected_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """What one dispatch pass asks of the workers.
+
+    ``take_back``: per worker, tasks the core took back from it to make room for more urgent
+    work; the worker should drop them (their reports, if any, are ignored by the core), and
+    they run again elsewhere. ``batches``: the new work, one call per worker.
+    """
+
+    take_back: dict[str, list[str]]
+    batches: list[Batch]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What ``cancel`` did: per task id asked, whether this call ended it; and, per worker, the
+    ended tasks that were running there (the worker may stop them early)."""
+
+    ended: list[bool]
+    running_on: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Pending:
+    task: Task
+    client_id: str
+
+
+class SchedulerService:
+    """Accepted tasks, mailboxes, acknowledgements and the task log around a ``SchedulerCore``.
+
+    Every task a driver submits ends in exactly one ``Result`` in that driver's mailbox (or, when
+    it is refused at once, in the reply to ``submit``). A result stays owed, and in the task log,
+    until the driver acknowledges it; a scheduler restarted over the same log runs the accepted
+    tasks again and delivers the owed results again.
+
+    ``clock`` gives the time in seconds on the scheduler's clock (the one ``deadline_s`` is on).
+    ``on_result(client_id)`` is called whenever a result lands in that driver's mailbox, so a
+    waiting ``poll`` can wake; ``on_outcome(outcome)`` is called once per task that ends (for
+    metrics), refusals at submit included.
+    """
+
+    def __init__(self, core: SchedulerCore, clock: Callable[[], float], *,
+                 on_result: Callable[[str], None] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.core = core
+        self.clock = clock
+        self.on_result = on_result
+        self.on_outcome = on_outcome
+        self.task_log: TaskLog | None = None
+        self.started_s = clock()
+        self.pools: dict[str, PoolConfig] = {}
+        self.worker_info: dict[str, WorkerInfo] = {}
+        self.notes: list[str] = []  # what an operator should know: simulated engines, restarts
+        self._pending: dict[str, _Pending] = {}
+        self._mailboxes: dict[str, list[Result]] = defaultdict(list)
+        # Results handed to drivers but not yet acknowledged: delivered again after a restart.
+        self._unacked: dict[str, tuple[str, Result]] = {}
+
+    # -- the task log ------------------------------------------------------------------------
+
+    def open_log(self, task_log: TaskLog) -> str | None:
+        """Keep this service's promises in ``task_log`` from now on, first taking up those that a
+        previous scheduler left in it. Returns a note of what was taken up, or None.
+
+        Results not acknowledged go back into their drivers' mailboxes. Tasks accepted and not
+        ended are submitted to the core again with their original deadlines; one the core now
+        refuses (its deadline can no longer be met, say) ends in a rejected Result that says so.
+        """
+        self.task_log = task_log
+        pending, unacked = task_log.replay()
+        if not pending and not unacked:
+            return None
+        now = self.clock()
+        for task_id, (client_id, result) in unacked.items():
+            self._unacked[task_id] = (client_id, result)
+            self._post(client_id, result)
+        rerun = 0
+        for task_id, (client_id, task, deadline_s) in pending.items():
+            self._pending[task_id] = _Pending(task, client_id)
+            core_task = replace(task.to_core(now), deadline_s=deadline_s)
+            accepted = True
+            for outcome in self.core.submit(core_task, now):
+                if outcome.task_id == task_id:
+                    accepted = False
+                    self.end([replace(outcome,
+                                      reason=f"after a scheduler restart: {outcome.reason}")])
+                else:
+                    self.end([outcome])
+            if accepted:
+                rerun += 1
+        task_log.flush()
+        note = (f"restarted: {rerun} accepted tasks queued to run again, "
+                f"{len(pending) - rerun} reported as rejected, {len(unacked)} results to deliver")
+        log.warning(note)
+        self.notes.append(note)
+        return note
+
+    def flush(self) -> None:
+        """Write what the log has buffered, and compact it once it has grown large."""
+        if self.task_log is None:
+            return
+        self.task_log.flush()
+        if self.task_log.needs_compaction():
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite the task log as just what is still owed: pending tasks and unacked results."""
+        if self.task_log is None:
+            return
+        pending: Pending = {tid: (p.client_id, p.task, self.core.deadline_of(tid))
+                            for tid, p in self._pending.items()}
+        self.task_log.compact(pending, dict(self._unacked))
+
+    # -- drivers -----------------------------------------------------------------------------
+
+    def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
+        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None.
+
+        Idempotent per driver: a task id this driver already submitted (still running, or ended
+        and not acknowledged) is accepted again as a no-op, so a retried call after a lost reply
+        does no harm; the same id from another driver is rejected. Accepted tasks are in the
+        task log before this returns, so a restart from here on runs or reports every one.
+        """
+        now = self.clock()
+        out: list[Result | None] = []
+        accepted: list[tuple[Task, float]] = []
+        for task in tasks:
+            owner = self._pending.get(task.id)
+            done = self._unacked.get(task.id)
+            if (owner and owner.client_id == client_id) or (done and done[0] == client_id):
+                out.append(None)  # a repeated call: already accepted, its Result will come
+                continue
+            # A cancelled task the core still tracks (its worker has not reported) holds its id.
+            if owner or done or self.core.state_of(task.id) is not None:
+                out.append(self._rejection(task, f"task id {task.id!r} is already in the "
+                                                 f"scheduler"))
+                continue
+            core_task = task.to_core(now)
+            refusal: Result | None = None
+            for outcome in self.core.submit(core_task, now):
+                if outcome.task_id == task.id:
+                    refusal = self._result(outcome, task.kind)
+                    self._record(outcome)
+                else:  # a lower-class task shed from a full queue to make room
+                    self.end([outcome])
+            if refusal is None:
+                self._pending[task.id] = _Pending(task, client_id)
+                accepted.append((task, core_task.deadline_s))
+            out.append(refusal)
+        if accepted and self.task_log is not None:
+            self.task_log.accepted(client_id, accepted)
+            self.task_log.flush()
+        return out
+
+    def has_results(self, client_id: str) -> bool:
+        """Whether ``client_id``'s mailbox holds results to take."""
+        return bool(self._mailboxes.get(client_id))
+
+    def take(self, client_id: str, max_results: int = 10_000) -> list[Result]:
+        """Up to ``max_results`` of ``client_id``'s finished results, oldest first.
+
+        They stay owed (and are delivered again after a restart) until acknowledged. The log is
+        flushed first, so what a driver is told is on record.
+        """
+        box = self._mailboxes.get(client_id)
+        if not box:
+            return []
+        taken, self._mailboxes[client_id] = box[:max_results], box[max_results:]
+        if self.task_log is not None:
+            self.task_log.flush()
+        return taken
+
+    def ack(self, task_ids: list[str]) -> None:
+        """The driver has received these results: they are no longer owed."""
+        if not task_ids:
+            return
+        for task_id in task_ids:
+            self._unacked.pop(task_id, None)
+        if self.task_log is not None:
+            self.task_log.acked(task_ids)
+
+    def cancel(self, task_ids: list[str]) -> Cancellation:
+        """Cancel queued or running tasks; each one ended gets a ``cancelled`` Result.
+
+        A running task's worker slot stays taken until the worker reports (the core drops the
+        report); ``running_on`` lets the caller ask those workers to stop early.
+        """
+        now = self.clock()
+        ended: list[bool] = []
+        running_on: dict[str, list[str]] = defaultdict(list)
+        for task_id in task_ids:
+            worker_id = self.core.table.worker_of(task_id)
+            outcome = self.core.cancel(task_id, now)
+            ended.append(outcome is not None)
+            if outcome is not None:
+                self.end([outcome])
+                if worker_id is not None:
+                    running_on[worker_id].append(task_id)
+        return Cancellation(ended, dict(running_on))
+
+    # -- pools and workers -------------------------------------------------------------------
+
+    def add_pool(self, pool: PoolConfig) -> None:
+        """A pool the scheduler serves; its workers come later, through ``add_worker``."""
+        self.pools[pool.name] = pool
+        self.core.add_pool(pool.name)
+
+    def add_worker(self, info: WorkerInfo) -> None:
+        """A worker of one of the pools has registered: the core may place work on it from now.
+
+        Its engine's prior is the core's first estimate of its service times. An LLM worker can
+        stop a sequence part-way, so the core may preempt its running work; a CPU worker cannot.
+        """
+        pool = self.pools[info.pool]
+        self.worker_info[info.worker_id] = info
+        self.core.add_worker(WorkerSpec(worker_id=info.worker_id, pool=pool.name,
+                                        slots=pool.worker_slots, concurrency=pool.concurrency,
+                                        prior=info.prior,
+                                        max_context_tokens=info.max_context_tokens,
+                                        node_id=info.node_id, preemptible=pool.kind == "llm"),
+                             self.clock())
+
+    def pool_of(self, worker_id: str) -> PoolConfig | None:
+        """The pool of a registered worker (None once it is lost)."""
+        info = self.worker_info.get(worker_id)
+        return self.pools[info.pool] if info is not None else None
+
+    def assign(self) -> Dispatch:
+        """One dispatch pass: end what expired, take back work if urgent work needs the room,
+        and bind queued tasks to free worker slots.
+
+        Each new work item carries its payload and its binding, which the worker echoes, so a
+        report from a binding the core took back is told apart from the current one.
+        """
+        now = self.clock()
+        decisions = self.core.assign(now)
+        self.end(decisions.ended)
+        take_back: dict[str, list[str]] = defaultdict(list)
+        for p in decisions.preempted:
+            take_back[p.worker_id].append(p.task_id)
+        items: dict[str, list[WorkItem]] = defaultdict(list)
+        expected_s: dict[str, float] = defaultdict(float)
+        for a in decisions.assignments:
+            payload = self._pending[a.task.task_id].task.payload
+            items[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
+                                               a.task.deadline_s, payload, binding=a.binding))
+            expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
+        return Dispatch(dict(take_back),
+                        [Batch(w, batch, expected_s[w]) for w, batch in items.items()])
+
+    def complete(self, completions: Iterable[Completion]) -> None:
+        """Take workers' reports; the tasks they end get their Results."""
+        now = self.clock()
+        for c in completions:
+            outcome = self.core.complete(c, now)
+            if outcome is not None:
+                self.end([outcome])
+
+    def fail(self, worker_id: str, task_ids: Iterable[str], error: str) -> None:
+        """A call to ``worker_id`` failed with the worker still alive: its tasks failed there."""
+        self.complete(Completion(task_id, worker_id, ok=False, service_s=0.0, error=error)
+                      for task_id in task_ids)
+
+    def worker_lost(self, worker_id: str, reason: str) -> PoolConfig | None:
+        """A worker is gone: its tasks are requeued, or fail when out of attempts.
+
+        Returns the pool it served, which is owed a replacement (None for an unknown worker).
+        """
+        pool = self.pool_of(worker_id)
+        self.worker_info.pop(worker_id, None)
+        self.end(self.core.worker_lost(worker_id, self.clock(), reason))
+        return pool
+
+    def sleep_s(self, at_most_s: float) -> float:
+        """How long the dispatch loop may sleep with nothing new to do: until the earliest
+        queued task's latest start passes (it must then be expired), and at most ``at_most_s``."""
+        next_expiry_s = self.core.next_expiry_s()
+        if next_expiry_s is None:
+            return at_most_s
+        return min(at_most_s, max(0.0, next_expiry_s - self.clock()))
+
+    # -- results -----------------------------------------------------------------------------
+
+    def end(self, outcomes: Iterable[Outcome]) -> None:
+        """Turn the core's outcomes of accepted tasks into Results in their drivers' mailboxes.
+
+        Outcomes of tasks not pending here (already ended) are ignored, so a task ends once.
+        """
+        for outcome in outcomes:
+            pending = self._pending.pop(outcome.task_id, None)
+            if pending is None:
+                continue
+            self._record(outcome)
+            result = self._result(outcome, pending.task.kind)
+            self._unacked[outcome.task_id] = (pending.client_id, result)
+            if self.task_log is not None:
+                self.task_log.ended([(pending.client_id, result)])
+            self._post(pending.client_id, result)
+
+    # -- views -------------------------------------------------------------------------------
+
+    def pending(self) -> dict[str, tuple[str, Task]]:
+        """task_id -> (client_id, Task) for every accepted task not yet ended."""
+        return {tid: (p.client_id, p.task) for tid, p in self._pending.items()}
+
+    def unacked(self) -> dict[str, tuple[str, Result]]:
+        """task_id -> (client_id, Result) for every result not yet acknowledged."""
+        return dict(self._unacked)
+
+    def load(self) -> CoreStats:
+        """The core's snapshot now: per pool queues and load, per worker load, result counts."""
+        return self.core.stats(self.clock())
+
+    def stats(self) -> dict[str, Any]:
+        """``load()`` as a plain dict, plus what an operator reads: notes, uptime, queued and
+        running counts, each worker's engine and node, the pools' configs and the learned
+        models. JSON-friendly."""
+        now = self.clock()
+        stats = asdict(self.core.stats(now))
+        stats["notes"] = list(self.notes)
+        stats["uptime_s"] = now - self.started_s
+        stats["queued"] = self.core.queued()
+        stats["running"] = self.core.running()
+        for worker_id, w in stats["workers"].items():
+            info = self.worker_info.get(worker_id)
+            if info is not None:
+                w.update(engine=info.engine, simulated=info.simulated, node_id=info.node_id)
+        stats["pool_config"] = {name: p.model_dump() for name, p in self.pools.items()}
+        stats["learned"] = self.core.placement.learned()
+        return stats
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _post(self, client_id: str, result: Result) -> None:
+        self._mailboxes[client_id].append(result)
+        if self.on_result is not None:
+            self.on_result(client_id)
+
+    def _record(self, outcome: Outcome) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    @staticmethod
+    def _rejection(task: Task, reason: str) -> Result:
+        return Result(task_id=task.id, status=Status.REJECTED, reason=reason, kind=task.kind,
+                      priority=task.priority, pool=task.pool)
+
+    @staticmethod
+    def _result(o: Outcome, kind: str) -> Result:
+        started = o.start_s if o.start_s is not None else o.end_s
+        return Result(task_id=o.task_id, status=o.status, output=o.output, reason=o.reason,
+                      worker_id=o.worker_id, kind=kind, priority=o.priority, pool=o.pool,
+                      queue_s=started - o.submit_s, service_s=o.end_s - started,
+                      total_s=o.end_s - o.submit_s, deadline_met=o.deadline_met,
+                      attempts=o.attempts)

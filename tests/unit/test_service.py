@@ -1,0 +1,378 @@
+"""SchedulerService: idempotent submit, mailboxes, acknowledgement, the task log and its replay.
+
+The service is driven with a fake clock and a real ``SchedulerCore``; nothing here starts Ray.
+A "restart" is a new core and a new service over the same log file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from raysched.config import PoolConfig
+from raysched.core import CoreConfig, ServicePrior, Status, build_core
+from raysched.core.protocol import Completion, WorkerInfo
+from raysched.models import Task
+from raysched.service import Batch, SchedulerService
+from raysched.wal import TaskLog
+
+T0_S = 1000.0
+PRIOR = ServicePrior(fixed_s=0.01)
+LLM_PRIOR = ServicePrior(fixed_s=0.05, prefill_s_per_token=1e-4, decode_s_per_step=0.02)
+
+
+class FakeClock:
+    """Seconds on the scheduler's clock, moved by hand."""
+
+    def __init__(self, now_s: float = T0_S) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def make_service(clock: FakeClock, log_path: Path | None = None, workers: int = 1,
+                 core_config: CoreConfig | None = None,
+                 on_result: Callable[[str], None] | None = None) -> SchedulerService:
+    """A service over a fresh ``raysched`` core with one CPU pool of ``workers`` workers (one
+    slot each); when ``log_path`` is given, its task log there is opened (and replayed)."""
+    service = SchedulerService(build_core("raysched", config=core_config), clock,
+                               on_result=on_result)
+    service.add_pool(PoolConfig(name="cpu", kind="cpu", slots=1))
+    for i in range(workers):
+        service.add_worker(WorkerInfo(worker_id=f"cpu-{i}", pool="cpu", engine="cpu",
+                                      simulated=False, node_id="node-0", prior=PRIOR))
+    if log_path is not None:
+        service.open_log(TaskLog(log_path))
+    return service
+
+
+def task(task_id: str, sla_ms: float = 5_000.0, priority: str = "MEDIUM") -> Task:
+    return Task(id=task_id, kind="classification", priority=priority, sla_ms=sla_ms,
+                payload={"features": [0.0] * 8})
+
+
+def llm_task(task_id: str, priority: str, sla_ms: float, new_tokens: int) -> Task:
+    return Task(id=task_id, kind="summarization", priority=priority, sla_ms=sla_ms,
+                payload={"prompt": "p" * 400, "max_new_tokens": new_tokens})
+
+
+def run_one(service: SchedulerService, clock: FakeClock, output: object = "ok") -> str:
+    """Assign, let the clock run 10 ms, and complete the first task assigned; its id."""
+    batches = service.assign().batches
+    assert batches, "nothing was assigned"
+    item = batches[0].items[0]
+    clock.now_s += 0.01
+    service.complete([Completion(item.task_id, batches[0].worker_id, ok=True, service_s=0.01,
+                                 output=output)])
+    return item.task_id
+
+
+def restart(clock: FakeClock, log_path: Path) -> tuple[SchedulerService, str | None]:
+    """A new core and service over ``log_path`` (the old service's file is left as a crash
+    leaves it); returns the service and its restart note."""
+    service = make_service(clock)
+    note = service.open_log(TaskLog(log_path))
+    return service, note
+
+
+# -- purity ---------------------------------------------------------------------------------------
+
+
+def test_service_and_task_log_import_no_ray() -> None:
+    code = ("import sys, raysched.service, raysched.wal; "
+            "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+
+def test_same_client_resubmitting_a_task_is_accepted_once() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    assert service.submit("a", [task("t1")]) == [None]
+    assert service.submit("a", [task("t1"), task("t1")]) == [None, None]
+    assert list(service.pending()) == ["t1"]
+    assert service.core.unfinished() == 1
+    # Still a no-op once it has ended, until the driver acknowledges the result.
+    run_one(service, clock)
+    assert service.submit("a", [task("t1")]) == [None]
+    assert service.core.unfinished() == 0
+    assert [r.task_id for r in service.take("a")] == ["t1"]
+
+
+def test_another_clients_duplicate_id_is_rejected_with_the_reason() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.submit("a", [task("t1")])
+    [refused] = service.submit("b", [task("t1")])
+    assert refused is not None
+    assert refused.status is Status.REJECTED and "already in the scheduler" in refused.reason
+    assert service.pending() == {"t1": ("a", task("t1"))}
+    run_one(service, clock)  # ended but not acknowledged: the id is still taken
+    [refused] = service.submit("b", [task("t1")])
+    assert refused is not None and refused.status is Status.REJECTED
+    assert not service.has_results("b")
+
+
+def test_an_infeasible_deadline_is_refused_in_the_reply_not_the_mailbox() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    [refused] = service.submit("a", [task("t1", sla_ms=1.0)])  # the worker needs 10 ms
+    assert refused is not None and refused.status is Status.REJECTED
+    assert "infeasible deadline" in refused.reason
+    assert service.pending() == {} and not service.has_results("a")
+
+
+def test_a_task_shed_from_a_full_queue_gets_its_result() -> None:
+    clock = FakeClock()
+    service = make_service(clock, workers=0, core_config=CoreConfig(max_queued_per_pool=1))
+    assert service.submit("a", [task("low", priority="LOW")]) == [None]
+    assert service.submit("b", [task("high", priority="HIGH")]) == [None]
+    [shed] = service.take("a")
+    assert shed.task_id == "low" and shed.status is Status.REJECTED
+    assert "shed under overload" in shed.reason
+    assert list(service.pending()) == ["high"]
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+def test_a_result_is_delivered_to_its_own_clients_mailbox() -> None:
+    clock = FakeClock()
+    woken: list[str] = []
+    service = make_service(clock, workers=2, on_result=woken.append)
+    service.submit("a", [task("ta")])
+    service.submit("b", [task("tb")])
+    batches = service.assign().batches
+    assert sorted(i.task_id for b in batches for i in b.items) == ["ta", "tb"]
+    worker_of = {i.task_id: b.worker_id for b in batches for i in b.items}
+    clock.now_s += 0.25
+    service.complete([Completion("tb", worker_of["tb"], ok=True, service_s=0.25, output=42)])
+    assert woken == ["b"]
+    assert not service.has_results("a") and service.take("a") == []
+    [result] = service.take("b")
+    assert result.task_id == "tb" and result.status is Status.COMPLETED and result.output == 42
+    assert result.total_s == pytest.approx(0.25) and result.deadline_met
+    assert service.take("b") == []  # taken once
+    assert list(service.pending()) == ["ta"]
+
+
+def test_assign_sends_each_worker_its_tasks_with_their_payloads() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.submit("a", [task("t1")])
+    [batch] = service.assign().batches
+    assert isinstance(batch, Batch) and batch.worker_id == "cpu-0"
+    [item] = batch.items
+    assert item.task_id == "t1" and item.payload.features == [0.0] * 8
+    assert item.deadline_s == pytest.approx(T0_S + 5.0)
+    assert batch.expected_s > 0
+
+
+def test_acknowledgement_removes_a_result_from_what_is_owed() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.submit("a", [task("t1"), task("t2")])
+    done = {run_one(service, clock), run_one(service, clock)}
+    assert done == {"t1", "t2"}
+    assert set(service.unacked()) == {"t1", "t2"}
+    service.ack(["t1"])
+    assert set(service.unacked()) == {"t2"}
+    # An acknowledged id is free again: the driver may reuse it.
+    assert service.submit("b", [task("t1")]) == [None]
+
+
+def test_a_lost_worker_requeues_its_task_and_names_its_pool() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.submit("a", [task("t1")])
+    service.assign()
+    pool = service.worker_lost("cpu-0", "worker died")
+    assert pool is not None and pool.name == "cpu"
+    assert service.core.queued() == 1 and not service.has_results("a")
+    assert service.pool_of("cpu-0") is None
+
+
+def test_stats_are_a_plain_json_dict_of_the_expected_shape() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.notes.append("pool cpu: a note")
+    service.submit("a", [task("t1"), task("t2")])
+    service.assign()
+    clock.now_s += 2.0
+    stats = json.loads(json.dumps(service.stats()))
+    assert {"pools", "workers", "results", "notes", "uptime_s", "queued", "running",
+            "pool_config", "learned"} <= set(stats)
+    assert stats["queued"] == 1 and stats["running"] == 1
+    assert stats["uptime_s"] == pytest.approx(2.0)
+    assert stats["notes"] == ["pool cpu: a note"]
+    assert stats["workers"]["cpu-0"]["engine"] == "cpu"
+    assert stats["workers"]["cpu-0"]["node_id"] == "node-0"
+    assert stats["pools"]["cpu"]["queued"]["MEDIUM"] == 1
+    assert stats["pool_config"]["cpu"]["kind"] == "cpu"
+
+
+def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() -> None:
+    clock = FakeClock()
+    service = SchedulerService(build_core("raysched"), clock)
+    service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
+    service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
+                                  simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    service.submit("a", [llm_task("low", "LOW", sla_ms=600_000.0, new_tokens=1500)])
+    [first] = service.assign().batches
+    assert [i.binding for i in first.items] == [1]
+    clock.now_s += 1.0
+    service.submit("a", [llm_task("crit", "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
+    dispatch = service.assign()
+    assert dispatch.take_back == {"llm-0": ["low"]}
+    assert [(b.worker_id, [i.task_id for i in b.items]) for b in dispatch.batches] == [
+        ("llm-0", ["crit"])]
+    # The aborted sequence reports under its old binding: that ends nothing.
+    service.complete([Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
+                                 binding=1)])
+    assert set(service.pending()) == {"low", "crit"} and not service.has_results("a")
+    clock.now_s += 0.7
+    service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 binding=dispatch.batches[0].items[0].binding)])
+    [again] = service.assign().batches
+    assert [(i.task_id, i.binding) for i in again.items] == [("low", 2)]
+    [crit] = service.take("a")
+    assert crit.task_id == "crit" and crit.ok and crit.deadline_met
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+def test_cancelling_a_queued_task_ends_it_once() -> None:
+    clock = FakeClock()
+    service = make_service(clock, workers=0)
+    service.submit("a", [task("t1")])
+    done = service.cancel(["t1"])
+    assert done.ended == [True] and done.running_on == {}
+    [result] = service.take("a")
+    assert result.task_id == "t1" and result.status is Status.CANCELLED
+    assert service.core.queued() == 0 and service.pending() == {}
+    assert service.cancel(["t1"]).ended == [False]
+    assert service.take("a") == []
+
+
+def test_cancelling_a_running_task_names_its_worker_and_keeps_its_id_taken() -> None:
+    clock = FakeClock()
+    service = make_service(clock)
+    service.submit("a", [task("t1")])
+    service.assign()
+    done = service.cancel(["t1", "unknown"])
+    assert done.ended == [True, False] and done.running_on == {"cpu-0": ["t1"]}
+    service.ack(["t1"])
+    # The worker has not reported yet, so the core still holds the id.
+    [refused] = service.submit("a", [task("t1")])
+    assert refused is not None and "already in the scheduler" in refused.reason
+    # Its late report ends nothing: the task ended once, cancelled.
+    service.complete([Completion("t1", "cpu-0", ok=True, service_s=0.01)])
+    assert [r.status for r in service.take("a")] == [Status.CANCELLED]
+
+
+# -- the task log ---------------------------------------------------------------------------------
+
+
+def test_replay_after_a_restart_reruns_pending_tasks_and_redelivers_unacked_results(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [task("a1", sla_ms=200.0)])
+    assert run_one(before, clock, output="done") == "a1"
+    before.submit("a", [task("a2")])
+    before.submit("b", [task("b1", sla_ms=500.0), task("b2")])
+    assert [r.task_id for r in before.take("a")] == ["a1"]  # taken (the log flushed), no ack
+    deadlines = {tid: before.core.deadline_of(tid) for tid in ("a2", "b2")}
+
+    clock.now_s += 1.0  # b1's deadline (500 ms) has passed while the scheduler was down
+    after, note = restart(clock, path)
+    assert note is not None and note.startswith("restarted:")
+    assert "2 accepted tasks queued to run again, 1 reported as rejected, 1 results" in note
+    owed = after.unacked()
+    assert owed["a1"][0] == "a" and owed["a1"][1].output == "done"
+    assert set(owed) == {"a1", "b1"}  # b1's rejection is owed to its driver too
+    assert set(after.pending()) == {"a2", "b2"}
+    assert after.core.queued() == 2
+    # The reruns keep their original absolute deadlines, not ones counted from the restart.
+    assert {tid: after.core.deadline_of(tid) for tid in deadlines} == deadlines
+    assert [r.task_id for r in after.take("a")] == ["a1"]
+    [late] = after.take("b")
+    assert late.task_id == "b1" and late.status is Status.REJECTED
+    assert late.reason.startswith("after a scheduler restart:")
+    assert "restarted:" in after.notes[-1]
+
+
+def test_acknowledged_results_are_not_redelivered_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [task("t1"), task("t2")])
+    done = run_one(before, clock)
+    assert [r.task_id for r in before.take("a")] == [done]
+    before.ack([done])
+    before.flush()
+    after, _ = restart(clock, path)
+    assert after.unacked() == {} and not after.has_results("a")
+    assert set(after.pending()) == {"t1", "t2"} - {done}
+
+
+def test_a_clean_log_replays_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    _, note = restart(clock, tmp_path / "sched.wal")
+    assert note is None
+
+
+def test_a_torn_last_record_ends_the_replay_and_keeps_what_came_before(tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [task("t1"), task("t2")])
+    whole_bytes = path.stat().st_size
+    before.submit("a", [task("t3")])
+    with open(path, "r+b") as f:  # a crash in the middle of writing the last record
+        f.truncate(path.stat().st_size - 3)
+
+    after, note = restart(clock, path)
+    assert note is not None
+    assert set(after.pending()) == {"t1", "t2"}
+    assert path.stat().st_size == whole_bytes  # the torn tail is cut off
+    # What the restarted scheduler appends is read by the next replay, not hidden behind it.
+    after.submit("a", [task("t4")])
+    again, _ = restart(clock, path)
+    assert set(again.pending()) == {"t1", "t2", "t4"}
+
+
+def test_compaction_keeps_only_what_is_owed_and_replays_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    service = make_service(clock, path)
+    service.submit("a", [task(f"t{i}") for i in range(6)])
+    for _ in range(3):
+        run_one(service, clock)
+    taken = service.take("a")
+    service.ack([taken[0].task_id, taken[1].task_id])
+    service.flush()
+    pending, unacked = set(service.pending()), set(service.unacked())
+    assert len(pending) == 3 and len(unacked) == 1
+    size_before = path.stat().st_size
+
+    service.compact()
+    assert path.stat().st_size < size_before
+    records = TaskLog(path).replay()
+    assert set(records[0]) == pending and set(records[1]) == unacked
+    after, _ = restart(clock, path)
+    assert set(after.pending()) == pending and set(after.unacked()) == unacked
+    # The compacted log stays open for appending.
+    service.submit("a", [task("t9")])
+    again, _ = restart(clock, path)
+    assert set(again.pending()) == pending | {"t9"}
