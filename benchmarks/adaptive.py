@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from raysched.bench.runner import machine
+from raysched.bench.report import machine
 from raysched.bench.workloads import PoolSpec, work_s
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.types import CoreTask, Priority
@@ -115,13 +115,12 @@ def run_ray(tasks: list[SimTask], seed: int, drift_worker: int, time_scale: floa
             ) -> dict[str, dict[str, Any]]:
     """raysched, least_loaded and pow2 on Ray; clairvoyant from the simulator."""
     import threading
-    import time
 
     import ray
 
     import raysched
     from raysched._ray import init_local
-    from raysched.bench.ray_mode import to_task
+    from raysched.bench.replay import plan_of, replay
 
     if not ray.is_initialized():
         init_local(num_cpus=16)
@@ -137,24 +136,19 @@ def run_ray(tasks: list[SimTask], seed: int, drift_worker: int, time_scale: floa
         name = {w: f"llm-7b-{i}" for i, w in enumerate(workers)}
         for w, speedup in zip(workers, SPEEDUPS, strict=True):
             ray.get(client.actor.set_worker_speed.remote(w, 1 / speedup))
-        start = time.monotonic()
-        drift = threading.Timer(drift_s, lambda: ray.get(client.actor.set_worker_speed.remote(
-            workers[drift_worker], DRIFT_SLOWDOWN / SPEEDUPS[drift_worker])))
+        plan = plan_of(tasks, time_scale)
+        # Started just before the replay's offset 0, so the drift lands at its offset.
+        slowed, speed = workers[drift_worker], DRIFT_SLOWDOWN / SPEEDUPS[drift_worker]
+        drift = threading.Timer(drift_s, lambda actor=client.actor, w=slowed, v=speed: ray.get(
+            actor.set_worker_speed.remote(w, v)))
         drift.start()
-        handles, i = [], 0
-        while i < len(tasks):
-            due = []
-            while i < len(tasks) and tasks[i].arrival_s * time_scale <= time.monotonic() - start:
-                due.append(to_task(tasks[i], time_scale))
-                i += 1
-            if due:
-                handles.extend(client.submit_many(due))
-            time.sleep(0.002)
-        results = [(h, h.result(timeout=600)) for h in handles]
+        run = replay(client, plan, wait_s=600.0)
         drift.join()
-        done = [((h.resolved_at - start) / time_scale, r.total_s / time_scale * 1e3,
-                 name.get(r.worker_id, r.worker_id)) for h, r in results if r.ok]
-        runs[policy] = _entry(policy, done, [r.deadline_met for _, r in results],
+        if run.lost:
+            raise RuntimeError(f"{policy}: {run.lost} of {run.submitted} tasks had no Result")
+        done = [((h.resolved_at - run.start_s) / time_scale, r.total_s / time_scale * 1e3,
+                 name.get(r.worker_id, r.worker_id)) for h, r in run.received if r.ok]
+        runs[policy] = _entry(policy, done, [r.deadline_met for r in run.results],
                               drift_s / time_scale)
         client.close()
         ray.kill(client.actor)
@@ -246,7 +240,8 @@ def _print(summary: list[dict[str, Any]], clair: dict[str, Any], pow2: dict[str,
         t.add_row(s["policy"], f"{s['mean_ms']:.0f}", f"{s['mean_ms'] / clair['mean_ms']:.3f}x",
                   f"{s['p99_ms']:.0f}", f"{pow2['p99_ms'] / s['p99_ms']:.2f}x",
                   f"{100 * s['deadline_met']:.2f}%",
-                  "never" if s["recover_completions"] is None else f"{s['recover_completions']:.0f}",
+                  "never" if s["recover_completions"] is None
+                  else f"{s['recover_completions']:.0f}",
                   share)
     Console(width=180).print(t)
 

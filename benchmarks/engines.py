@@ -214,7 +214,7 @@ MUSGRAVE = {
 # -- machine -----------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    from raysched.bench.runner import cpu_model
+    from raysched.bench.report import cpu_model
 
     cpu = cpu_model() or platform.processor() or ""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),

@@ -92,7 +92,7 @@ class DirectNoop:
 
 
 def machine_info() -> dict[str, Any]:
-    from raysched.bench.runner import cpu_model as read_cpu_model
+    from raysched.bench.report import cpu_model as read_cpu_model
 
     cpu_model = read_cpu_model() or "unknown"
     try:

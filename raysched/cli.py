@@ -6,53 +6,99 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raysched.config import SchedulerConfig
+
+# The LLM engines ``raysched demo --engine`` offers.
+DEMO_ENGINES = ("auto", "sim", "hf", "vllm")
+
+
+def _demo_config(engine: str) -> SchedulerConfig:
+    """The demo's scheduler config: the embedded default pools with their LLM pools on ``engine``.
+
+    - ``auto``: the default config (a real engine where the cluster has one, else simulated).
+    - ``sim``: every LLM pool simulated.
+    - ``hf``: the llm-7b pool on the transformers engine with a TINY RANDOM Llama built and saved
+      into a temporary directory now (real tensors, real batched generation, gibberish output);
+      llm-70b keeps ``auto`` (simulated without GPUs, and the startup notes say so).
+    - ``vllm``: both LLM pools on vLLM (GPU nodes): 7B on one GPU per actor, 70B
+      tensor-parallel in a placement group the engine makes (so its actors ask for no GPU).
+    """
+    from raysched.config import default_config
+
+    if engine not in DEMO_ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; engines: {list(DEMO_ENGINES)}")
+    config = default_config()
+    if engine == "auto":
+        return config
+    pools = []
+    for pool in config.pools:
+        if pool.kind != "llm":
+            pools.append(pool)
+        elif engine == "sim":
+            print(f"  engine sim: pool {pool.name} runs the SIMULATED engine ({pool.model}): "
+                  f"roofline timing, no tokens generated", flush=True)
+            pools.append(pool.model_copy(update={"engine": "sim"}))
+        elif engine == "hf" and pool.model == "7b":
+            pools.append(pool.model_copy(update={"engine": "hf", "model": _tiny_demo_model()}))
+        elif engine == "hf":
+            pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
+        else:
+            gpus = 1.0 if pool.model == "7b" else 0.0
+            pools.append(pool.model_copy(update={"engine": "vllm", "num_gpus": gpus}))
+    return config.model_copy(update={"pools": pools})
+
+
+def _tiny_demo_model() -> str:
+    """Build and save a tiny random Llama for the hf engine; returns its directory."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from actors.engines.hf import TINY_MODEL_NOTE, build_tiny_model
+
+    path = tempfile.mkdtemp(prefix="raysched-tiny-llama-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    build_tiny_model(path)
+    print(f"  engine hf: pool llm-7b runs the transformers engine on {TINY_MODEL_NOTE}; "
+          f"a random Llama (2 layers, hidden 64, vocabulary 1,000) built and saved to {path} "
+          f"and loaded from there like any model directory", flush=True)
+    return path
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """The financial mix on an embedded Ray; exit status 1 when a submitted task never came back."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import raysched
-    from raysched.report import print_summary, summarize
-    from raysched.workload import arrivals
+    from raysched.bench.replay import replay
+    from raysched.bench.report import per_pool, print_summary, records_from_results, summarize
+    from raysched.bench.workloads import FINANCIAL_MIX, arrivals
 
     plan = list(arrivals(args.duration, seed=args.seed, rate_scale=args.rate_scale))
     print(f"raysched demo: {len(plan)} tasks of the financial mix over {args.duration:g} s "
           f"(embedded Ray on 127.0.0.1)", flush=True)
-    from actors.engines import demo_config
-
-    client = raysched.connect(num_cpus=args.num_cpus, config=demo_config(args.engine))
+    config = _demo_config(args.engine)
+    client = raysched.connect(num_cpus=args.num_cpus, config=config)
     for note in client.notes:
         print(f"  note: {note}")
-    handles = []
-    results = []
+    # Every task ends by its deadline: the longest one bounds the wait, plus a margin.
+    wait_s = max(spec.sla_ms for spec in FINANCIAL_MIX) / 1e3 + 10.0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
         sub = progress.add_task("submitted", total=len(plan))
         done = progress.add_task("finished ", total=len(plan))
-        start = time.monotonic()
-        i = 0
-        while i < len(plan):
-            now = time.monotonic() - start
-            due = []
-            while i < len(plan) and plan[i][0] <= now:
-                due.append(plan[i][1])
-                i += 1
-            if due:
-                handles.extend(client.submit_many(due))
-                progress.update(sub, completed=i)
-            progress.update(done, completed=len(handles) - client.outstanding())
-            time.sleep(0.005)
-        # Every task ends: the longest deadline bounds the wait, plus a margin.
-        wait_until = time.monotonic() + 70.0
-        while client.outstanding() and time.monotonic() < wait_until:
-            progress.update(done, completed=len(handles) - client.outstanding())
-            time.sleep(0.05)
-        progress.update(done, completed=len(handles) - client.outstanding())
-    results = [h.result(timeout=5) for h in handles]
-    summary = summarize(results, client.stats())
+
+        def show(submitted: int, finished: int) -> None:
+            progress.update(sub, completed=submitted)
+            progress.update(done, completed=finished)
+
+        run = replay(client, plan, wait_s, show, poll_s=0.005)
+    summary = summarize(config.policy, records_from_results(run.results), run.span_s,
+                        submitted=run.submitted, per_pool=per_pool(client.stats()))
     summary["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
     summary["simulated_engines"] = [n for n in client.notes if "SIMULATED" in n]
     summary["duration_s"] = args.duration
@@ -65,8 +111,10 @@ def _demo(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
-    lost = summary["submitted"] - sum(summary["results"].values())
-    return 1 if lost else 0
+    if run.lost:
+        print(f"raysched demo: {run.lost} of {run.submitted} submitted tasks had no Result "
+              f"after {wait_s:g} s", file=sys.stderr)
+    return 1 if run.lost else 0
 
 
 def _join(address: str | None) -> Any:
@@ -163,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--rate-scale", type=float, default=1.0, help="multiply every arrival rate")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray offers")
-    d.add_argument("--engine", choices=["auto", "sim", "hf", "vllm"], default="auto",
+    d.add_argument("--engine", choices=DEMO_ENGINES, default="auto",
                    help="LLM engine: auto (real where available, else simulated), sim, hf (the "
                         "7B pool on transformers with a tiny random model, CPU), vllm (GPUs)")
     d.set_defaults(func=_demo)
@@ -173,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--namespace", default="raysched")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_status)
-    u = sub.add_parser("submit", help="run one task given as JSON (file or stdin); print its Result")
+    u = sub.add_parser("submit",
+                       help="run one task given as JSON (file or stdin); print its Result")
     u.add_argument("task", nargs="?", help="path to a JSON task, or - for stdin")
     u.add_argument("--address", default=None,
                    help="Ray address; without one an embedded Ray is started for this task")

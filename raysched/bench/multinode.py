@@ -20,6 +20,7 @@ TOTAL_WORKERS = 4
 
 
 def noop() -> None:
+    """The task that measures the scheduler alone: no work."""
     return None
 
 
@@ -72,7 +73,7 @@ def run_nodes(k: int, n_tasks: int) -> dict[str, Any]:
 
 def project_sim(scales: list[int], tasks_per_worker: int = 1_000) -> list[dict[str, Any]]:
     """The simulator's projection from 10 to 1,000 workers: same mix and load per worker."""
-    from raysched.bench.runner import run_sim
+    from raysched.bench.sim_mode import run_sim
     from raysched.bench.workloads import DEFAULT_CLUSTER, financial_mix, scale_cluster
 
     rows = []
@@ -124,7 +125,8 @@ def main(args: argparse.Namespace, meta: dict[str, Any]) -> int:
     for col in ("workers", "tasks", "simulated tasks/s", "CRITICAL met", "sim wall s"):
         sim_table.add_column(col, justify="right")
     for r in projection:
-        sim_table.add_row(str(r["workers"]), f"{r['tasks']:,}", f"{r['simulated_tasks_per_s']:,.0f}",
+        sim_table.add_row(str(r["workers"]), f"{r['tasks']:,}",
+                          f"{r['simulated_tasks_per_s']:,.0f}",
                           f"{100 * r['critical_met']:.2f}%", f"{r['sim_wall_s']:.1f}")
     console.print(sim_table)
     out = Path(args.out)

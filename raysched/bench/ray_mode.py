@@ -2,18 +2,18 @@
 
 Time is compressed by ``--time-scale`` (0.1 runs ten times faster than real time): arrivals,
 deadlines, CPU service and the simulated engines' steps all shrink by the same factor, and the
-results are scaled back so they compare with the simulator's. CPU tasks sleep for their service
-time (simulated CPU work); LLM tasks run on the simulated engine, which always generates its
-whole token budget, so each task's budget is set to its true length.
+results are scaled back so they compare with the simulator's. The tasks are the simulated
+workload's, replayed as user Tasks (``replay.plan_of``: sleeping CPU tasks, simulated-engine LLM
+tasks whose token budget is their true length).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
+from raysched.bench.replay import CPU_WORKER_CPUS, LLM_WORKER_CPUS, plan_of, replay
 from raysched.bench.report import (
     Record,
     mean_entry,
@@ -22,29 +22,12 @@ from raysched.bench.report import (
     summarize,
     write_report,
 )
-from raysched.bench.workloads import PoolSpec
+from raysched.bench.workloads import PoolSpec, build_workload
 from raysched.config import PoolConfig, SchedulerConfig
-from raysched.core.types import CHARS_PER_TOKEN
-from raysched.models import Task
-from raysched.sim.workers import SimTask
 
-
-def simulated_cpu_work(seconds: float) -> float:
-    """Stand-in for a CPU model: holds the worker for ``seconds`` (simulated CPU work)."""
-    time.sleep(seconds)
-    return seconds
-
-
-def to_task(st: SimTask, time_scale: float) -> Task:
-    t = st.task
-    sla_ms = max((t.deadline_s - st.arrival_s) * time_scale * 1e3, 1e-3)
-    if t.pool.startswith("llm"):
-        payload: dict[str, Any] = {"prompt": "x" * (t.num_prompt_tokens * CHARS_PER_TOKEN),
-                                   "max_new_tokens": st.true_new_tokens}
-    else:
-        payload = {"fn": simulated_cpu_work, "args": (st.cpu_service_s * time_scale,)}
-    return Task(id=t.task_id, kind=t.kind, priority=t.priority, sla_ms=sla_ms, payload=payload,
-                requirements={"pool": t.pool})
+# How long a run waits for its Results after the last submission (real seconds): beyond the
+# longest deadline of the financial mix at time scale 1, and of any trace row.
+RESULT_WAIT_S = 600.0
 
 
 def config_for(cluster: tuple[PoolSpec, ...], policy: str, time_scale: float, name: str,
@@ -55,37 +38,12 @@ def config_for(cluster: tuple[PoolSpec, ...], policy: str, time_scale: float, na
         extra = {"cluster_resource": resources[p.name]} if resources else {}
         if p.preset == "cpu":
             pools.append(PoolConfig(name=p.name, kind="cpu", replicas=p.count, slots=1,
-                                    num_cpus=0.25, **extra))
+                                    num_cpus=CPU_WORKER_CPUS, **extra))
         else:
             pools.append(PoolConfig(name=p.name, kind="llm", engine="sim", model=p.preset,
                                     replicas=p.count, max_batch_size=p.max_batch_size,
-                                    num_cpus=0.1, time_scale=time_scale, **extra))
+                                    num_cpus=LLM_WORKER_CPUS, time_scale=time_scale, **extra))
     return SchedulerConfig(name=name, pools=pools, policy=policy)
-
-
-def replay(client: Any, tasks: list[SimTask], time_scale: float, progress: Any = None,
-           bar: Any = None) -> tuple[list[Any], float]:
-    """Submit ``tasks`` at their (scaled) arrival times; returns Results and the wall span."""
-    handles = []
-    start = time.monotonic()
-    i = 0
-    while i < len(tasks):
-        now = time.monotonic() - start
-        due = []
-        while i < len(tasks) and tasks[i].arrival_s * time_scale <= now:
-            due.append(to_task(tasks[i], time_scale))
-            i += 1
-        if due:
-            handles.extend(client.submit_many(due))
-        if progress is not None:
-            progress.update(bar, completed=len(handles) - client.outstanding())
-        time.sleep(0.002)
-    results = []
-    for h in handles:
-        results.append(h.result(timeout=600))
-        if progress is not None:
-            progress.update(bar, completed=len(results))
-    return results, time.monotonic() - start
 
 
 def map_worker_ids(records: list[Record], cluster: tuple[PoolSpec, ...]) -> list[Record]:
@@ -102,12 +60,15 @@ def map_worker_ids(records: list[Record], cluster: tuple[PoolSpec, ...]) -> list
 
 def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
          cluster: tuple[PoolSpec, ...], meta: dict[str, Any]) -> int:
+    """Each policy (and ``--peer``) on each seed through Ray; prints a table, writes a report.
+
+    Returns 1 when any run lost tasks (submitted, no Result within ``RESULT_WAIT_S``).
+    """
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import raysched
     from raysched._ray import init_local
-    from raysched.bench.runner import make_tasks
 
     if args.nodes:
         from raysched.bench.multinode import main as multinode_main
@@ -126,6 +87,7 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
         else:
             init_local(num_cpus=32)
     entries = []
+    lost = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
         runs = [(p, "policy") for p in policies]
@@ -133,24 +95,33 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
         for name, what in runs:
             per_seed = []
             for seed in seeds:
-                tasks, wmeta = make_tasks(args, seed, args.load, cluster)
+                tasks, wmeta = build_workload(args.workload, args.tasks, seed, args.load,
+                                              args.cv, cluster)
                 meta.update(wmeta, tasks_per_run=len(tasks))
                 bar = progress.add_task(f"{name} seed {seed} (ray)", total=len(tasks))
                 if what == "peer":
                     from raysched.bench.serve_peer import run_serve
 
                     records, span = run_serve(tasks, cluster, scale, progress, bar)
+                    submitted = len(tasks)
                 else:
                     config = config_for(cluster, name, scale, f"bench-{name}-{seed}")
                     client = raysched.connect(config=config)
-                    results, span = replay(client, tasks, scale, progress, bar)
-                    records = records_from_results(results, scale)
+                    run = replay(client, plan_of(tasks, scale), RESULT_WAIT_S,
+                                 lambda _sent, done, bar=bar: progress.update(bar, completed=done))
                     client.close()
                     ray.kill(client.actor)
-                per_seed.append(summarize(name, records, span / scale, seed=seed))
+                    records, span, submitted = (records_from_results(run.results, scale),
+                                                run.span_s, run.submitted)
+                    if run.lost:
+                        progress.console.print(f"{name} seed {seed}: {run.lost} of {submitted} "
+                                               f"tasks had no Result after {RESULT_WAIT_S:g} s")
+                        lost += run.lost
+                per_seed.append(summarize(name, records, span / scale, submitted=submitted,
+                                          seed=seed))
             entries.append(mean_entry(per_seed))
     print_table(entries, f"raysched bench (ray, time scale {scale}): {meta['workload']}, "
                          f"load {args.load}")
     written = write_report(Path(args.out), entries, meta)
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return 1 if lost else 0

@@ -1,13 +1,16 @@
-"""Benchmark summaries: one entry per policy, a markdown report, and plots.
+"""Summaries of runs: one entry per policy (or per demo run), tables, a markdown report, plots.
 
 Goodput is the number of tasks that completed within their deadline per second of the run
 (first arrival to last result). ``deadline_met`` per class is over every task of the class,
-rejected and expired ones included.
+rejected and expired ones included. ``lost`` counts tasks that were submitted and never came back
+(the simulator ends every task, so its runs have none; the demo and Ray runs count their handles).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +18,25 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from raysched.core.types import Outcome, Priority, Status
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def machine() -> dict[str, Any]:
+    """The machine line of a report."""
+    # Other work on the machine moves wall-clock (ray mode) figures: record how busy it was.
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
 
 
 class Record(NamedTuple):
@@ -30,6 +52,7 @@ class Record(NamedTuple):
 
 
 def records_from_outcomes(outcomes: Sequence[Outcome]) -> list[Record]:
+    """Records of the simulator's outcomes."""
     return [Record(o.task_id, int(o.priority), o.status.value, o.deadline_met,
                    (o.end_s - o.submit_s) * 1e3, o.worker_id, o.end_s) for o in outcomes]
 
@@ -40,9 +63,14 @@ def records_from_results(results: Sequence[Any], time_scale: float = 1.0) -> lis
                    r.total_s / time_scale * 1e3, r.worker_id, 0.0) for r in results]
 
 
-def tally(records: Sequence[Record]) -> dict[str, Any]:
+def tally(records: Sequence[Record], submitted: int | None = None) -> dict[str, Any]:
     """Per class: count, completed, p50/p95/p99 of completed latencies, and the fraction of *all*
-    its tasks (rejected and expired included) that met their deadline; totals per status."""
+    its tasks (rejected and expired included) that met their deadline; totals per status.
+
+    ``submitted`` is how many tasks were handed in (by default one per record, as in the
+    simulator); ``lost`` is those without a record.
+    """
+    submitted = len(records) if submitted is None else submitted
     prio = np.array([r.priority for r in records], dtype=np.int8)
     status = np.array([r.status for r in records])
     met = np.array([r.deadline_met for r in records], dtype=bool)
@@ -62,17 +90,20 @@ def tally(records: Sequence[Record]) -> dict[str, Any]:
         }
     return {"per_priority": per_priority,
             "results": {s.value: int((status == s.value).sum()) for s in Status},
-            "submitted": len(records)}
+            "submitted": submitted,
+            "lost": submitted - len(records)}
 
 
 def summarize(policy: str, records: Sequence[Record], span_s: float,
-              busy_s: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
-    """The results.json entry of one run."""
+              busy_s: dict[str, float] | None = None, submitted: int | None = None,
+              **extra: Any) -> dict[str, Any]:
+    """The results.json entry of one run (``submitted`` as in ``tally``; ``extra`` keys are
+    added as they are)."""
     met = sum(r.deadline_met for r in records)
     entry: dict[str, Any] = {
         "policy": policy,
         "goodput": float(met / span_s) if span_s > 0 else 0.0,
-        **tally(records),
+        **tally(records, submitted),
         "span_s": span_s,
     }
     if busy_s is not None and span_s > 0:
@@ -113,6 +144,7 @@ def mean_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "results": {k: sum(e["results"][k] for e in entries) for k in first["results"]},
         "submitted": sum(e["submitted"] for e in entries),
+        "lost": sum(e["lost"] for e in entries),
         "seeds": [e.get("seed") for e in entries],
         "per_seed": [{k: e[k] for k in ("seed", "goodput") if k in e} |
                      {"deadline_met": {n: p["deadline_met"] for n, p in e["per_priority"].items()}}
@@ -124,7 +156,46 @@ def mean_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def per_pool(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Workers and utilisation per pool, from the scheduler actor's ``stats()``."""
+    return {name: {"workers": p["workers"], "utilization": p["utilization"]}
+            for name, p in stats["pools"].items()}
+
+
+def print_summary(summary: dict[str, Any], title: str = "raysched") -> None:
+    """Render one run's entry (``summarize``) as rich tables: per class, per status, per pool."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.1f}"
+
+    console = Console()
+    t = Table(title=f"{title}: per priority")
+    for col in ("priority", "count", "completed", "p50 ms", "p95 ms", "p99 ms", "deadline met"):
+        t.add_column(col, justify="right")
+    for name, p in summary["per_priority"].items():
+        met = "-" if p["deadline_met"] is None else f"{100 * p['deadline_met']:.1f}%"
+        t.add_row(name, str(p["count"]), str(p["completed"]), ms(p["p50_ms"]), ms(p["p95_ms"]),
+                  ms(p["p99_ms"]), met)
+    console.print(t)
+    r = Table(title=f"{title}: results")
+    for col in ("submitted", *summary["results"], "lost"):
+        r.add_column(col, justify="right")
+    r.add_row(str(summary["submitted"]), *[str(v) for v in summary["results"].values()],
+              str(summary["lost"]))
+    console.print(r)
+    if "per_pool" in summary:
+        u = Table(title=f"{title}: per pool")
+        for col in ("pool", "workers", "utilization"):
+            u.add_column(col, justify="right")
+        for name, p in summary["per_pool"].items():
+            u.add_row(name, str(p["workers"]), f"{100 * p['utilization']:.1f}%")
+        console.print(u)
+
+
 def print_table(entries: list[dict[str, Any]], title: str) -> None:
+    """One row per policy: goodput, deadline met and p99 per class, rejected, expired, util."""
     from rich.console import Console
     from rich.table import Table
 
@@ -170,7 +241,8 @@ def _markdown(entries: list[dict[str, Any]], meta: dict[str, Any], plots: list[s
     lines = ["# raysched benchmark", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "| policy | goodput/s | " + " | ".join(f"{p.name} met" for p in Priority)
-              + " | " + " | ".join(f"{p.name} p99 ms" for p in Priority) + " | rejected | expired |",
+              + " | " + " | ".join(f"{p.name} p99 ms" for p in Priority)
+              + " | rejected | expired |",
               "|---" * (3 + 2 * len(Priority) + 1) + "|"]
     for e in entries:
         pp = e["per_priority"]

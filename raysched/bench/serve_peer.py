@@ -8,9 +8,9 @@ one deployment:
 - ``max_ongoing_requests`` as raysched's worker slots: 1 on the CPU pool, ``max_batch_size`` on
   an LLM pool. ``max_queued_requests`` stays at Serve's default (no limit): requests beyond the
   replicas' capacity wait in the caller's queue, and nothing is ever rejected or expired.
-- The same CPU share per replica as raysched's workers (``ray_mode.config_for``): 0.25 CPU on
-  the CPU pool, 0.1 on an LLM pool.
-- A CPU replica sleeps for the task's service time (``ray_mode.simulated_cpu_work``, a sync
+- The same CPU share per replica as raysched's workers (``replay.CPU_WORKER_CPUS``, 0.25 CPU,
+  on the CPU pool; ``replay.LLM_WORKER_CPUS``, 0.1, on an LLM pool).
+- A CPU replica sleeps for the task's service time (``replay.simulated_cpu_work``, a sync
   method, which Serve runs in its thread pool). An LLM replica owns an ``actors.llm_actor.
   LLMActor`` on the simulated engine of the pool's preset, with the pool's ``max_batch_size``
   and the run's ``time_scale``, and answers each request by running one ``WorkItem`` through
@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from raysched.bench.ray_mode import simulated_cpu_work
+from raysched.bench.replay import CPU_WORKER_CPUS, LLM_WORKER_CPUS, simulated_cpu_work
 from raysched.bench.report import Record
 from raysched.bench.workloads import PoolSpec
 from raysched.core.types import CHARS_PER_TOKEN
@@ -47,9 +47,6 @@ from raysched.sim.workers import SimTask
 log = logging.getLogger(__name__)
 
 APP_PREFIX = "raysched-peer-"
-# As ray_mode.config_for gives raysched's workers.
-CPU_REPLICA_CPUS = 0.25
-LLM_REPLICA_CPUS = 0.1
 SERVE_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
@@ -105,11 +102,11 @@ def _deploy(cluster: tuple[PoolSpec, ...], time_scale: float) -> dict[str, Any]:
         if p.preset == "cpu":
             app = serve.deployment(
                 name=p.name, num_replicas=p.count, max_ongoing_requests=1,
-                ray_actor_options={"num_cpus": CPU_REPLICA_CPUS})(CPUReplica).bind()
+                ray_actor_options={"num_cpus": CPU_WORKER_CPUS})(CPUReplica).bind()
         else:
             app = serve.deployment(
                 name=p.name, num_replicas=p.count, max_ongoing_requests=p.max_batch_size,
-                ray_actor_options={"num_cpus": LLM_REPLICA_CPUS})(LLMReplica).bind(
+                ray_actor_options={"num_cpus": LLM_WORKER_CPUS})(LLMReplica).bind(
                     p.name, p.preset, p.max_batch_size, time_scale)
         handles[p.name] = serve.run(app, name=APP_PREFIX + p.name, route_prefix=None,
                                     logging_config=SERVE_LOGGING)

@@ -1,4 +1,9 @@
-"""Benchmark workloads: the financial mix, arrival processes, and Azure trace replay.
+"""Workloads: the financial mix (one table for the demo and the benchmarks), arrival processes,
+and Azure trace replay.
+
+The table converts two ways: ``financial_mix`` makes ``SimTask``s for the simulator (and, through
+``replay.plan_of``, for ``raysched bench --mode ray``); ``arrivals`` makes user ``Task``s with real
+payloads for ``raysched demo``.
 
 Offered load is computed, not guessed. A task's work is the worker time it takes when its worker
 runs a full batch of ``k`` (1 for a CPU worker): its prefill, which holds up the whole batch, plus
@@ -12,13 +17,19 @@ from __future__ import annotations
 import csv
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from raysched.core.types import CoreTask, Priority
+from raysched.core.protocol import FRAUD_NUM_FEATURES
+from raysched.core.types import CHARS_PER_TOKEN, CoreTask, Priority
 from raysched.sim.workers import SimCPUWorker, SimLLMWorker, SimTask
+
+if TYPE_CHECKING:
+    from raysched.config import SchedulerConfig
+    from raysched.models import Task
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class PoolSpec:
     speeds: tuple[float, ...] = ()  # per-worker service multipliers; default all 1.0
 
     def build(self) -> list[tuple[str, SimCPUWorker | SimLLMWorker]]:
+        """The pool's simulated workers, named ``{name}-{i}``."""
         workers: list[tuple[str, SimCPUWorker | SimLLMWorker]] = []
         for i in range(self.count):
             wid = f"{self.name}-{i}"
@@ -44,10 +56,14 @@ class PoolSpec:
         return workers
 
 
-
 @dataclass(frozen=True)
 class KindSpec:
-    """One kind of work. ``share`` is its fraction of its pool's offered work."""
+    """One kind of work. ``share`` is its fraction of its pool's offered work.
+
+    A CPU kind has ``cpu_service_ms`` (the range its true service time is drawn from); an LLM
+    kind has a prompt length range, the ``max_new_tokens`` budget the scheduler sees, and the
+    range of tokens it really generates (``true_new_tokens``).
+    """
 
     kind: str
     priority: Priority
@@ -59,10 +75,19 @@ class KindSpec:
     true_new_tokens: tuple[int, int] = (0, 0)
     cpu_service_ms: tuple[float, float] = (0.0, 0.0)
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.cpu_service_ms != (0.0, 0.0)
 
-# The seeds' mix: sizes from the mission (classification 10-20 ms on CPU, summaries 100-500 ms on
-# 7B, reasoning 1-5 s on 70B, agents 5-30 s). Outputs stop before max_new_tokens (an end token),
-# which only the clairvoyant policy knows in advance.
+
+# Sizes are the mission's: classification 10-20 ms on CPU, summaries 100-500 ms on 7B, reasoning
+# 1-5 s on 70B, agent runs 5-30 s. On the simulated engine's roofline (Mistral-7B on one A100,
+# Llama-2-70B on four; an idle worker, the true output lengths) the token ranges below take:
+# summaries 0.11-0.62 s (0.36 s at the mean sizes), reasoning 0.94-4.9 s (2.9 s), agents
+# 4.5-23 s (13.6 s); ``test_financial_mix_sizes_are_the_missions`` checks the means. Each deadline
+# is 2.5-5x the longest idle service time of its kind, so a task can wait behind others and
+# still make it. Outputs stop before max_new_tokens (an end token), which only the clairvoyant
+# policy knows in advance.
 FINANCIAL_MIX: tuple[KindSpec, ...] = (
     KindSpec("classification", Priority.CRITICAL, "cpu", 50.0, 1.0, cpu_service_ms=(10.0, 20.0)),
     KindSpec("summarization", Priority.HIGH, "llm-7b", 2_000.0, 0.5, (200, 800), 48, (8, 48)),
@@ -76,9 +101,34 @@ DEFAULT_CLUSTER: tuple[PoolSpec, ...] = (
     PoolSpec("llm-70b", 2, "70b", 8),
 )
 
+# The demo offers this utilisation to the embedded default pools (``default_config``): about
+# 40 classifications, 4 summaries, 0.6 reasoning calls and 0.3 agent runs per second.
+DEMO_LOAD = 0.3
+
 
 def scale_cluster(cluster: tuple[PoolSpec, ...], factor: int) -> tuple[PoolSpec, ...]:
+    """``cluster`` with every pool's worker count multiplied by ``factor``."""
     return tuple(replace(p, count=p.count * factor) for p in cluster)
+
+
+def cluster_of(config: SchedulerConfig) -> tuple[PoolSpec, ...]:
+    """The pools of a scheduler config as ``PoolSpec``s (for computing its offered load).
+
+    Every pool needs a fixed replica count, and every LLM pool a roofline preset as its model.
+    """
+    from raysched.core.roofline import PRESETS
+
+    pools = []
+    for p in config.pools:
+        if p.replicas == "auto":
+            raise ValueError(f"pool {p.name}: replicas='auto' has no count to offer load to")
+        if p.kind == "cpu":
+            pools.append(PoolSpec(p.name, p.replicas))
+        elif p.model in PRESETS:
+            pools.append(PoolSpec(p.name, p.replicas, p.model, p.max_batch_size))
+        else:
+            raise ValueError(f"pool {p.name}: model {p.model!r} has no roofline preset")
+    return tuple(pools)
 
 
 def work_s(pool: PoolSpec, prompt: int, new: int, cpu_s: float = 0.0) -> float:
@@ -121,39 +171,101 @@ def _gaps(rng: random.Random, rate: float, cv: float) -> Iterator[float]:
         yield rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
-def financial_mix(num_tasks: int, load: float = 0.9, seed: int = 0, cv: float = 1.0,
-                  mix: tuple[KindSpec, ...] = FINANCIAL_MIX,
-                  cluster: tuple[PoolSpec, ...] = DEFAULT_CLUSTER) -> list[SimTask]:
-    """``num_tasks`` tasks of ``mix`` arriving so that every pool runs at ``load``.
+def arrival_events(rng: random.Random, mix: Sequence[KindSpec], rates: dict[str, float],
+                   horizon_s: float, cv: float = 1.0) -> list[tuple[float, KindSpec]]:
+    """Arrival times in ``[0, horizon_s)`` of each kind of ``mix`` at its rate (per second),
+    merged in time order; simultaneous arrivals keep the table's order.
 
-    ``cv`` is the coefficient of variation of inter-arrival times per kind: 1 is Poisson, above 1
-    is bursty (gamma-distributed gaps).
+    ``cv`` is the coefficient of variation of inter-arrival times per kind: 1 is Poisson, above
+    1 is bursty (gamma-distributed gaps). A kind whose rate is 0 never arrives.
     """
-    rng = random.Random(seed)
-    rates = arrival_rates(mix, cluster, load)
-    total_rate = sum(rates.values())
-    horizon_s = num_tasks / total_rate
     events: list[tuple[float, int, KindSpec]] = []
     for i, spec in enumerate(mix):
+        rate = rates[spec.kind]
+        if rate <= 0:
+            continue
         t = 0.0
-        for gap in _gaps(rng, rates[spec.kind], cv):
+        for gap in _gaps(rng, rate, cv):
             t += gap
             if t >= horizon_s:
                 break
             events.append((t, i, spec))
     events.sort(key=lambda e: (e[0], e[1]))
-    return [_sim_task(spec, rng, f"{spec.kind[0]}{n}", t) for n, (t, _, spec) in
-            enumerate(events[:num_tasks])]
+    return [(t, spec) for t, _, spec in events]
 
 
-def _sim_task(spec: KindSpec, rng: random.Random, task_id: str, t: float) -> SimTask:
-    if spec.cpu_service_ms != (0.0, 0.0):
-        core = CoreTask(task_id, spec.kind, spec.priority, t + spec.sla_ms / 1e3, spec.pool)
-        return SimTask(t, core, cpu_service_s=rng.uniform(*spec.cpu_service_ms) / 1e3)
+def financial_mix(num_tasks: int, load: float = 0.9, seed: int = 0, cv: float = 1.0,
+                  mix: tuple[KindSpec, ...] = FINANCIAL_MIX,
+                  cluster: tuple[PoolSpec, ...] = DEFAULT_CLUSTER) -> list[SimTask]:
+    """``num_tasks`` simulated tasks of ``mix`` arriving so that every pool runs at ``load``
+    (``cv`` as in ``arrival_events``)."""
+    rng = random.Random(seed)
+    rates = arrival_rates(mix, cluster, load)
+    horizon_s = num_tasks / sum(rates.values())
+    events = arrival_events(rng, mix, rates, horizon_s, cv)[:num_tasks]
+    return [sim_task(spec, rng, f"{spec.kind[0]}{n}", t) for n, (t, spec) in enumerate(events)]
+
+
+def sim_task(spec: KindSpec, rng: random.Random, task_id: str, arrival_s: float) -> SimTask:
+    """One simulated task of kind ``spec`` arriving at ``arrival_s``, sizes drawn from ``rng``."""
+    deadline_s = arrival_s + spec.sla_ms / 1e3
+    if spec.on_cpu:
+        core = CoreTask(task_id, spec.kind, spec.priority, deadline_s, spec.pool)
+        return SimTask(arrival_s, core, cpu_service_s=rng.uniform(*spec.cpu_service_ms) / 1e3)
     prompt = rng.randint(*spec.prompt_tokens)
-    core = CoreTask(task_id, spec.kind, spec.priority, t + spec.sla_ms / 1e3, spec.pool,
+    core = CoreTask(task_id, spec.kind, spec.priority, deadline_s, spec.pool,
                     num_prompt_tokens=prompt, max_new_tokens=spec.max_new_tokens)
-    return SimTask(t, core, true_new_tokens=rng.randint(*spec.true_new_tokens))
+    return SimTask(arrival_s, core, true_new_tokens=rng.randint(*spec.true_new_tokens))
+
+
+def make_task(spec: KindSpec, rng: random.Random, task_id: str) -> Task:
+    """One user ``Task`` of kind ``spec`` with a real payload, sizes drawn from ``rng``.
+
+    A CPU kind carries transaction features for the CPU pool's classifier. An LLM kind asks for
+    a length drawn from ``true_new_tokens`` as its budget: the simulated engine generates its
+    whole budget, so the budget is what sets the task's size.
+    """
+    from raysched.models import Task
+
+    if spec.on_cpu:
+        payload: dict[str, Any] = {
+            "features": [round(rng.gauss(0.0, 1.0), 3) for _ in range(FRAUD_NUM_FEATURES)]}
+    else:
+        n_prompt = rng.randint(*spec.prompt_tokens)
+        payload = {"prompt": f"[{spec.kind}] " + "x" * (n_prompt * CHARS_PER_TOKEN),
+                   "max_new_tokens": rng.randint(*spec.true_new_tokens)}
+    return Task(id=task_id, kind=spec.kind, priority=spec.priority, sla_ms=spec.sla_ms,
+                payload=payload, requirements={"pool": spec.pool})
+
+
+def arrivals(duration_s: float, seed: int = 0, rate_scale: float = 1.0,
+             mix: tuple[KindSpec, ...] = FINANCIAL_MIX) -> Iterator[tuple[float, Task]]:
+    """``(offset_s, task)`` pairs in time order over ``duration_s`` seconds: Poisson arrivals of
+    ``mix`` at ``DEMO_LOAD`` on the embedded default pools, every rate times ``rate_scale``.
+    Deterministic for a seed."""
+    from raysched.config import default_config
+
+    rng = random.Random(seed)
+    rates = {kind: r * rate_scale for kind, r in
+             arrival_rates(mix, cluster_of(default_config()), DEMO_LOAD).items()}
+    for n, (t, spec) in enumerate(arrival_events(rng, mix, rates, duration_s)):
+        yield t, make_task(spec, rng, f"{spec.kind[:4]}-{seed}-{n}")
+
+
+def build_workload(workload: str, num_tasks: int, seed: int, load: float, cv: float,
+                   cluster: tuple[PoolSpec, ...]) -> tuple[list[SimTask], dict[str, Any]]:
+    """A benchmark run's tasks and the words that describe them in its report.
+
+    ``workload`` is ``"mix"`` (the financial mix, ``cv`` as in ``arrival_events``) or the path of
+    an Azure trace CSV (its first ``num_tasks`` rows, time-compressed to ``load``).
+    """
+    if workload == "mix":
+        arrivals_note = "poisson" if cv == 1 else f"gamma, CV {cv}"
+        tasks = financial_mix(num_tasks, load=load, seed=seed, cv=cv, cluster=cluster)
+        return tasks, {"workload": "financial mix", "arrivals": arrivals_note}
+    tasks, compress = load_trace(workload, load=load, limit=num_tasks, cluster=cluster)
+    return tasks, {"workload": f"trace {Path(workload).name}",
+                   "time_compression": round(compress, 3)}
 
 
 # -- Azure LLM inference trace --------------------------------------------------------------
@@ -187,7 +299,8 @@ def trace_rule(context_tokens: int, generated_tokens: int) -> tuple[Priority, st
 def token_budget(generated_tokens: int) -> int:
     """The ``max_new_tokens`` a replayed request asks for: the next power of two above what it
     really generates, at most 1,000 (the trace's cap). Only the clairvoyant policy knows more."""
-    return max(generated_tokens, min(1_000, 1 << max(0, math.ceil(math.log2(max(generated_tokens, 1))))))
+    power_of_two = 1 << max(0, math.ceil(math.log2(max(generated_tokens, 1))))
+    return max(generated_tokens, min(1_000, power_of_two))
 
 
 def read_trace(path: str | Path, limit: int | None = None) -> list[tuple[float, int, int]]:

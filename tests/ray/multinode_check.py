@@ -20,7 +20,7 @@ def main() -> dict:
 
     import raysched
     from raysched import PoolConfig, SchedulerConfig, Status
-    from raysched.workload import arrivals
+    from raysched.bench.workloads import arrivals
 
     mb = 1024 * 1024
     cluster = Cluster(initialize_head=True, head_node_args={

@@ -17,8 +17,10 @@ from collections import defaultdict
 
 import pytest
 
-from raysched.bench.ray_mode import config_for, map_worker_ids, records_from_results, replay
-from raysched.bench.runner import run_sim
+from raysched.bench.ray_mode import config_for, map_worker_ids
+from raysched.bench.replay import plan_of, replay
+from raysched.bench.report import records_from_results
+from raysched.bench.sim_mode import run_sim
 from raysched.bench.workloads import PoolSpec
 from raysched.core.types import CoreTask, Priority
 from raysched.sim.workers import SimTask
@@ -59,11 +61,12 @@ def test_same_decisions_and_close_latencies(ray_session):
     _, sim_records = run_sim(POLICY, tasks, CLUSTER)
     client = raysched.connect(config=config_for(CLUSTER, POLICY, TIME_SCALE, "xcheck"))
     try:
-        results, _ = replay(client, tasks, TIME_SCALE)
+        run = replay(client, plan_of(tasks, TIME_SCALE), wait_s=600)
     finally:
         client.close()
         ray_session.kill(client.actor)
-    ray_records = map_worker_ids(records_from_results(results, TIME_SCALE), CLUSTER)
+    assert run.submitted == len(tasks) and run.lost == 0
+    ray_records = map_worker_ids(records_from_results(run.results, TIME_SCALE), CLUSTER)
     assert all(r.status == "completed" for r in ray_records + sim_records)
 
     arrival = {t.task.task_id: t.arrival_s for t in tasks}

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from raysched.bench.runner import run_sim
+from raysched.bench.sim_mode import run_sim
 from raysched.bench.workloads import (
     DEFAULT_CLUSTER,
+    FINANCIAL_MIX,
     PoolSpec,
     financial_mix,
     load_trace,
@@ -21,8 +22,11 @@ from raysched.core.policies import build_core
 from raysched.core.types import CoreTask, Priority
 from raysched.sim import SimCPUWorker, SimLLMWorker, SimTask, Simulator
 
-TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
-    "AzureLLMInferenceTrace_conv.csv"
+ROOT = Path(__file__).resolve().parents[2]
+# The first 500 requests of the Azure trace, shipped with the tests (tests/data/README.md).
+TRACE_SAMPLE = ROOT / "tests" / "data" / "AzureLLMInferenceTrace_conv_head500.csv"
+# The whole trace, where the shared folder beside the repository has it.
+TRACE_FULL = ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 
 
 def erlang_c_wait_s(c: int, lam: float, mu: float) -> float:
@@ -80,13 +84,15 @@ def test_deadline_aware_policies_beat_fifo_on_critical_and_high():
     fifo, _ = run_sim("fifo", tasks, DEFAULT_CLUSTER)
     ours, _ = run_sim("raysched", tasks, DEFAULT_CLUSTER)
     for name in ("CRITICAL", "HIGH"):
-        assert ours["per_priority"][name]["deadline_met"] > fifo["per_priority"][name]["deadline_met"]
+        ours_met = ours["per_priority"][name]["deadline_met"]
+        assert ours_met > fifo["per_priority"][name]["deadline_met"]
     assert ours["goodput"] > fifo["goodput"]
 
 
 def test_offered_load_is_what_the_workers_see():
     # At 50% offered load nothing queues for long, so busy time / span is close to the target.
-    cluster = (PoolSpec("cpu", 4), PoolSpec("llm-7b", 2, "7b", 16), PoolSpec("llm-70b", 1, "70b", 8))
+    cluster = (PoolSpec("cpu", 4), PoolSpec("llm-7b", 2, "7b", 16),
+               PoolSpec("llm-70b", 1, "70b", 8))
     tasks = financial_mix(20_000, load=0.5, seed=3, cluster=cluster)
     entry, _ = run_sim("fifo", tasks, cluster)
     cpu_busy_s = sum(u * entry["span_s"] for w, u in entry["utilization"].items()
@@ -97,8 +103,10 @@ def test_offered_load_is_what_the_workers_see():
 
 def test_llm_worker_batches_continuously():
     w = SimLLMWorker("w", "7b", max_batch_size=4)
-    long = SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 100, 500), true_new_tokens=500)
-    short = SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 100, 10), true_new_tokens=10)
+    long = SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 100, 500),
+                   true_new_tokens=500)
+    short = SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 100, 10),
+                    true_new_tokens=10)
     w.add(long, 0.0)
     w.add(short, 0.5)  # joins the running batch
     t = w.next_event_s()
@@ -109,26 +117,51 @@ def test_llm_worker_batches_continuously():
     assert w.pop_finished(w.next_event_s())[0].task_id == "long"
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason=f"trace not found at {TRACE}")
-def test_trace_replay_maps_rows_to_pools_and_load():
-    rows = read_trace(TRACE, limit=2_000)
-    assert rows[0][0] == 0.0 and all(b[0] >= a[0] for a, b in zip(rows, rows[1:]))
-    tasks, compress = load_trace(TRACE, load=0.8, limit=2_000)
-    assert len(tasks) == 2_000 and compress > 0
-    for st, (_, ctx, gen) in zip(tasks, rows):
+@pytest.mark.parametrize("trace, n_rows", [
+    pytest.param(TRACE_SAMPLE, 500, id="sample"),
+    pytest.param(TRACE_FULL, 2_000, id="full", marks=pytest.mark.skipif(
+        not TRACE_FULL.exists(), reason=f"the full trace is not at {TRACE_FULL}")),
+])
+def test_trace_replay_maps_rows_to_pools_and_load(trace, n_rows):
+    rows = read_trace(trace, limit=n_rows)
+    assert len(rows) == n_rows
+    assert rows[0][0] == 0.0 and all(b[0] >= a[0] for a, b in zip(rows, rows[1:], strict=False))
+    tasks, compress = load_trace(trace, load=0.8, limit=n_rows)
+    assert len(tasks) == n_rows and compress > 0
+    for st, (_, ctx, gen) in zip(tasks, rows, strict=True):
         prio, pool = trace_rule(ctx, gen)
         assert st.task.priority is prio and st.task.pool == pool
         assert st.true_new_tokens == gen <= st.task.max_new_tokens
         assert st.task.deadline_s > st.arrival_s
     entry, _ = run_sim("raysched", tasks, DEFAULT_CLUSTER)
-    assert sum(entry["results"].values()) == 2_000
+    assert sum(entry["results"].values()) == n_rows
+
+
+def test_financial_mix_sizes_are_the_missions():
+    """At its mean sizes each kind takes, on an idle worker of its pool, what the mission says:
+    classification 10-20 ms on CPU, summaries 100-500 ms on 7B, reasoning 1-5 s on 70B, agent
+    runs 5-30 s."""
+    mission_s = {"classification": (0.010, 0.020), "summarization": (0.1, 0.5),
+                 "reasoning": (1.0, 5.0), "agent": (5.0, 30.0)}
+    presets = {p.name: p.preset for p in DEFAULT_CLUSTER}
+    for spec in FINANCIAL_MIX:
+        if spec.on_cpu:
+            idle_s = sum(spec.cpu_service_ms) / 2e3
+        else:
+            prior = SimLLMWorker("probe", presets[spec.pool], 1).prior
+            idle_s = prior.service_s(round(sum(spec.prompt_tokens) / 2),
+                                     round(sum(spec.true_new_tokens) / 2), 1)
+        lo, hi = mission_s[spec.kind]
+        assert lo <= idle_s <= hi, (spec.kind, idle_s)
+        assert spec.sla_ms / 1e3 > idle_s
 
 
 def test_simulated_engine_prior_runs_on_its_own_clock():
     from actors.engines.simulated import SimulatedEngine
 
     real, fast = SimulatedEngine("7b"), SimulatedEngine("7b", time_scale=0.1)
-    assert fast.prior().service_s(500, 40, 4) == pytest.approx(0.1 * real.prior().service_s(500, 40, 4))
+    expected_s = 0.1 * real.prior().service_s(500, 40, 4)
+    assert fast.prior().service_s(500, 40, 4) == pytest.approx(expected_s)
 
 
 def test_simulated_engine_chunks_cost_the_same_as_single_steps():
