@@ -62,8 +62,11 @@ class Client:
 
     def __init__(self, actor: Any, owns_ray: bool, max_outstanding: int = 100_000,
                  name: str = "raysched-scheduler", namespace: str = "raysched",
-                 reconnect_s: float = 60.0) -> None:
+                 reconnect_s: float = 60.0, owns_actor: bool | None = None) -> None:
         self.actor = actor
+        # An embedded scheduler lives as long as the handle that created it (it is not
+        # detached): the client keeps that handle for the scheduler's whole life.
+        self._owns_actor = owns_ray if owns_actor is None else owns_actor
         self.name, self.namespace = name, namespace
         self.reconnect_s = reconnect_s
         self.max_outstanding = max_outstanding
@@ -72,7 +75,7 @@ class Client:
         stats = self._get(actor.stats.remote())
         # Pool name -> kind ("cpu" or "llm"): the validation context of every task.
         self.pools: dict[str, str] = {name: p["kind"] for name, p in stats["pool_config"].items()}
-        self.notes: list[str] = stats["notes"]
+        self.notes: list[str] = stats["notes"] + _waiting_pools(stats)
         self._handles: dict[str, TaskHandle] = {}
         self._lock = threading.Lock()
         self.duplicates_dropped = 0
@@ -218,7 +221,7 @@ class Client:
             try:
                 results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
                                                            ack=ack))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a lost scheduler fails in many ways
                 # The scheduler restarts (max_restarts) and replays its task log: wait for it,
                 # then keep polling with the same client id. Unacknowledged results come again.
                 if not self._reconnect():
@@ -234,16 +237,24 @@ class Client:
                 self._resolve(result)
 
     def _reconnect(self) -> bool:
+        """Wait for the scheduler to come back (Ray restarts it; it replays its task log).
+
+        The handle this client created the scheduler with is kept: it is what keeps an
+        embedded (non-detached) scheduler alive, and Ray routes it to the restarted actor. A
+        handle found by name is a weak one; swapping to it would let Ray destroy the
+        scheduler. Only a client that found a detached scheduler by name looks it up again.
+        """
         import ray
 
         give_up = time.monotonic() + self.reconnect_s
         while time.monotonic() < give_up and not self._closed.is_set():
             try:
-                actor = ray.get_actor(self.name, namespace=self.namespace)
+                actor = (self.actor if self._owns_actor
+                         else ray.get_actor(self.name, namespace=self.namespace))
                 ray.get(actor.start.remote(), timeout=10)
                 self.actor = actor
                 return True
-            except Exception:  # still restarting
+            except Exception:  # noqa: BLE001 - any failure here means: still restarting
                 time.sleep(0.5)
         return False
 
@@ -297,6 +308,13 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
         raise SchedulerNotFoundError(f"scheduler {actor_name!r} did not become ready in "
                                      f"{ready_timeout_s} s") from None
     return Client(actor, owns_ray, max_outstanding, name=actor_name, namespace=cfg.namespace)
+
+
+def _waiting_pools(stats: Mapping[str, Any]) -> list[str]:
+    """Notes on pools with no worker yet and none refused: their tasks wait for one."""
+    return [f"pool {pool}: no worker registered yet ({h['starting']} starting, the oldest for "
+            f"{h['oldest_start_s']:.0f} s); its tasks wait for one"
+            for pool, h in stats.get("supervision", {}).items() if not h["live"] and not h["down"]]
 
 
 def find(name: str = "raysched-scheduler", namespace: str = "raysched") -> Any:

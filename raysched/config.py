@@ -91,6 +91,12 @@ class SchedulerConfig(BaseModel):
     # predicted service) is taken as hung: the worker is killed and its tasks are retried.
     hang_grace_s: float = Field(default=30.0, gt=0)
     hang_factor: float = Field(default=4.0, ge=1)
+    # Workers are pinged this often, so one that died while idle is replaced before work is
+    # sent to it; the ping runs beside the work, so a busy worker answers too.
+    health_check_s: float = Field(default=2.0, gt=0, le=3600)
+    # Failed worker starts in a row (with backoff) before a pool stops trying; a pool left
+    # with no worker then refuses its tasks at once with the reason.
+    max_start_failures: int = Field(default=3, ge=1, le=100)
     # fsync the task log after each batch: survives a node crash, costs a disk flush per batch.
     wal_fsync: bool = False
     # A name from raysched.core.policies.POLICIES (all but the oracle-driven "clairvoyant").
@@ -165,6 +171,13 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
             update["resources"] = {**pool.resources, pool.cluster_resource: 1.0}
             if pool.replicas == "auto":
                 update["replicas"] = int(units)
+            elif pool.replicas > units:
+                # A replica the cluster cannot place would wait forever (and every driver
+                # with it): start as many as there are units, and say so.
+                update["replicas"] = int(units)
+                notes.append(f"pool {pool.name}: {pool.replicas} replicas asked but the "
+                             f"cluster has {units:g} {pool.cluster_resource} units; starting "
+                             f"{int(units)}")
             notes.append(f"pool {pool.name}: placed on nodes with resource "
                          f"{pool.cluster_resource} ({units:g} units)")
         elif pool.replicas == "auto":
@@ -201,5 +214,12 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
                 # holding them too would deadlock the group.
                 tp = int(pool.engine_options.get("tensor_parallel_size", 1))
                 update["num_gpus"] = 1.0 if tp == 1 else 0.0
-        pools.append(pool.model_copy(update=update))
+        fitted = pool.model_copy(update=update)
+        gpus = cluster_resources.get("GPU", 0.0)
+        if fitted.num_gpus > 0 and int(fitted.replicas) * fitted.num_gpus > gpus:
+            can = int(gpus // fitted.num_gpus)
+            notes.append(f"pool {pool.name}: {fitted.replicas} replicas of {fitted.num_gpus:g} "
+                         f"GPU asked but the cluster has {gpus:g} GPUs; starting {can}")
+            fitted = fitted.model_copy(update={"replicas": can})
+        pools.append(fitted)
     return pools, notes

@@ -38,6 +38,12 @@ METRICS_PERIOD_S = 1.0
 # on the head node and outlives the scheduler actor, so a restart does not relearn from zero.
 SCORER_SAVE_PERIOD_S = 10.0
 KV_NAMESPACE = "raysched"
+READY_POLL_S = 0.05
+# Once every pool can serve, how long ``ready`` still waits for the rest of the workers.
+READY_GRACE_S = 5.0
+# A ping not answered within this many health periods is left alone (the worker may be
+# starting a large model); only an answer that says the actor is dead removes a worker.
+PING_TIMEOUT_PERIODS = 5
 
 
 class SchedulerActor:
@@ -50,7 +56,8 @@ class SchedulerActor:
         # The one clock of the scheduler: every time it reads goes through the service.
         self.service = SchedulerService(self.config.build_core(), time.time,
                                         on_result=self._wake_client,
-                                        on_outcome=self.metrics.record)
+                                        on_outcome=self.metrics.record,
+                                        max_start_failures=self.config.max_start_failures)
         self.core = self.service.core
         self.workers: dict[str, Any] = {}  # worker_id -> actor handle
         self._results_ready: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -75,8 +82,7 @@ class SchedulerActor:
         self.service.notes.extend(notes)
         for pool in pools:
             self.service.add_pool(pool)
-            for _ in range(int(pool.replicas)):
-                self._spawn(pool)
+        self._top_up()
         restored = self._restore_scorer()
         if restored:
             self.service.notes.append(f"restored {restored} learned service-time models "
@@ -86,14 +92,30 @@ class SchedulerActor:
         loop = asyncio.get_running_loop()
         loop.create_task(self._dispatch_loop())
         loop.create_task(self._metrics_loop())
+        loop.create_task(self._health_loop())
         return self.service.notes
 
     async def ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Wait until every worker started so far has registered; returns ``stats()``."""
+        """Wait until every pool can serve (a worker registered) or is down (none can start),
+        at most ``timeout_s``, then up to ``READY_GRACE_S`` more for the other workers started
+        so far; returns ``stats()``, whose ``supervision`` says which pools still wait for
+        workers and how long. A worker the cluster cannot place yet never holds this up for
+        more than the grace."""
         await self.start()
+        give_up_s = time.monotonic() + timeout_s
+        supervisor = self.service.supervisor
+        while (not all(supervisor.settled(p) for p in supervisor.pools)
+               and time.monotonic() < give_up_s):
+            await asyncio.sleep(READY_POLL_S)
         if self._starting:
-            await asyncio.wait(list(self._starting), timeout=timeout_s)
+            await asyncio.wait(list(self._starting),
+                               timeout=max(0.0, min(READY_GRACE_S, give_up_s - time.monotonic())))
         return self.service.stats()
+
+    def _top_up(self) -> None:
+        """Start the workers the pools are owed (at start, after a loss, after a backoff)."""
+        for pool in self.service.supervisor.to_start():
+            self._spawn(self.service.pools[pool])
 
     def _spawn(self, pool: PoolConfig) -> None:
         from actors.cpu_actor import CONCURRENCY_GROUPS, CPUActor
@@ -112,16 +134,20 @@ class SchedulerActor:
                 worker_id, pool.name, engine=pool.engine, model=pool.model,
                 max_batch_size=pool.max_batch_size, max_wait_ms=pool.max_wait_ms,
                 time_scale=pool.time_scale, engine_options=pool.engine_options)
-        task = asyncio.get_running_loop().create_task(self._register(worker_id, handle))
+        self.service.worker_starting(pool.name, worker_id)
+        task = asyncio.get_running_loop().create_task(self._register(worker_id, pool, handle))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
-    async def _register(self, worker_id: str, handle: Any) -> None:
-        """Hand a worker to the service once it answers with what it is (``WorkerInfo``)."""
+    async def _register(self, worker_id: str, pool: PoolConfig, handle: Any) -> None:
+        """Hand a worker to the service once it answers with what it is (``WorkerInfo``); a
+        worker that dies first is a failed start, retried by ``_top_up`` after a backoff."""
         try:
             info: WorkerInfo = await handle.info.remote()
-        except RayActorError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to come up is a failed start
             log.error("worker %s failed to start: %s", worker_id, exc)
+            self.service.start_failed(pool.name, worker_id, f"{type(exc).__name__}: {exc}"[:300])
+            self._top_up()
             return
         self.workers[worker_id] = handle
         self.service.add_worker(info)
@@ -285,10 +311,28 @@ class SchedulerActor:
             return  # already handled: a hang and a death can both report one loss
         log.warning("worker %s lost (%s); requeueing its tasks and starting a replacement",
                     worker_id, reason)
-        pool = self.service.worker_lost(worker_id, reason)
-        if pool is not None:
-            self._spawn(pool)
+        self.service.worker_lost(worker_id, reason)
+        self._top_up()
         self._kick()
+
+    async def _health_loop(self) -> None:
+        """Ping every worker each ``health_check_s``: one that died while idle is replaced now,
+        not when work is next sent to it; and pools waiting out a start backoff are topped up.
+        Only a dead actor counts; a slow answer is left to the hang detection of its work."""
+        period_s = self.config.health_check_s
+        while True:
+            await asyncio.sleep(period_s)
+            self._top_up()
+            workers = list(self.workers.items())
+            if not workers:
+                continue
+            answers = await asyncio.gather(
+                *(asyncio.wait_for(h.ping.remote(), period_s * PING_TIMEOUT_PERIODS)
+                  for _, h in workers), return_exceptions=True)
+            for (worker_id, _), answer in zip(workers, answers, strict=True):
+                if isinstance(answer, RayActorError):
+                    self._worker_lost(worker_id, f"worker died: health check failed "
+                                                 f"({type(answer).__name__})")
 
     async def _metrics_loop(self) -> None:
         save_every = max(1, round(SCORER_SAVE_PERIOD_S / METRICS_PERIOD_S))

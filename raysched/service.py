@@ -27,6 +27,7 @@ from raysched.core import CoreStats, Outcome, SchedulerCore, WorkerSpec
 from raysched.core.protocol import Completion, WorkerInfo, WorkItem
 from raysched.core.types import Status
 from raysched.models import Result, Task
+from raysched.supervisor import PoolSupervisor
 from raysched.wal import Pending, TaskLog
 
 log = logging.getLogger("raysched")
@@ -89,9 +90,12 @@ class SchedulerService:
 
     def __init__(self, core: SchedulerCore, clock: Callable[[], float], *,
                  on_result: Callable[[str], None] | None = None,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+                 on_outcome: Callable[[Outcome], None] | None = None,
+                 max_start_failures: int = 3) -> None:
         self.core = core
         self.clock = clock
+        # Which workers each pool is owed, and when a pool has no worker coming.
+        self.supervisor = PoolSupervisor(clock, max_start_failures)
         self.on_result = on_result
         self.on_outcome = on_outcome
         self.task_log: TaskLog | None = None
@@ -249,9 +253,29 @@ class SchedulerService:
     # -- pools and workers -------------------------------------------------------------------
 
     def add_pool(self, pool: PoolConfig) -> None:
-        """A pool the scheduler serves; its workers come later, through ``add_worker``."""
+        """A pool the scheduler serves; its workers come later, through ``add_worker``, as
+        ``supervisor.to_start()`` asks for them."""
         self.pools[pool.name] = pool
         self.core.add_pool(pool.name)
+        self.supervisor.add_pool(pool.name, int(pool.replicas))
+        reason = self.supervisor.down_reason(pool.name)
+        if reason:
+            self.notes.append(f"pool {pool.name} cannot serve: {reason}")
+            self.end(self.core.pool_down(pool.name, reason, self.clock()))
+
+    def worker_starting(self, pool: str, worker_id: str) -> None:
+        """A worker of ``pool`` is being started."""
+        self.supervisor.starting(pool, worker_id)
+
+    def start_failed(self, pool: str, worker_id: str, error: str) -> None:
+        """A worker died before it registered. When that leaves its pool with no worker and
+        none coming, the pool's queued tasks end now and new ones are refused with the reason.
+        """
+        reason = self.supervisor.start_failed(pool, worker_id, error)
+        if reason and not self.core.pool_down_reason(pool):
+            log.error("pool %s cannot serve: %s", pool, reason)
+            self.notes.append(f"pool {pool} cannot serve: {reason}")
+            self.end(self.core.pool_down(pool, reason, self.clock()))
 
     def add_worker(self, info: WorkerInfo) -> None:
         """A worker of one of the pools has registered: the core may place work on it from now.
@@ -261,6 +285,7 @@ class SchedulerService:
         """
         pool = self.pools[info.pool]
         self.worker_info[info.worker_id] = info
+        self.supervisor.registered(pool.name, info.worker_id)
         self.core.add_worker(WorkerSpec(worker_id=info.worker_id, pool=pool.name,
                                         slots=pool.worker_slots, concurrency=pool.concurrency,
                                         prior=info.prior,
@@ -291,7 +316,9 @@ class SchedulerService:
         for a in decisions.assignments:
             payload = self._pending[a.task.task_id].task.payload
             items[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
-                                               a.task.deadline_s, payload, binding=a.binding))
+                                               a.task.deadline_s, payload,
+                                               latest_start_s=a.latest_start_s,
+                                               binding=a.binding))
             expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
         return Dispatch(dict(take_back),
                         [Batch(w, batch, expected_s[w]) for w, batch in items.items()])
@@ -316,6 +343,8 @@ class SchedulerService:
         """
         pool = self.pool_of(worker_id)
         self.worker_info.pop(worker_id, None)
+        if pool is not None:
+            self.supervisor.lost(pool.name, worker_id)
         self.end(self.core.worker_lost(worker_id, self.clock(), reason))
         return pool
 
@@ -374,6 +403,8 @@ class SchedulerService:
             if info is not None:
                 w.update(engine=info.engine, simulated=info.simulated, node_id=info.node_id)
         stats["pool_config"] = {name: p.model_dump() for name, p in self.pools.items()}
+        stats["supervision"] = {name: asdict(self.supervisor.health(name))
+                                for name in self.supervisor.pools}
         stats["learned"] = self.core.placement.learned()
         return stats
 

@@ -44,12 +44,14 @@ def test_mixed_batch_every_task_ends_once(make_client):
     client = make_client()
     tasks = [t for _, t in arrivals(1.5, seed=3)]
     # Submitted as one burst: some 50 ms CRITICAL classifications may not all fit their
-    # deadline on two CPU workers; those must end as expired, never silently.
+    # deadline on two CPU workers; those must end as expired, never silently, and never run
+    # (expired in the queue, or skipped by the worker when their turn came too late).
     results = list(client.map(tasks, timeout=120))
     assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
     for r in results:
         if r.status is Status.EXPIRED:
-            assert r.kind == "classification" and r.worker_id == "" and r.reason
+            assert r.kind == "classification" and r.reason
+            assert r.worker_id == "" or "not run" in r.reason, r
     results = [r for r in results if r.status is not Status.EXPIRED]
     assert all(r.status is Status.COMPLETED for r in results), [r.reason for r in results if not r.ok]
     assert sum(r.kind == "classification" for r in results) >= 10
@@ -219,13 +221,15 @@ def test_llm_actor_batches_continuously(ray_session):
             long_done.extend(await ref)
         return short, long_done
 
-    short, long_done = asyncio.run(run())
+    try:
+        short, long_done = asyncio.run(run())
+    finally:
+        ray.kill(actor)
     assert {c.task_id for c in short} == {"s1", "s2"}
     # The short requests joined the running batch and left it before the long one finished.
     assert all(c.ok and c.batch_size == 3 and c.num_generated_tokens == 5 for c in short)
     assert long_done[0].ok and long_done[0].num_generated_tokens == 400
     assert long_done[0].service_s > max(c.service_s for c in short)
-    ray.kill(actor)
 
 
 def test_learned_table_is_visible_and_survives_a_restart(make_client):
