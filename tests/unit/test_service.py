@@ -376,3 +376,30 @@ def test_compaction_keeps_only_what_is_owed_and_replays_the_same(tmp_path: Path)
     service.submit("a", [task("t9")])
     again, _ = restart(clock, path)
     assert set(again.pending()) == pending | {"t9"}
+
+
+def test_a_pool_whose_replacement_dies_starting_refuses_and_ends_its_tasks() -> None:
+    # One worker, lost with a task on it; its replacements die before they register.
+    clock = FakeClock()
+    service = SchedulerService(build_core("raysched"), clock, max_start_failures=2)
+    service.add_pool(PoolConfig(name="cpu", kind="cpu", replicas=1, slots=1))
+    assert service.supervisor.to_start() == ["cpu"]
+    service.worker_starting("cpu", "cpu-0")
+    service.add_worker(WorkerInfo(worker_id="cpu-0", pool="cpu", engine="cpu", simulated=False,
+                                  node_id="node-0", prior=PRIOR))
+    assert service.submit("c1", [task("long"), task("queued")]) == [None, None]
+    assert [i.task_id for b in service.assign().batches for i in b.items] == ["long"]
+    service.worker_lost("cpu-0", "worker died")
+    for n in (1, 2):
+        assert service.supervisor.to_start() == ["cpu"]
+        service.worker_starting("cpu", f"cpu-{n}")
+        service.start_failed("cpu", f"cpu-{n}", "RayActorError: killed while starting")
+        clock.now_s += 10.0
+    results = {r.task_id: r for r in service.take("c1")}
+    # The requeued task had run: failed; the one that never ran: rejected; both at once.
+    assert results["long"].status is Status.FAILED and "cannot serve" in results["long"].reason
+    assert results["queued"].status is Status.REJECTED
+    [refused] = service.submit("c1", [task("fresh")])
+    assert refused is not None and refused.status is Status.REJECTED
+    assert "killed while starting" in refused.reason
+    assert service.stats()["supervision"]["cpu"]["down"]
