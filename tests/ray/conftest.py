@@ -27,7 +27,11 @@ def small_config(**pool_overrides) -> SchedulerConfig:
 
 @pytest.fixture
 def make_client(ray_session):
-    """Start a scheduler (its own name, so tests do not share queues) on the shared Ray."""
+    """Start a scheduler (its own name, so tests do not share queues) on the shared Ray.
+
+    ``close()`` leaves a scheduler running on a Ray the client did not start (it is detached,
+    for other drivers), so teardown kills it; its workers die with it.
+    """
     import ray
 
     import raysched

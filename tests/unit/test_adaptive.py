@@ -9,9 +9,9 @@ import pytest
 from raysched.core.adaptive import RLS, AdaptiveEstimator, AdaptivePlacement, _features
 from raysched.core.load import LoadTable
 from raysched.core.policies import build_core
-from raysched.core.protocol import Completion
 from raysched.core.types import CoreTask, Priority, ServicePrior, WorkerSpec
 from raysched.sim import SimLLMWorker, SimTask, Simulator
+from tests.builders import make_task, make_worker, ok
 
 PRIOR = ServicePrior(fixed_s=0.001, prefill_s_per_token=1e-4, decode_s_per_step=0.01,
                      batch_slowdown=0.01)
@@ -23,9 +23,9 @@ def test_rls_converges_to_known_coefficients():
     rng = random.Random(0)
     for _ in range(600):
         x = _features(PRIOR, rng.randint(50, 2000), rng.randint(1, 300), rng.randint(1, 16))
-        y = sum(t * v for t, v in zip(truth, x)) + rng.gauss(0, 0.002)
+        y = sum(t * v for t, v in zip(truth, x, strict=True)) + rng.gauss(0, 0.002)
         m.update(x, y)
-    for got, want in zip(m.theta, truth):
+    for got, want in zip(m.theta, truth, strict=True):
         assert got == pytest.approx(want, rel=0.1, abs=2e-3)
     x = _features(PRIOR, 500, 100, 4)
     assert m.sd(x) < 0.05 * m.predict(x)
@@ -55,26 +55,33 @@ def make_table(*specs: WorkerSpec) -> LoadTable:
     return table
 
 
+def worker(worker_id: str, prior: ServicePrior = PRIOR) -> WorkerSpec:
+    """A worker of pool "p" with four slots, four at a time, no context limit."""
+    return make_worker(worker_id=worker_id, pool="p", slots=4, concurrency=4, prior=prior,
+                       max_context_tokens=0)
+
+
 def task(prio: Priority, deadline_s: float, task_id: str = "t") -> CoreTask:
-    return CoreTask(task_id, "summarization", prio, deadline_s, "p", num_prompt_tokens=200,
-                    max_new_tokens=50)
+    return make_task(task_id=task_id, priority=prio, deadline_s=deadline_s, pool="p",
+                     num_prompt_tokens=200, max_new_tokens=50)
 
 
 def test_critical_never_explores_into_a_worker_predicted_to_miss():
-    table = make_table(WorkerSpec("known", "p", 4, 4, PRIOR), WorkerSpec("fresh", "p", 4, 4, PRIOR))
+    table = make_table(worker("known"), worker("fresh"))
     est = AdaptiveEstimator()
     placement = AdaptivePlacement(est, explore=10.0, max_bonus=0.9)
     known, fresh = table.workers["known"], table.workers["fresh"]
     # "known" has been seen a lot and is as the prior says; "fresh" has two slow observations.
     for i in range(50):
         est.model("summarization", known)
-        est.observe(task(Priority.HIGH, 1e9), Completion(f"k{i}", "known", True, 0.52,
-                                                         num_generated_tokens=50), 0.0)
+        est.observe(task(Priority.HIGH, 1e9),
+                    ok((f"k{i}", "known"), service_s=0.52, num_generated_tokens=50), 0.0)
     est.model("summarization", fresh)
     for i in range(2):
-        est.observe(task(Priority.HIGH, 1e9), Completion(f"f{i}", "fresh", True, 0.9,
-                                                         num_generated_tokens=50), 0.0)
-    assert est.service_s(task(Priority.HIGH, 1e9), fresh) > est.service_s(task(Priority.HIGH, 1e9), known)
+        est.observe(task(Priority.HIGH, 1e9),
+                    ok((f"f{i}", "fresh"), service_s=0.9, num_generated_tokens=50), 0.0)
+    probe = task(Priority.HIGH, 1e9)
+    assert est.service_s(probe, fresh) > est.service_s(probe, known)
     # A HIGH task with slack explores the uncertain worker...
     assert placement.place(task(Priority.HIGH, 100.0), table, 0.0).worker.worker_id == "fresh"
     # ...a CRITICAL one whose deadline only "known" is predicted to meet never does.
@@ -88,7 +95,7 @@ def test_critical_never_explores_into_a_worker_predicted_to_miss():
 def test_low_work_with_slack_leaves_the_fast_worker_free():
     fast = ServicePrior(fixed_s=0.001, decode_s_per_step=0.005)
     slow = ServicePrior(fixed_s=0.001, decode_s_per_step=0.02)
-    table = make_table(WorkerSpec("fast", "p", 4, 4, fast), WorkerSpec("slow", "p", 4, 4, slow))
+    table = make_table(worker("fast", fast), worker("slow", slow))
     placement = AdaptivePlacement()
     assert placement.place(task(Priority.LOW, 100.0), table, 0.0).worker.worker_id == "slow"
     assert placement.place(task(Priority.HIGH, 100.0), table, 0.0).worker.worker_id == "fast"
@@ -103,9 +110,9 @@ def test_a_slowed_worker_gets_fewer_placements():
     tasks, t = [], 0.0
     for i in range(4000):
         t += rng.expovariate(8.0)
-        tasks.append(SimTask(t, CoreTask(f"s{i}", "summarization", Priority.HIGH, t + 10.0,
-                                         "llm-7b", rng.randint(200, 600), 48),
-                             true_new_tokens=rng.randint(16, 48)))
+        core = make_task(task_id=f"s{i}", priority=Priority.HIGH, deadline_s=t + 10.0,
+                         num_prompt_tokens=rng.randint(200, 600), max_new_tokens=48)
+        tasks.append(SimTask(t, core, true_new_tokens=rng.randint(16, 48)))
     drift_s = tasks[2000].arrival_s
 
     def shares(policy):

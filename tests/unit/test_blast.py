@@ -24,23 +24,14 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raysched.core import (
-    CoreConfig,
-    CoreTask,
-    Outcome,
-    Priority,
-    SchedulerCore,
-    ServicePrior,
-    Status,
-    WorkerSpec,
-)
-from raysched.core.protocol import Completion
-from raysched.core.types import TaskState
+from raysched.core import CoreTask, Outcome, Priority, ServicePrior, Status, TaskState, WorkerSpec
+from tests.builders import failed, make_core, make_task, make_worker, ok
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 INF = float("inf")
@@ -73,10 +64,11 @@ def fits(task: CoreTask, ctx: int) -> bool:
 
 
 class Harness:
-    def __init__(self, config: CoreConfig, rng: random.Random) -> None:
-        self.cfg = config
+    def __init__(self, config: dict[str, Any], rng: random.Random) -> None:
+        """``config``: the ``CoreConfig`` fields of the core under test."""
         self.rng = rng
-        self.core = SchedulerCore(config)
+        self.core = make_core(**config)
+        self.cfg = self.core.config
         self.now = 0.0
         self.n_tasks = 0
         self.n_workers = 0
@@ -154,8 +146,9 @@ class Harness:
     def add_worker(self, name: str | None = None) -> None:
         tpl = next(t for t in TEMPLATES if t.name == name) if name else self.rng.choice(TEMPLATES)
         self.n_workers += 1
-        spec = WorkerSpec(f"{tpl.name}-{self.n_workers}", tpl.pool, tpl.slots, tpl.concurrency,
-                          tpl.prior, tpl.ctx)
+        spec = make_worker(worker_id=f"{tpl.name}-{self.n_workers}", pool=tpl.pool,
+                           slots=tpl.slots, concurrency=tpl.concurrency, prior=tpl.prior,
+                           max_context_tokens=tpl.ctx)
         self.core.add_worker(spec, self.now)
         self.workers[spec.worker_id] = spec
 
@@ -171,9 +164,10 @@ class Harness:
             prompt = new = 0
         deadline = self.now + rng.choice([rng.uniform(0.0, 1.0), rng.uniform(0.0, 5.0),
                                           rng.uniform(0.0, 30.0)])
-        task = CoreTask(task_id=f"t{self.n_tasks}", kind="k", priority=rng.choice(list(Priority)),
-                        deadline_s=deadline, pool=pool, num_prompt_tokens=prompt,
-                        max_new_tokens=new, best_effort=rng.random() < 0.15)
+        task = make_task(task_id=f"t{self.n_tasks}", kind="k",
+                         priority=rng.choice(list(Priority)), deadline_s=deadline, pool=pool,
+                         num_prompt_tokens=prompt, max_new_tokens=new,
+                         best_effort=rng.random() < 0.15)
         # predict admission from the model
         reasons = []
         best: float | None = 0.0
@@ -322,9 +316,12 @@ class Harness:
         tid = self.rng.choice(sorted(self.running))
         wid = self.running[tid]
         kind = kind or self.rng.choices(["ok", "fail", "retry"], [7, 1, 2])[0]
-        comp = Completion(task_id=tid, worker_id=wid, ok=kind == "ok",
-                          service_s=self.rng.uniform(0, 2), output=f"out-{tid}",
-                          error="" if kind == "ok" else f"{kind} error", retryable=kind == "retry")
+        service_s = self.rng.uniform(0, 2)
+        if kind == "ok":
+            comp = ok((tid, wid), service_s=service_s, output=f"out-{tid}")
+        else:
+            comp = failed((tid, wid), service_s=service_s, output=f"out-{tid}",
+                          error=f"{kind} error", retryable=kind == "retry")
         w = self.core.table.workers[wid]
         free_before = w.spec.slots - len(w.in_flight)
         out = self.core.complete(comp, self.now)
@@ -354,8 +351,10 @@ class Harness:
             return
         tid, wid = self.rng.choice(stale)
         snapshot = self.fingerprint()
-        out = self.core.complete(Completion(tid, wid, ok=self.rng.random() < 0.5, service_s=0.1,
-                                            retryable=True), self.now)
+        pair = (tid, wid)
+        report = (ok(pair, retryable=True) if self.rng.random() < 0.5
+                  else failed(pair, error="", retryable=True))
+        out = self.core.complete(report, self.now)
         assert out is None, f"stale completion ({tid}, {wid}) returned {out}"
         assert self.fingerprint() == snapshot
 
@@ -556,11 +555,11 @@ class Harness:
         self.check_stats()
 
 
-def _config(seed: int) -> CoreConfig:
-    return CoreConfig(aging_s=[None, 2.0, 30.0][seed % 3],
-                      max_attempts=[1, 2, 3][(seed // 3) % 3],
-                      max_queued_per_class=[6, 40, 250_000][seed % 3],
-                      max_skips=[32, 2][seed % 2])
+def _config(seed: int) -> dict[str, Any]:
+    return {"aging_s": [None, 2.0, 30.0][seed % 3],
+            "max_attempts": [1, 2, 3][(seed // 3) % 3],
+            "max_queued_per_class": [6, 40, 250_000][seed % 3],
+            "max_skips": [32, 2][seed % 2]}
 
 
 @pytest.mark.parametrize("seed", range(6))

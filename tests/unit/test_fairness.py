@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
-from raysched.core import Priority, Status, build_core
+from raysched.core import CoreTask, Priority, Status, build_core
 from raysched.core.scheduler import CoreConfig
-from raysched.core.types import CoreTask
 from raysched.sim import SimTask, Simulator
 from raysched.sim.workers import SimCPUWorker
+from tests.builders import make_task
 
 
 def cpu_workers(n: int, prior_s: float) -> dict[str, tuple[str, SimCPUWorker]]:
     return {f"cpu-{i}": ("cpu", SimCPUWorker(f"cpu-{i}", prior_s=prior_s)) for i in range(n)}
 
 
-def task(task_id: str, priority: Priority, deadline_s: float) -> CoreTask:
-    return CoreTask(task_id, "work", priority, deadline_s, "cpu")
+def task(task_id: str, priority: Priority, deadline_s: float, **kw: Any) -> CoreTask:
+    """A cpu task of no tokens."""
+    return make_task(task_id=task_id, kind="work", priority=priority, deadline_s=deadline_s,
+                     pool="cpu", num_prompt_tokens=0, max_new_tokens=0, **kw)
 
 
 def test_low_work_spreads_over_idle_workers() -> None:
@@ -48,8 +51,7 @@ def test_aging_bounds_how_long_low_work_waits_behind_a_saturating_stream(
     gap_s = service_s / 1.2
     tasks = [SimTask(i * gap_s, task(f"high-{i}", Priority.HIGH, i * gap_s + 30.0),
                      cpu_service_s=service_s) for i in range(int(10.0 / gap_s))]
-    low = CoreTask("low", "work", Priority.LOW, low_deadline_s, "cpu",
-                   best_effort=math.isinf(low_deadline_s))
+    low = task("low", Priority.LOW, low_deadline_s, best_effort=math.isinf(low_deadline_s))
     tasks.append(SimTask(0.05, low, cpu_service_s=service_s))
     tasks.sort(key=lambda st: st.arrival_s)
     run = sim.run(tasks)

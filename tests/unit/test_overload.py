@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from raysched.core.scheduler import CoreConfig, SchedulerCore
-from raysched.core.types import CoreTask, Priority, ServicePrior, Status, TaskState, WorkerSpec
+from raysched.core import CoreTask, Priority, SchedulerCore, ServicePrior, Status, TaskState
+from tests.builders import make_core, make_task, make_worker
 
 PRIOR = ServicePrior(fixed_s=0.01)
 
 
-def core(**kw) -> SchedulerCore:
-    c = SchedulerCore(CoreConfig(**kw))
-    c.add_worker(WorkerSpec("w", "cpu", 1, 1, PRIOR), 0.0)
-    return c
+def core(**config) -> SchedulerCore:
+    """One cpu worker "w" of one slot, no context limit."""
+    return make_core(make_worker(worker_id="w", pool="cpu", prior=PRIOR, max_context_tokens=0),
+                     **config)
 
 
 def t(i: int, prio: Priority, tenant: str = "a") -> CoreTask:
-    return CoreTask(f"t{i}", "k", prio, 1e9, "cpu", tenant=tenant)
+    """Task ``t{i}`` on the cpu pool, of no tokens, with a deadline that never comes."""
+    return make_task(task_id=f"t{i}", kind="k", priority=prio, deadline_s=1e9, pool="cpu",
+                     num_prompt_tokens=0, max_new_tokens=0, tenant=tenant)
 
 
 def test_full_pool_sheds_the_newest_lowest_class_task():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from raysched.core import Priority, Status, build_core
-from raysched.core.types import CoreTask
 from raysched.sim import SimTask, Simulator
 from raysched.sim.workers import SimLLMWorker
+from tests.builders import make_task
 
 
 def llm_workers(n: int, batch: int) -> dict[str, tuple[str, SimLLMWorker]]:
@@ -16,8 +16,8 @@ def llm_workers(n: int, batch: int) -> dict[str, tuple[str, SimLLMWorker]]:
 
 def llm_task(task_id: str, priority: Priority, arrival_s: float, deadline_s: float,
              prompt: int, new: int) -> SimTask:
-    t = CoreTask(task_id, "gen", priority, deadline_s, "llm-7b", num_prompt_tokens=prompt,
-                 max_new_tokens=new)
+    t = make_task(task_id=task_id, kind="gen", priority=priority, deadline_s=deadline_s,
+                  num_prompt_tokens=prompt, max_new_tokens=new)
     return SimTask(arrival_s, t, true_new_tokens=new)
 
 

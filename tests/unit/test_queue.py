@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raysched.core import CoreTask, DeadlineQueue, Priority
+from tests.builders import make_task
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 
 def task(tid: str, prio: Priority = M, deadline: float = 10.0) -> CoreTask:
-    return CoreTask(task_id=tid, kind="summarization", priority=prio, deadline_s=deadline,
-                    pool="llm-7b", num_prompt_tokens=100, max_new_tokens=20)
+    return make_task(task_id=tid, priority=prio, deadline_s=deadline)
 
 
 def drain(q: DeadlineQueue, now_s: float) -> list[str]:

@@ -5,10 +5,6 @@ Every test drives the core synchronously with explicit times; nothing here start
 
 from __future__ import annotations
 
-from raysched.core.types import TaskState
-
-from tests.builders import admit
-
 import ast
 import math
 import pathlib
@@ -26,24 +22,13 @@ from raysched.core import (
     Status,
     make_placement,
 )
-from raysched.core.protocol import Completion
+from raysched.core.types import TaskState
+from tests.builders import admit, failed, make_core, make_task, make_worker, ok
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 CORE_DIR = pathlib.Path(raysched.core.__file__).parent
 FORBIDDEN = {"ray", "asyncio", "time", "datetime", "threading", "socket", "subprocess"}
-
-
-def ok(a, **kw) -> Completion:
-    """A successful Completion for assignment ``a`` (or a (task_id, worker_id) pair)."""
-    tid, wid = (a.task.task_id, a.worker_id) if hasattr(a, "task") else a
-    return Completion(task_id=tid, worker_id=wid, ok=True, service_s=kw.pop("service_s", 0.1), **kw)
-
-
-def fail(a, retryable: bool = False, error: str = "boom") -> Completion:
-    tid, wid = (a.task.task_id, a.worker_id) if hasattr(a, "task") else a
-    return Completion(task_id=tid, worker_id=wid, ok=False, service_s=0.1, error=error,
-                      retryable=retryable)
 
 
 def ids(decisions) -> list[str]:
@@ -99,7 +84,7 @@ def test_core_module_imports_no_clock_no_io(path: pathlib.Path) -> None:
 # -- admission ------------------------------------------------------------------------------------
 
 
-def test_unknown_pool_is_rejected_naming_the_pool(make_core, make_worker, make_task) -> None:
+def test_unknown_pool_is_rejected_naming_the_pool() -> None:
     core = make_core(make_worker())
     out = admit(core, make_task(pool="llm-404b"), 0.0)
     assert out is not None and out.status is Status.REJECTED
@@ -108,7 +93,7 @@ def test_unknown_pool_is_rejected_naming_the_pool(make_core, make_worker, make_t
     assert core.queued() == 0 and core.unfinished() == 0
 
 
-def test_infeasible_deadline_is_rejected(make_core, make_worker, make_task) -> None:
+def test_infeasible_deadline_is_rejected() -> None:
     w = make_worker()
     core = make_core(w)
     t = make_task(deadline_s=5.0 + 0.3)  # needs 0.46 s on an idle worker
@@ -121,7 +106,7 @@ def test_infeasible_deadline_is_rejected(make_core, make_worker, make_task) -> N
     assert core.assign(5.0).assignments == []
 
 
-def test_deadline_exactly_feasible_is_accepted(make_core, make_worker, make_task) -> None:
+def test_deadline_exactly_feasible_is_accepted() -> None:
     w = make_worker()
     core = make_core(w)
     best = w.prior.service_s(100, 20, 1)
@@ -131,7 +116,7 @@ def test_deadline_exactly_feasible_is_accepted(make_core, make_worker, make_task
         is Status.REJECTED
 
 
-def test_feasibility_uses_fastest_eligible_worker(make_core, make_worker, make_task) -> None:
+def test_feasibility_uses_fastest_eligible_worker() -> None:
     slow = make_worker(prior=ServicePrior(fixed_s=5.0))
     fast_small = make_worker(prior=ServicePrior(fixed_s=0.5), max_context_tokens=64)
     core = make_core(slow, fast_small)
@@ -142,8 +127,7 @@ def test_feasibility_uses_fastest_eligible_worker(make_core, make_worker, make_t
         is None
 
 
-def test_best_effort_infeasible_is_accepted_and_never_expires(make_core, make_worker,
-                                                              make_task) -> None:
+def test_best_effort_infeasible_is_accepted_and_never_expires() -> None:
     w = make_worker()
     core = make_core(w)
     blocker = make_task(deadline_s=1000.0)
@@ -161,7 +145,7 @@ def test_best_effort_infeasible_is_accepted_and_never_expires(make_core, make_wo
     assert out.status is Status.COMPLETED and not out.deadline_met
 
 
-def test_queue_full_is_rejected_per_class(make_core, make_worker, make_task) -> None:
+def test_queue_full_is_rejected_per_class() -> None:
     w = make_worker()
     core = make_core(w, max_queued_per_class=2)
     assert admit(core, make_task(), 0.0) is None
@@ -181,7 +165,7 @@ def core_running(core: SchedulerCore) -> list[str]:
     return [tid for w in core.table.workers.values() for tid in w.in_flight]
 
 
-def test_duplicate_id_raises(make_core, make_worker, make_task) -> None:
+def test_duplicate_id_raises() -> None:
     core = make_core(make_worker())
     t = make_task()
     admit(core, t, 0.0)
@@ -193,7 +177,7 @@ def test_duplicate_id_raises(make_core, make_worker, make_task) -> None:
     assert core.counts[Status.REJECTED] == 0
 
 
-def test_task_too_big_for_every_worker_is_rejected(make_core, make_worker, make_task) -> None:
+def test_task_too_big_for_every_worker_is_rejected() -> None:
     core = make_core(make_worker(max_context_tokens=4096), make_worker(max_context_tokens=32768))
     out = admit(core, make_task(num_prompt_tokens=32700, max_new_tokens=100), 0.0)
     assert out is not None and out.status is Status.REJECTED
@@ -201,7 +185,7 @@ def test_task_too_big_for_every_worker_is_rejected(make_core, make_worker, make_
     assert admit(core, make_task(num_prompt_tokens=32700, max_new_tokens=68), 0.0) is None
 
 
-def test_empty_pool_accepts_and_waits_for_a_worker(make_core, make_worker, make_task) -> None:
+def test_empty_pool_accepts_and_waits_for_a_worker() -> None:
     core = make_core()
     core.add_pool("llm-7b")
     t = make_task(deadline_s=100.0)
@@ -216,7 +200,7 @@ def test_empty_pool_accepts_and_waits_for_a_worker(make_core, make_worker, make_
 # -- ordering: late binding, EDF ------------------------------------------------------------------
 
 
-def test_late_binding_critical_overtakes_queued_low(make_core, make_worker, make_task) -> None:
+def test_late_binding_critical_overtakes_queued_low() -> None:
     w = make_worker()
     core = make_core(w)
     first = make_task(deadline_s=100.0)
@@ -240,7 +224,7 @@ def test_late_binding_critical_overtakes_queued_low(make_core, make_worker, make
     assert order == [t.task_id for t in lows]
 
 
-def test_edf_inside_a_class(make_core, make_worker, make_task) -> None:
+def test_edf_inside_a_class() -> None:
     core = make_core(make_worker())
     tasks = [make_task(priority=H, deadline_s=d) for d in (30.0, 10.0, 20.0, 10.0)]
     for t in tasks:
@@ -257,7 +241,7 @@ def test_edf_inside_a_class(make_core, make_worker, make_task) -> None:
     assert order == [tasks[1].task_id, tasks[3].task_id, tasks[2].task_id, tasks[0].task_id]
 
 
-def test_multi_slot_worker_takes_several_in_one_pass(make_core, make_worker, make_task) -> None:
+def test_multi_slot_worker_takes_several_in_one_pass() -> None:
     w = make_worker(slots=3, concurrency=2)
     core = make_core(w)
     ts = [make_task(priority=p) for p in (L, C, M, H)]
@@ -272,8 +256,7 @@ def test_multi_slot_worker_takes_several_in_one_pass(make_core, make_worker, mak
 # -- expiry ---------------------------------------------------------------------------------------
 
 
-def test_queued_task_past_latest_start_expires_and_never_runs(make_core, make_worker,
-                                                              make_task) -> None:
+def test_queued_task_past_latest_start_expires_and_never_runs() -> None:
     w = make_worker()
     core = make_core(w)
     admit(core, make_task(deadline_s=100.0), 0.0)
@@ -295,8 +278,7 @@ def test_queued_task_past_latest_start_expires_and_never_runs(make_core, make_wo
     assert core.cancel(t.task_id, 3.0) is None
 
 
-def test_expiry_happens_even_with_free_workers_elsewhere(make_core, make_worker,
-                                                         make_task) -> None:
+def test_expiry_happens_even_with_free_workers_elsewhere() -> None:
     # A task that is feasible at submit but is only looked at too late expires, it does not run
     core = make_core(make_worker())
     t = make_task(deadline_s=1.0)
@@ -305,7 +287,7 @@ def test_expiry_happens_even_with_free_workers_elsewhere(make_core, make_worker,
     assert d.assignments == [] and [o.task_id for o in d.ended] == [t.task_id]
 
 
-def test_running_task_does_not_expire(make_core, make_worker, make_task) -> None:
+def test_running_task_does_not_expire() -> None:
     core = make_core(make_worker())
     t = make_task(deadline_s=1.0)
     admit(core, t, 0.0)
@@ -318,7 +300,7 @@ def test_running_task_does_not_expire(make_core, make_worker, make_task) -> None
 # -- cancel ---------------------------------------------------------------------------------------
 
 
-def test_cancel_queued(make_core, make_worker, make_task) -> None:
+def test_cancel_queued() -> None:
     core = make_core(make_worker())
     t = make_task()
     admit(core, t, 0.0)
@@ -331,12 +313,11 @@ def test_cancel_queued(make_core, make_worker, make_task) -> None:
     assert core.counts[Status.CANCELLED] == 1
 
 
-def test_cancel_unknown_is_none(make_core) -> None:
+def test_cancel_unknown_is_none() -> None:
     assert make_core().cancel("ghost", 0.0) is None
 
 
-def test_cancel_running_once_then_completion_ignored_and_slot_freed(make_core, make_worker,
-                                                                    make_task) -> None:
+def test_cancel_running_once_then_completion_ignored_and_slot_freed() -> None:
     w = make_worker()
     core = make_core(w)
     t, nxt = make_task(), make_task()
@@ -359,8 +340,7 @@ def test_cancel_running_once_then_completion_ignored_and_slot_freed(make_core, m
     assert ids(core.assign(0.5)) == [nxt.task_id]
 
 
-def test_cancel_running_then_worker_lost_ends_nothing_twice(make_core, make_worker,
-                                                            make_task) -> None:
+def test_cancel_running_then_worker_lost_ends_nothing_twice() -> None:
     w = make_worker()
     core = make_core(w)
     t = make_task()
@@ -375,44 +355,42 @@ def test_cancel_running_then_worker_lost_ends_nothing_twice(make_core, make_work
 # -- failures, retries, lost workers --------------------------------------------------------------
 
 
-def test_non_retryable_failure_fails(make_core, make_worker, make_task) -> None:
+def test_non_retryable_failure_fails() -> None:
     core = make_core(make_worker())
     t = make_task()
     admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
-    out = core.complete(fail(a, error="CUDA OOM"), 1.0)
+    out = core.complete(failed(a, error="CUDA OOM"), 1.0)
     assert out.status is Status.FAILED and out.reason == "CUDA OOM" and out.attempts == 1
-    assert core.complete(fail(a), 1.0) is None
+    assert core.complete(failed(a), 1.0) is None
 
 
-def test_failure_without_error_text_has_a_reason(make_core, make_worker, make_task) -> None:
+def test_failure_without_error_text_has_a_reason() -> None:
     core = make_core(make_worker())
     admit(core, make_task(), 0.0)
     (a,) = core.assign(0.0).assignments
-    out = core.complete(fail(a, error=""), 1.0)
+    out = core.complete(failed(a, error=""), 1.0)
     assert out.status is Status.FAILED and out.reason
 
 
-def test_retryable_failure_requeues_until_attempts_run_out(make_core, make_worker,
-                                                           make_task) -> None:
+def test_retryable_failure_requeues_until_attempts_run_out() -> None:
     w = make_worker()
     core = make_core(w, max_attempts=2)
     t = make_task(deadline_s=100.0)
     admit(core, t, 0.0)
     (a,) = core.assign(0.0).assignments
     assert a.attempt == 1
-    assert core.complete(fail(a, retryable=True), 1.0) is None
+    assert core.complete(failed(a, retryable=True), 1.0) is None
     assert core.state_of(t.task_id) is TaskState.QUEUED
     assert core.table.workers[w.worker_id].free_slots == 1
     (a2,) = core.assign(1.0).assignments
     assert a2.task.task_id == t.task_id and a2.attempt == 2
-    out = core.complete(fail(a2, retryable=True, error="engine died"), 2.0)
+    out = core.complete(failed(a2, retryable=True, error="engine died"), 2.0)
     assert out.status is Status.FAILED and out.attempts == 2 and "engine died" in out.reason
     assert core.counts[Status.FAILED] == 1 and core.unfinished() == 0
 
 
-def test_worker_lost_requeues_then_fails_after_max_attempts(make_core, make_worker,
-                                                           make_task) -> None:
+def test_worker_lost_requeues_then_fails_after_max_attempts() -> None:
     w1, w2, w3 = make_worker(), make_worker(), make_worker()
     core = make_core(w1, max_attempts=2)
     t = make_task(deadline_s=100.0)
@@ -436,12 +414,11 @@ def test_worker_lost_requeues_then_fails_after_max_attempts(make_core, make_work
     assert core.counts[Status.FAILED] == 1
 
 
-def test_worker_lost_unknown_is_noop(make_core) -> None:
+def test_worker_lost_unknown_is_noop() -> None:
     assert make_core().worker_lost("ghost", 0.0) == []
 
 
-def test_worker_lost_requeues_all_in_flight_keeping_order(make_core, make_worker,
-                                                          make_task) -> None:
+def test_worker_lost_requeues_all_in_flight_keeping_order() -> None:
     big = make_worker(slots=3, concurrency=3)
     core = make_core(big)
     ts = [make_task(priority=p, deadline_s=100.0) for p in (L, M, H)]
@@ -455,7 +432,7 @@ def test_worker_lost_requeues_all_in_flight_keeping_order(make_core, make_worker
     assert ids(d) == [ts[2].task_id]  # HIGH first again
 
 
-def test_stale_completion_after_requeue_is_ignored(make_core, make_worker, make_task) -> None:
+def test_stale_completion_after_requeue_is_ignored() -> None:
     w1, w2 = make_worker(), make_worker()
     core = make_core(w1)
     t = make_task(deadline_s=100.0)
@@ -475,8 +452,7 @@ def test_stale_completion_after_requeue_is_ignored(make_core, make_worker, make_
     assert core.counts[Status.COMPLETED] == 1
 
 
-def test_completion_from_wrong_worker_does_not_free_a_slot(make_core, make_worker,
-                                                           make_task) -> None:
+def test_completion_from_wrong_worker_does_not_free_a_slot() -> None:
     w1, w2 = make_worker(), make_worker()
     core = make_core(w1, w2)
     t = make_task()
@@ -488,7 +464,7 @@ def test_completion_from_wrong_worker_does_not_free_a_slot(make_core, make_worke
     assert core.table.free_slots("llm-7b") == 1
 
 
-def test_completion_of_unknown_task_is_none(make_core, make_worker) -> None:
+def test_completion_of_unknown_task_is_none() -> None:
     w = make_worker()
     core = make_core(w)
     assert core.complete(ok(("ghost", w.worker_id)), 0.0) is None
@@ -497,8 +473,7 @@ def test_completion_of_unknown_task_is_none(make_core, make_worker) -> None:
 # -- context length -------------------------------------------------------------------------------
 
 
-def test_big_task_is_set_aside_without_blocking_small_work(make_core, make_worker,
-                                                           make_task) -> None:
+def test_big_task_is_set_aside_without_blocking_small_work() -> None:
     small = make_worker(worker_id="small", max_context_tokens=4096)
     big = make_worker(worker_id="big", max_context_tokens=32768,
                       prior=ServicePrior(fixed_s=0.1, prefill_s_per_token=1e-5))
@@ -520,7 +495,7 @@ def test_big_task_is_set_aside_without_blocking_small_work(make_core, make_worke
     assert [(a.task.task_id, a.worker_id) for a in d.assignments] == [(crit_big.task_id, "big")]
 
 
-def test_set_aside_task_keeps_its_place(make_core, make_worker, make_task) -> None:
+def test_set_aside_task_keeps_its_place() -> None:
     small = make_worker(worker_id="small", max_context_tokens=4096)
     big = make_worker(worker_id="big", max_context_tokens=32768)
     core = make_core(small, big, max_skips=1)
@@ -536,7 +511,7 @@ def test_set_aside_task_keeps_its_place(make_core, make_worker, make_task) -> No
         (first.task_id, "big")]  # same deadline: arrival order, as before it was set aside
 
 
-def test_max_skips_bounds_a_pass(make_core, make_worker, make_task) -> None:
+def test_max_skips_bounds_a_pass() -> None:
     small = make_worker(worker_id="small", max_context_tokens=4096)
     big = make_worker(worker_id="big", max_context_tokens=32768)
     core = make_core(small, big, max_skips=2)
@@ -556,7 +531,7 @@ def test_max_skips_bounds_a_pass(make_core, make_worker, make_task) -> None:
 # -- placement ------------------------------------------------------------------------------------
 
 
-def test_least_completion_time_prefers_faster_prior(make_core, make_worker, make_task) -> None:
+def test_least_completion_time_prefers_faster_prior() -> None:
     fast = make_worker(worker_id="zz-fast", prior=ServicePrior(fixed_s=1.0), slots=2)
     slow = make_worker(worker_id="aa-slow", prior=ServicePrior(fixed_s=3.0), slots=1)
     core = make_core(fast, slow)
@@ -569,8 +544,7 @@ def test_least_completion_time_prefers_faster_prior(make_core, make_worker, make
     assert placed == [("zz-fast", 1.0, 11.0), ("zz-fast", 1.0, 12.0), ("aa-slow", 3.0, 13.0)]
 
 
-def test_least_completion_time_goes_to_slow_worker_when_fast_is_backlogged(
-        make_core, make_worker, make_task) -> None:
+def test_least_completion_time_goes_to_slow_worker_when_fast_is_backlogged() -> None:
     fast = make_worker(worker_id="fast", prior=ServicePrior(fixed_s=1.0), slots=4)
     slow = make_worker(worker_id="slow", prior=ServicePrior(fixed_s=2.5), slots=1)
     core = make_core(fast, slow)
@@ -581,7 +555,7 @@ def test_least_completion_time_goes_to_slow_worker_when_fast_is_backlogged(
     assert [a.worker_id for a in d.assignments] == ["fast", "fast", "slow"]
 
 
-def test_predicted_service_uses_batch_slowdown(make_core, make_worker, make_task) -> None:
+def test_predicted_service_uses_batch_slowdown() -> None:
     prior = ServicePrior(fixed_s=0.0, decode_s_per_step=0.01, batch_slowdown=0.5)
     w = make_worker(prior=prior, slots=2, concurrency=2, max_context_tokens=0)
     core = make_core(w)
@@ -602,7 +576,7 @@ def test_make_placement() -> None:
 # -- load table and stats -------------------------------------------------------------------------
 
 
-def test_load_table_free_slots_and_stats(make_core, make_worker, make_task) -> None:
+def test_load_table_free_slots_and_stats() -> None:
     w1 = make_worker(worker_id="w1", slots=4, concurrency=2)
     w2 = make_worker(worker_id="w2", slots=1, concurrency=1)
     core = make_core(w1, w2)
@@ -639,7 +613,7 @@ def test_load_table_free_slots_and_stats(make_core, make_worker, make_task) -> N
     assert s.results["completed"] == 5 and s.results["rejected"] == 0
 
 
-def test_utilization_counts_time_still_busy(make_core, make_worker, make_task) -> None:
+def test_utilization_counts_time_still_busy() -> None:
     w = make_worker(worker_id="w")
     core = make_core(w)
     admit(core, make_task(deadline_s=1000.0), 0.0)
@@ -648,7 +622,7 @@ def test_utilization_counts_time_still_busy(make_core, make_worker, make_task) -
     assert core.stats(10.0).workers["w"].backlog_s == pytest.approx(0.46)
 
 
-def test_pool_totals_after_worker_loss(make_core, make_worker, make_task) -> None:
+def test_pool_totals_after_worker_loss() -> None:
     w1, w2 = make_worker(slots=2, concurrency=2), make_worker(slots=2, concurrency=2)
     core = make_core(w1, w2)
     for _ in range(3):
@@ -667,7 +641,7 @@ def test_pool_totals_after_worker_loss(make_core, make_worker, make_task) -> Non
 # -- regressions: re-pushing a task with its seq tied with its dead heap item (TypeError) ---------
 
 
-def test_worker_lost_requeue_of_lone_task(make_core, make_worker, make_task) -> None:
+def test_worker_lost_requeue_of_lone_task() -> None:
     w = make_worker()
     core = make_core(w)
     t = make_task()
@@ -679,16 +653,16 @@ def test_worker_lost_requeue_of_lone_task(make_core, make_worker, make_task) -> 
     assert ids(core.assign(1.0)) == [t.task_id]
 
 
-def test_retryable_requeue_of_lone_task(make_core, make_worker, make_task) -> None:
+def test_retryable_requeue_of_lone_task() -> None:
     core = make_core(make_worker())
     admit(core, make_task(), 0.0)
     (a,) = core.assign(0.0).assignments
-    assert core.complete(fail(a, retryable=True), 1.0) is None
+    assert core.complete(failed(a, retryable=True), 1.0) is None
     (a2,) = core.assign(1.0).assignments
     assert a2.task == a.task and a2.attempt == 2
 
 
-def test_set_aside_lone_critical_is_put_back(make_core, make_worker, make_task) -> None:
+def test_set_aside_lone_critical_is_put_back() -> None:
     small = make_worker(max_context_tokens=4096)
     big = make_worker(max_context_tokens=32768)
     core = make_core(small, big)
@@ -701,7 +675,7 @@ def test_set_aside_lone_critical_is_put_back(make_core, make_worker, make_task) 
     assert core.state_of(crit.task_id) is TaskState.QUEUED
 
 
-def test_min_context_tokens_filters_workers(make_core, make_worker, make_task) -> None:
+def test_min_context_tokens_filters_workers() -> None:
     small_fast = make_worker(worker_id="small", max_context_tokens=4096,
                              prior=ServicePrior(fixed_s=0.1))
     big_slow = make_worker(worker_id="big", max_context_tokens=32768,
@@ -713,8 +687,7 @@ def test_min_context_tokens_filters_workers(make_core, make_worker, make_task) -
     assert a.worker_id == "big"
 
 
-def test_unholdable_best_effort_admitted_to_empty_pool_still_ends(
-        make_core, make_worker, make_task) -> None:
+def test_unholdable_best_effort_admitted_to_empty_pool_still_ends() -> None:
     core = make_core()
     core.add_pool("llm-7b")
     t = make_task(num_prompt_tokens=40000, best_effort=True)
@@ -729,7 +702,7 @@ def test_unholdable_best_effort_admitted_to_empty_pool_still_ends(
     assert [o.task_id for o in ended] == [t.task_id]
 
 
-def test_unholdable_tasks_do_not_starve_the_pool(make_core, make_worker, make_task) -> None:
+def test_unholdable_tasks_do_not_starve_the_pool() -> None:
     core = make_core(max_skips=2)
     core.add_pool("llm-7b")
     for _ in range(2):
@@ -744,11 +717,10 @@ def test_unholdable_tasks_do_not_starve_the_pool(make_core, make_worker, make_ta
     assert assigned == [small.task_id]
 
 
-def test_lct_within_group_picks_earliest_finish(make_core,
-                                                                       make_task) -> None:
-    from raysched.core import WorkerSpec
+def test_lct_within_group_picks_earliest_finish() -> None:
     prior = ServicePrior(fixed_s=0.0, decode_s_per_step=0.01)
-    core = make_core(WorkerSpec("w1", "p", 3, 1, prior), WorkerSpec("w2", "p", 3, 1, prior))
+    core = make_core(*(make_worker(worker_id=w, pool="p", slots=3, prior=prior,
+                                   max_context_tokens=0) for w in ("w1", "w2")))
 
     def t(n: int):
         return make_task(pool="p", priority=H, deadline_s=1000.0, num_prompt_tokens=0,

@@ -3,18 +3,30 @@ serve, and tasks a worker skips because their deadline passed before their turn.
 
 from __future__ import annotations
 
-from raysched.core import Completion, Priority, Status, TaskState, build_core
-from raysched.core.types import CoreTask, ServicePrior, WorkerSpec
+from raysched.core import (
+    CoreTask,
+    Priority,
+    ServicePrior,
+    Status,
+    TaskState,
+    WorkerSpec,
+    build_core,
+)
+from tests.builders import failed, make_task, make_worker, ok
 
 PRIOR = ServicePrior(fixed_s=0.05)
 
 
 def cpu(worker_id: str, slots: int = 4) -> WorkerSpec:
-    return WorkerSpec(worker_id, "cpu", slots=slots, concurrency=1, prior=PRIOR)
+    """A cpu worker, one task at a time, no context limit."""
+    return make_worker(worker_id=worker_id, pool="cpu", slots=slots, prior=PRIOR,
+                       max_context_tokens=0)
 
 
 def task(task_id: str, deadline_s: float = 1e9) -> CoreTask:
-    return CoreTask(task_id, "work", Priority.HIGH, deadline_s, "cpu")
+    """A HIGH cpu task of no tokens."""
+    return make_task(task_id=task_id, kind="work", priority=Priority.HIGH, deadline_s=deadline_s,
+                     pool="cpu", num_prompt_tokens=0, max_new_tokens=0)
 
 
 def test_prefetched_tasks_of_a_lost_worker_are_not_charged() -> None:
@@ -43,8 +55,7 @@ def test_a_poison_task_is_quarantined_then_failed_and_its_neighbours_complete() 
         now += 1.0
         for a in core.assign(now).assignments:
             if a.task.task_id != "poison":
-                out = core.complete(Completion(a.task.task_id, a.worker_id, ok=True,
-                                               service_s=0.05), now)
+                out = core.complete(ok(a, service_s=0.05), now)
                 assert out is not None
                 ended[out.task_id] = out
         poison_on = core.table.worker_of("poison")
@@ -87,14 +98,16 @@ def test_a_task_the_worker_skips_after_its_latest_start_ends_expired() -> None:
     assert core.submit(task("late", deadline_s=1.0), 0.0) == []
     [a] = core.assign(0.0).assignments
     assert a.latest_start_s == 1.0 - PRIOR.fixed_s
-    out = core.complete(Completion("late", "w0", ok=False, service_s=0.0, expired=True), 1.0)
+    out = core.complete(failed(("late", "w0"), error="", service_s=0.0, expired=True), 1.0)
     assert out is not None and out.status is Status.EXPIRED and "not run" in out.reason
 
 
 def test_a_refusal_names_the_context_that_was_asked_for() -> None:
     core = build_core("raysched")
-    core.add_worker(WorkerSpec("big", "llm-70b", 8, 8, PRIOR, max_context_tokens=4096), 0.0)
-    t = CoreTask("ctx", "reasoning", Priority.HIGH, 100.0, "llm-70b", num_prompt_tokens=100,
-                 max_new_tokens=50, min_context_tokens=8000)
+    core.add_worker(make_worker(worker_id="big", pool="llm-70b", slots=8, concurrency=8,
+                                prior=PRIOR, max_context_tokens=4096), 0.0)
+    t = make_task(task_id="ctx", kind="reasoning", priority=Priority.HIGH, deadline_s=100.0,
+                  pool="llm-70b", num_prompt_tokens=100, max_new_tokens=50,
+                  min_context_tokens=8000)
     [out] = core.submit(t, 0.0)
     assert out.status is Status.REJECTED and "8000 tokens" in out.reason
