@@ -146,7 +146,7 @@ class SchedulerActor:
             info: WorkerInfo = await handle.info.remote()
         except Exception as exc:  # noqa: BLE001 - any failure to come up is a failed start
             log.error("worker %s failed to start: %s", worker_id, exc)
-            self.service.start_failed(pool.name, worker_id, f"{type(exc).__name__}: {exc}"[:300])
+            self.service.start_failed(pool.name, worker_id, _start_error(exc))
             self._top_up()
             return
         self.workers[worker_id] = handle
@@ -344,6 +344,14 @@ class SchedulerActor:
                     self.save_scorer()
                 except Exception:  # saving is best effort: the scheduler keeps serving
                     log.exception("could not save the learned models")
+
+
+def _start_error(exc: BaseException) -> str:
+    """What made a worker die before it registered, in one line. Ray's error for an actor
+    whose constructor raised ends with that exception ("ValueError: ..."): take that line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = lines[-1] if lines else ""
+    return f"{type(exc).__name__}: {cause}"[:300]
 
 
 def _session_dir() -> Path:
