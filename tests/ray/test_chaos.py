@@ -1,4 +1,6 @@
-"""A short chaos run in CI: worker kills, a node removed, a scheduler restart; nothing lost."""
+"""A short chaos run in CI: worker kills (one behind the scheduler's back, one of a replacement
+while it starts), a poison task, a node removed, a scheduler restart, an embedded scheduler
+restarted; nothing lost, nothing duplicated, no healthy task failed."""
 
 from __future__ import annotations
 
@@ -25,5 +27,17 @@ def test_every_task_ends_exactly_once_under_faults(tmp_path):
     assert ended == r["submitted"] == 1500
     kinds = {f["what"].split(" ")[0] for f in r["faults"]}
     assert {"killed", "removed", "restarted"} <= kinds
+    whats = " | ".join(f["what"] for f in r["faults"])
+    assert "behind the scheduler's back" in whats and "replacement" in whats, whats
     assert r["completed"] > 0.5 * r["submitted"]
+    assert r["healthy_failed"] == 0, r["failed_reasons"]
+    assert r["poison"]["status"] == "failed" and "quarantine" in r["poison"]["reason"]
+    # Every killed pool was back to full size, in seconds.
+    for f in r["faults"]:
+        if f["pool"] and "killed" in f["what"]:
+            assert f["pool_full_s"] is not None and f["pool_full_s"] < 20, f
+    emb = r["embedded"]
+    assert emb["lost"] == 0 and emb["duplicated"] == 0, emb
+    assert emb["statuses"] == {"completed": emb["submitted"]}
+    assert emb["after_restart"] == "completed"
     assert proc.returncode == 0, proc.stdout[-2000:]
