@@ -326,7 +326,7 @@ def lambda_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
         mid = chunks[len(chunks) // 2][0]
         # Context of each running sequence in the middle of that stretch: prompt + tokens so far.
         contexts = [n_in + 1 + CHUNK_TOKENS * (mid - 1) + CHUNK_TOKENS // 2
-                    for n_in, c in zip(run["input_lens"], counts) if c >= mid]
+                    for n_in, c in zip(run["input_lens"], counts, strict=True) if c >= mid]
         row: dict[str, Any] = {"batch": batch, "chunks": len(chunks),
                                "measured_ms": 1e3 * measured, "sim": {}}
         for label, model in run["models"].items():

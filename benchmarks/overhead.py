@@ -412,9 +412,11 @@ def _memory_core() -> SchedulerCore:
 
 def _memory_task(rng: random.Random) -> CoreTask:
     x = rng.random()
-    for kind, pool, share in KIND_MIX:
+    kind, pool, _ = KIND_MIX[-1]  # what a draw at the top edge of the shares lands on
+    for kind_i, pool_i, share in KIND_MIX:
         x -= share
         if x < 0:
+            kind, pool = kind_i, pool_i
             break
     prompt = new = 0
     if pool != "cpu":

@@ -19,9 +19,9 @@ transformers = pytest.importorskip(
     "transformers", reason="the hf engine needs transformers (pip install '.[hf]')",
     exc_type=ImportError)
 
-from actors.engines import make_engine, real_engines_available
-from actors.engines.base import Sequence
-from actors.engines.hf import HFEngine, build_tiny_model
+from actors.engines import make_engine, real_engines_available  # noqa: E402 - after the skips
+from actors.engines.base import Sequence  # noqa: E402
+from actors.engines.hf import HFEngine, build_tiny_model  # noqa: E402
 
 PROMPTS = [
     "the market risk report",
@@ -159,7 +159,7 @@ def test_per_request_max_new_tokens(engine):
             before = [s.num_generated for s in seqs]
             steps = await engine.step(seqs, 4)
             assert 1 <= steps <= 4
-            for s, b in zip(seqs, before):
+            for s, b in zip(seqs, before, strict=True):
                 assert s.num_generated - b <= 4  # never more than max_steps in one call
                 assert s.num_generated <= s.max_new_tokens
     asyncio.run(go())

@@ -53,7 +53,8 @@ def test_mixed_batch_every_task_ends_once(make_client):
             assert r.kind == "classification" and r.reason
             assert r.worker_id == "" or "not run" in r.reason, r
     results = [r for r in results if r.status is not Status.EXPIRED]
-    assert all(r.status is Status.COMPLETED for r in results), [r.reason for r in results if not r.ok]
+    assert all(r.status is Status.COMPLETED for r in results), [
+        r.reason for r in results if not r.ok]
     assert sum(r.kind == "classification" for r in results) >= 10
     for r in results:
         assert r.worker_id.startswith(r.pool + "-")
@@ -158,7 +159,8 @@ def test_dead_worker_tasks_retried_then_failed(make_client):
     r = killer.result(60)
     assert r.status is Status.FAILED and "worker" in r.reason and r.attempts == 3
     # ...while the pool is replaced and keeps serving.
-    after = client.submit(Task(kind="classification", sla_ms=10_000, payload={"features": [1.0] * 8}))
+    after = client.submit(Task(kind="classification", sla_ms=10_000,
+                               payload={"features": [1.0] * 8}))
     assert after.result(30).ok
     give_up = time.monotonic() + 30
     while client.stats()["pools"]["cpu"]["workers"] < 2 and time.monotonic() < give_up:
