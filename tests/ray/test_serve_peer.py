@@ -55,7 +55,9 @@ def test_serve_peer_replays_every_task_once(ray_session):
         assert r.total_ms > 0 and r.end_s * TIME_SCALE <= span + 1e-6
         if t.pool.startswith("llm"):
             floor = idle_service_ms(pools[t.pool], t.num_prompt_tokens, st.true_new_tokens)
-            assert r.total_ms >= 0.99 * floor, (r, floor)
+            # 5% of room: times are read on the driver's clock and scaled back by TIME_SCALE,
+            # and on a loaded 2-core machine the two clocks' readings drift by a few percent.
+            assert r.total_ms >= 0.95 * floor, (r, floor)
         else:
             assert r.total_ms >= 0.99 * st.cpu_service_s * 1e3, r
         assert r.deadline_met == (r.total_ms <= (t.deadline_s - st.arrival_s) * 1e3 + 1e-6), r
