@@ -1,17 +1,23 @@
-"""Adaptive placement: learn each worker's real service time from completion telemetry.
+"""Adaptive placement: learn how fast each worker really is from completion telemetry.
 
 Workers of one pool are rarely equal (a 7B on an L4 next to one on an H100, a noisy neighbour,
-thermal throttling), and the engine prior cannot know. For every (task kind, worker) pair a
-small recursive-least-squares model learns
+thermal throttling), and the engine prior cannot know. The prior already models the engine:
+prefill per prompt token, decode step per output token, the slowdown of a bigger batch. What it
+cannot know is how this machine compares, so the model learned per (task kind, worker) is one
+number on top of it, a speed factor::
 
-    service_s ~ theta . x,   x = [1, prompt_tokens / 1000, new_tokens * batch_factor / 100]
+    service_s ~ factor(kind, worker) * prior.service_s(prompt_tokens, new_tokens, batch)
 
-where ``batch_factor`` is the prior's slowdown for the batch the task ran in. It starts at the
-worker's engine prior (so a new worker is sensible from its first task), forgets old data with a
-factor ``forget`` (about ``1 / (1 - forget)`` completions of memory, so drift is tracked within
-tens of completions), and reports an uncertainty: the residual scale times ``sqrt(x' P x)``.
-A model whose errors jump (a worker slowed down) has its covariance widened so it relearns fast.
-The generated length is learned per kind as a fraction of ``max_new_tokens``.
+Each completion gives the ratio of its measured service to the prior's figure for the batch it
+really ran in and the tokens it really generated; the factor is an exponentially weighted mean
+of the log of that ratio (a running mean for the first ``1 / (1 - forget)`` completions, then a
+memory of about that many). Because the prior carries the batch and the tokens, the factor does
+not absorb them: identical workers learn the same factor, whatever their load. A run of large
+errors (a worker slowed down) makes the next completions count for half, so the change is seen
+within tens of completions. A (kind, worker) pair never seen starts from the kind's factor on
+the workers seen so far (a CPU callable that takes 400 ms is not a 1 ms task on a new worker).
+The generated length is learned per kind as a distribution of fractions of ``max_new_tokens``
+and predicted at its 90th percentile.
 
 Placement is filter -> score -> pick:
 - filter: the pool's free workers that can hold the task;
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,122 +45,140 @@ from raysched.core.placement import Choice, EstimatorPlacement, eligible
 from raysched.core.protocol import Completion
 from raysched.core.types import CoreTask, Priority, ServicePrior
 
-PROMPT_UNIT = 1000.0
-TOKENS_UNIT = 100.0
 # Workers whose predicted service is within this factor of each other count as equally fast:
 # learned models of identical workers differ by noise, and noise must not decide placement.
 SAME_SPEED = 0.9
-
-
-def _features(prior: ServicePrior, prompt: float, new: float, batch: int) -> list[float]:
-    factor = 1.0 + prior.batch_slowdown * max(batch - 1, 0)
-    return [1.0, prompt / PROMPT_UNIT, new * factor / TOKENS_UNIT]
-
-
-def _prior_theta(prior: ServicePrior) -> list[float]:
-    """The prior's coefficients on ``_features``."""
-    return [prior.fixed_s, prior.prefill_s_per_token * PROMPT_UNIT,
-            prior.decode_s_per_step * TOKENS_UNIT]
+# A worker gets a speed factor of its own once it is this much slower or faster than its kind's
+# over all workers. Below that, the difference is what the worker's own recent load did to its
+# batches (other requests' prefills, KV growth), which the prior leaves out and which the load
+# balance already answers: on the conversation trace a band of 10% let that noise split like
+# workers and cost HIGH p99; 1.4 keeps them together and still singles out a 1.5x worker.
+OWN_FACTOR_RATIO = 1.4
+# The prior's own uncertainty, as a standard deviation of the log speed factor: a worker is
+# taken to be within about a factor 1.6 of its prior before it has been seen.
+PRIOR_LOG_SD = 0.5
+# A completion whose log ratio is off by more than this many standard deviations (plus a fixed
+# 10% for noise) is a surprise; three in a row mean the worker changed.
+SURPRISE_SD = 3.0
+SURPRISES_TO_RELEARN = 3
+# Output lengths are learned as a distribution and predicted at a high quantile: a deadline is
+# at stake, and a mean would let placement and backlog plan for answers shorter than one in two
+# will be (on the conversation trace, planning at the mean cost LOW work 4 points of deadlines
+# met at full load; at the 90th percentile, nothing). Recomputed every NEW_TOKENS_EVERY
+# completions over the last NEW_TOKENS_KEPT.
+NEW_TOKENS_QUANTILE = 0.99
+NEW_TOKENS_KEPT = 256
+NEW_TOKENS_EVERY = 16
 
 
 @dataclass
-class RLS:
-    """Recursive least squares with forgetting over a few features."""
+class SpeedModel:
+    """The log speed factor of one (kind, worker) pair, with its spread."""
 
-    theta: list[float]
-    P: list[list[float]]
-    forget: float = 0.95
-    resid_var: float = 0.0
+    log_factor: float = 0.0
+    log_var: float = PRIOR_LOG_SD ** 2
     n: int = 0
     surprises: int = 0
-    max_trace: float = 0.0  # bound on trace(P): forgetting must not wind it up without limit
 
-    @classmethod
-    def from_prior(cls, prior: ServicePrior, forget: float, rel_sd: float = 0.5) -> RLS:
-        theta = _prior_theta(prior)
-        # The prior's own uncertainty: each coefficient within about rel_sd of its value.
-        # P is in units of the residual variance, set from the same scale.
-        scale = max(theta[0], 1e-4) ** 2
-        P = [[(rel_sd * max(t, 1e-6)) ** 2 / scale if i == j else 0.0 for j in range(3)]
-             for i, t in enumerate(theta)]
-        max_trace = 100.0 * sum(P[i][i] for i in range(3))
-        return cls(theta, P, forget, resid_var=scale, max_trace=max_trace)
+    @property
+    def factor(self) -> float:
+        return math.exp(self.log_factor)
 
-    def predict(self, x: list[float]) -> float:
-        return sum(t * v for t, v in zip(self.theta, x, strict=True))
+    def sd(self) -> float:
+        """Standard deviation of the log factor's estimate: the prior's before any data."""
+        if self.n == 0:
+            return PRIOR_LOG_SD
+        return math.sqrt(self.log_var / self.n)
 
-    def sd(self, x: list[float]) -> float:
-        Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-        xPx = sum(a * b for a, b in zip(x, Px, strict=True))
-        return math.sqrt(max(self.resid_var, 0.0) * max(xPx, 0.0))
-
-    def update(self, x: list[float], y: float) -> None:
-        err = y - self.predict(x)
-        Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-        # Spread of one new observation: noise plus what the model does not know yet.
-        xPx = max(sum(a * b for a, b in zip(x, Px, strict=True)), 0.0)
-        obs_sd = math.sqrt(max(self.resid_var, 0.0) * (1.0 + xPx))
-        # A run of large errors means the worker changed: widen P so the next few completions
-        # move the estimate a long way, instead of averaging the new speed into the old one.
-        big = self.n >= 5 and abs(err) > 3 * obs_sd + 1e-6
+    def update(self, ratio: float, forget: float) -> None:
+        """Learn from one completion that took ``ratio`` times the prior's figure."""
+        r = math.log(max(ratio, 1e-9))
+        err = r - self.log_factor
+        spread = math.sqrt(max(self.log_var, 0.0))
+        big = self.n >= 5 and abs(err) > SURPRISE_SD * spread + 0.1
         self.surprises = self.surprises + 1 if big else 0
-        if self.surprises >= 3:
-            self.P = [[v * 100.0 for v in row] for row in self.P]
-            Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-            self.surprises = 0
-        Px = [sum(self.P[i][j] * x[j] for j in range(3)) for i in range(3)]
-        denom = self.forget + sum(a * b for a, b in zip(x, Px, strict=True))
-        k = [v / denom for v in Px]
-        self.theta = [t + ki * err for t, ki in zip(self.theta, k, strict=True)]
-        P = [[(self.P[i][j] - k[i] * Px[j]) / self.forget for j in range(3)] for i in range(3)]
-        # Keep P symmetric and bounded: directions the data never excites (a CPU task has no
-        # tokens) would otherwise grow by 1/forget per update until the numbers break.
-        P = [[0.5 * (P[i][j] + P[j][i]) for j in range(3)] for i in range(3)]
-        trace = sum(P[i][i] for i in range(3))
-        if self.max_trace and trace > self.max_trace:
-            P = [[v * self.max_trace / trace for v in row] for row in P]
-        self.P = P
-        # Residual variance, exponentially weighted with the same memory.
-        self.resid_var = self.forget * self.resid_var + (1 - self.forget) * err * err
+        weight = max(1.0 - forget, 1.0 / (self.n + 1))
+        if self.surprises >= SURPRISES_TO_RELEARN:
+            # The worker changed: start again from this completion, as from a first one, so
+            # the next few are averaged at full weight rather than blended into the old speed.
+            self.n, self.surprises = 0, 0
+        elif big:
+            return  # an outlier is not learned until it repeats
+        if self.n == 0:
+            self.log_factor, self.log_var = r, PRIOR_LOG_SD ** 2
+        else:
+            self.log_factor += weight * err
+            self.log_var = (1.0 - weight) * (self.log_var + weight * err * err)
         self.n += 1
-
-    def state(self) -> dict[str, Any]:
-        return {"theta": self.theta, "P": self.P, "resid_var": self.resid_var, "n": self.n,
-                "max_trace": self.max_trace}
 
 
 @dataclass
 class AdaptiveEstimator:
-    """Learned service time per (kind, worker), starting from each worker's prior."""
+    """Learned speed factor per (kind, worker) over each worker's engine prior."""
 
     forget: float = 0.95
-    models: dict[tuple[str, str], RLS] = field(default_factory=dict)
+    models: dict[tuple[str, str], SpeedModel] = field(default_factory=dict)
     priors: dict[str, ServicePrior] = field(default_factory=dict)
-    # Generated tokens as a fraction of max_new_tokens, per kind (EWMA).
+    # Generated tokens as a fraction of max_new_tokens, per kind: the NEW_TOKENS_QUANTILE of
+    # the last NEW_TOKENS_KEPT completions.
     new_ratio: dict[str, float] = field(default_factory=dict)
+    _ratios: dict[str, deque[float]] = field(default_factory=dict)
+    # Per kind, the sum and count of its models' log factors: the kind's mean over its workers,
+    # where a new (kind, worker) starts and what like workers share (kept up to date in O(1)).
+    _kind_sum: dict[str, float] = field(default_factory=dict)
+    _kind_count: dict[str, int] = field(default_factory=dict)
 
-    def model(self, kind: str, worker: WorkerLoad) -> RLS:
+    def model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
         key = (kind, worker.worker_id)
         m = self.models.get(key)
         if m is None:
             self.priors[worker.worker_id] = worker.spec.prior
-            m = self.models[key] = RLS.from_prior(worker.spec.prior, self.forget)
+            m = self._new_model(key)
         return m
+
+    def _new_model(self, key: tuple[str, str], m: SpeedModel | None = None) -> SpeedModel:
+        kind = key[0]
+        if m is None:
+            count = self._kind_count.get(kind, 0)
+            m = SpeedModel(self._kind_sum.get(kind, 0.0) / count if count else 0.0)
+        self.models[key] = m
+        self._kind_sum[kind] = self._kind_sum.get(kind, 0.0) + m.log_factor
+        self._kind_count[kind] = self._kind_count.get(kind, 0) + 1
+        return m
+
+    def _others_log_factor(self, kind: str, m: SpeedModel) -> float | None:
+        """The mean log factor of the kind's other workers (None when there are none)."""
+        count = self._kind_count.get(kind, 0)
+        if count < 2:
+            return None
+        return (self._kind_sum[kind] - m.log_factor) / (count - 1)
 
     def expected_new_tokens(self, task: CoreTask) -> float:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
 
-    def _x(self, task: CoreTask, worker: WorkerLoad, batch: int) -> list[float]:
-        return _features(worker.spec.prior, task.num_prompt_tokens,
-                         self.expected_new_tokens(task), batch)
+    def _prior_s(self, task: CoreTask, prior: ServicePrior, batch: int) -> float:
+        return prior.service_s(task.num_prompt_tokens, round(self.expected_new_tokens(task)),
+                               batch)
+
+    def factor(self, kind: str, worker: WorkerLoad) -> float:
+        """The speed factor placement uses: the kind's, over all its workers, unless this
+        worker's own differs from it by more than ``OWN_FACTOR_RATIO``. Like workers then
+        share one factor and are told apart by their load alone, as the prior tells them; a
+        slower or faster one gets its own."""
+        m = self.model(kind, worker)
+        others = self._others_log_factor(kind, m)
+        if others is not None and abs(m.log_factor - others) < math.log(OWN_FACTOR_RATIO):
+            count = self._kind_count[kind]
+            return math.exp(self._kind_sum[kind] / count)
+        return m.factor
 
     def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
-        return max(self.model(task.kind, worker).predict(self._x(task, worker, batch)), 1e-6)
+        factor = self.factor(task.kind, worker)
+        return max(factor * self._prior_s(task, worker.spec.prior, batch), 1e-6)
 
     def service_sd_s(self, task: CoreTask, worker: WorkerLoad) -> float:
-        batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
-        return self.model(task.kind, worker).sd(self._x(task, worker, batch))
+        return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
         """The best case on an idle worker of ``group``: the lower of the engine prior and
@@ -162,61 +187,73 @@ class AdaptiveEstimator:
         tasks an idle worker meets. A worker that is really slower is caught by expiry."""
         best_s = math.inf
         for w in group.members.values():
-            x = self._x(task, w, 1)
-            prior_s = sum(t * v for t, v in zip(_prior_theta(w.spec.prior), x, strict=True))
-            best_s = min(best_s, prior_s, self.model(task.kind, w).predict(x))
+            prior_s = self._prior_s(task, w.spec.prior, 1)
+            best_s = min(best_s, prior_s, self.model(task.kind, w).factor * prior_s)
         return max(best_s, 1e-6)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
         if prior is None:
             return  # a worker never scored (already gone)
-        m = self.models.get((task.kind, completion.worker_id))
-        if m is None:
-            m = self.models[(task.kind, completion.worker_id)] = RLS.from_prior(prior, self.forget)
         new = completion.num_generated_tokens if task.max_new_tokens else 0
-        m.update(_features(prior, task.num_prompt_tokens, new, completion.batch_size),
-                 completion.service_s)
+        expected_s = prior.service_s(task.num_prompt_tokens, new, completion.batch_size)
+        if expected_s <= 0 or completion.service_s <= 0:
+            return
+        key = (task.kind, completion.worker_id)
+        m = self.models.get(key) or self._new_model(key)
+        before = m.log_factor
+        m.update(completion.service_s / expected_s, self.forget)
+        self._kind_sum[task.kind] += m.log_factor - before
         if task.max_new_tokens:
-            r = min(1.0, new / task.max_new_tokens)
-            old = self.new_ratio.get(task.kind, 1.0)
-            self.new_ratio[task.kind] = self.forget * old + (1 - self.forget) * r
+            kept = self._ratios.setdefault(task.kind, deque(maxlen=NEW_TOKENS_KEPT))
+            kept.append(min(1.0, new / task.max_new_tokens))
+            if len(kept) % NEW_TOKENS_EVERY == 0 or len(kept) < NEW_TOKENS_EVERY:
+                ordered = sorted(kept)
+                self.new_ratio[task.kind] = ordered[int(NEW_TOKENS_QUANTILE * (len(ordered) - 1))]
 
     def forget_worker(self, worker_id: str) -> None:
         for key in [k for k in self.models if k[1] == worker_id]:
-            del self.models[key]
+            m = self.models.pop(key)
+            self._kind_sum[key[0]] -= m.log_factor
+            self._kind_count[key[0]] -= 1
         self.priors.pop(worker_id, None)
 
     def table(self) -> list[dict[str, Any]]:
-        """Per (worker, kind): the learned time of a typical task, observations, uncertainty."""
+        """Per (worker, kind): the learned time of a typical task (500 prompt tokens, 100 new
+        at the learned length ratio, alone), the prior's, observations, uncertainty."""
         rows = []
         for (kind, wid), m in sorted(self.models.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             prior = self.priors[wid]
-            typical_new = 100 * self.new_ratio.get(kind, 1.0) if prior.decode_s_per_step else 0
-            x = _features(prior, 500 if prior.prefill_s_per_token else 0, typical_new, 1)
-            rows.append({"worker": wid, "kind": kind, "predicted_ms": 1e3 * m.predict(x),
-                         "prior_ms": 1e3 * RLS.from_prior(prior, m.forget).predict(x),
-                         "observations": m.n, "uncertainty_ms": 1e3 * m.sd(x)})
+            typical_new = (round(100 * self.new_ratio.get(kind, 1.0))
+                           if prior.decode_s_per_step else 0)
+            prior_s = prior.service_s(500 if prior.prefill_s_per_token else 0, typical_new, 1)
+            rows.append({"worker": wid, "kind": kind, "predicted_ms": 1e3 * m.factor * prior_s,
+                         "prior_ms": 1e3 * prior_s, "speed_factor": m.factor,
+                         "observations": m.n,
+                         "uncertainty_ms": 1e3 * m.factor * prior_s * (math.exp(m.sd()) - 1)})
         return rows
 
     def state(self) -> dict[str, Any]:
         return {"forget": self.forget, "new_ratio": dict(self.new_ratio),
                 "priors": {w: asdict(p) for w, p in self.priors.items()},
-                "models": [{"kind": k, "worker": w, **m.state()}
+                "models": [{"kind": k, "worker": w, **asdict(m)}
                            for (k, w), m in self.models.items()]}
 
     def restore(self, state: dict[str, Any], trust: float = 0.25) -> None:
-        """Load a saved state. Restored models are trusted less (covariance widened by
-        ``1 / trust``): a restarted worker may not be the machine it was."""
+        """Load a saved state. Restored models are trusted less (they count as ``trust`` of
+        their observations): a restarted worker may not be the machine it was."""
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
         for row in state.get("models", []):
-            if row["worker"] not in self.priors:
-                continue
-            P = [[v / trust for v in r] for r in row["P"]]
-            m = RLS(list(row["theta"]), P, self.forget, float(row["resid_var"]), int(row["n"]),
-                    max_trace=float(row.get("max_trace", 0.0)) / trust)
-            self.models[(row["kind"], row["worker"])] = m
+            if row["worker"] not in self.priors or "log_factor" not in row:
+                continue  # a worker not known here, or a model of another kind
+            key = (row["kind"], row["worker"])
+            old = self.models.pop(key, None)
+            if old is not None:
+                self._kind_sum[key[0]] -= old.log_factor
+                self._kind_count[key[0]] -= 1
+            self._new_model(key, SpeedModel(float(row["log_factor"]), float(row["log_var"]),
+                                            int(row["n"] * trust)))
 
 
 class AdaptivePlacement(EstimatorPlacement):
@@ -266,23 +303,40 @@ class AdaptivePlacement(EstimatorPlacement):
             return None
         if task.priority is Priority.CRITICAL:
             meets = [s for s in scored if s[0] <= task.deadline_s]
-            finish, service, w = min(meets or scored, key=lambda s: (s[0], s[2].worker_id))
-            return Choice(w, service, finish)
+            return _least_loaded_of_the_fastest(meets or scored)
         if task.priority is Priority.LOW and math.isfinite(task.deadline_s):
             spare = [s for s in scored if s[0] <= task.deadline_s - 0.5 * (task.deadline_s - now_s)]
-            if len(spare) > 1:
-                # The slowest workers that still make it with room to spare; among workers
-                # about as slow (within SAME_SPEED), the earliest finish, so LOW work spreads
-                # over idle workers instead of queueing on one.
-                slowest_s = max(s[1] for s in spare)
+            slowest_s = max((s[1] for s in spare), default=0.0)
+            if len(spare) > 1 and min(s[1] for s in spare) < slowest_s * SAME_SPEED:
+                # Unlike workers: the slowest that still make it with room to spare, and among
+                # those about as slow (within SAME_SPEED) the least loaded, so LOW work
+                # spreads over them instead of queueing on one.
                 alike = [s for s in spare if s[1] >= slowest_s * SAME_SPEED]
-                finish, service, w = min(alike, key=lambda s: (s[0], s[2].worker_id))
-                return Choice(w, service, finish)
+                return _least_loaded_of_the_fastest(alike)
 
         def optimistic(s: tuple[float, float, WorkerLoad]) -> tuple[float, str]:
             bonus = min(self.explore * est.service_sd_s(task, s[2]), self.max_bonus * s[1])
             return (s[0] - bonus, s[2].worker_id)
 
-        finish, service, w = min(scored, key=optimistic)
-        return Choice(w, service, finish)
+        best = min(scored, key=optimistic)
+        choice = _least_loaded_of_the_fastest(scored)
+        if best[0] > choice.finish_s + (1.0 - SAME_SPEED) * choice.service_s:
+            return Choice(best[2], best[1], best[0])  # exploring a little-known worker
+        return choice
+
+
+def _least_loaded_of_the_fastest(scored: list[tuple[float, float, WorkerLoad]]) -> Choice:
+    """The least loaded of the workers whose predicted finish is about the earliest.
+
+    Finishes within ``1 - SAME_SPEED`` of a service of the earliest count as equal: the learned
+    models of like workers differ by noise, and the cost of piling onto one batch (other
+    requests' prefills, a growing KV cache) is larger than the prior's batch slowdown says, so
+    like workers share the work as a load balancer would, and a slow one is left out.
+    """
+    finish_s, service_s, _ = min(scored, key=lambda s: (s[0], s[2].worker_id))
+    near = [s for s in scored if s[0] <= finish_s + (1.0 - SAME_SPEED) * service_s]
+    f, svc, w = min(near, key=lambda s: (len(s[2].in_flight) / s[2].spec.concurrency,
+                                         s[2].backlog_s / s[2].spec.concurrency,
+                                         s[2].worker_id))
+    return Choice(w, svc, f)
 

@@ -10,7 +10,7 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | pow2         | arrival                | power of two choices          | late    | ignored        |
 | priority     | class, then arrival    | least backlog                 | late    | ignored        |
 | edf          | deadline               | least backlog                 | late    | admit + expire |
-| raysched     | class, deadline, aging | least learned finish          | late    | admit, expire, |
+| raysched     | guarded EDF, aging     | least learned finish          | late    | admit, expire, |
 |              |                        |                               |         | preempt        |
 | clairvoyant  | as raysched            | least true finish (an oracle) | late    | as raysched    |
 
@@ -90,9 +90,9 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("pow2", "arrival", "pow2"),
     Policy("priority", "class_arrival", "least_loaded"),
     Policy("edf", "deadline", "least_loaded", admission=True),
-    Policy("raysched", "class_deadline", "adaptive", admission=True, aging=True,
+    Policy("raysched", "guarded_deadline", "adaptive", admission=True, aging=True,
            preemption=True),
-    Policy("clairvoyant", "class_deadline", "least_completion", admission=True, aging=True,
+    Policy("clairvoyant", "guarded_deadline", "least_completion", admission=True, aging=True,
            needs_oracle=True, preemption=True),
 )}
 

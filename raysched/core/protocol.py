@@ -38,6 +38,16 @@ class Completion:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     batch_size: int = 1
+    # Telemetry from the engine's own per-request metrics, where it keeps them (vLLM), else the
+    # defaults: why generation ended ("stop": end of sequence or a stop token; "length": the
+    # token limit, max_new_tokens or the model's context), the time queued inside the engine
+    # before it first ran, time to first token, time per output token after the first, and the
+    # mean number of requests in the engine's steps while this one ran.
+    finish_reason: str = ""
+    engine_queue_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    engine_batch_size: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,9 @@ from raysched.core.types import (
 )
 
 QUEUED, RUNNING, CANCELLING = TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLING
+# A task is taken back only if, after it, it still has this many best-case services of slack:
+# enough to run again from the start and meet its deadline under load.
+VICTIM_SLACK_FACTOR = 2.0
 # How deep a worker's own queue may grow under early binding: deep enough never to push back.
 EARLY_BINDING_SLOTS = 1024
 
@@ -318,7 +321,7 @@ class SchedulerCore:
                            decisions, now_s)
             for task in skipped:
                 rec = self._records[task.task_id]
-                queue.push(task, rec.seq, rec.submit_s)
+                queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             if self.config.preemption and queue and not self.table.free_slots(pool):
                 self._preempt_for_head(pool, queue, decisions, now_s)
         return decisions
@@ -344,7 +347,13 @@ class SchedulerCore:
                 assert v.start_s is not None
                 if v.start_s + service_s <= rec.latest_start_s - best_case_s:
                     return
+                # A task bound in this very pass is not taken back: its worker has not even
+                # been sent it, and the pass that bound it saw a reason to.
+                # And only one that can still meet its own deadline when run again.
                 if (v.task.priority > task.priority and v.state is RUNNING
+                        and v.start_s < now_s
+                        and v.latest_start_s - now_s
+                        >= VICTIM_SLACK_FACTOR * (v.task.deadline_s - v.latest_start_s)
                         and v.preemptions < self.config.max_preemptions
                         and (w.spec.preemptible or i >= w.spec.concurrency)):
                     key = (int(v.task.priority), v.start_s)
@@ -361,7 +370,7 @@ class SchedulerCore:
         queue.remove(task.task_id)
         choice = self.placement.place(task, self.table, now_s)
         if choice is None:
-            queue.push(task, rec.seq, rec.submit_s)
+            queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
         self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s, decisions,
                    now_s)
@@ -474,7 +483,7 @@ class SchedulerCore:
 
     def _push(self, rec: _Record) -> None:
         rec.state = QUEUED
-        self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s)
+        self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s, rec.latest_start_s)
         if rec.latest_start_s != float("inf"):
             heapq.heappush(self._expiry, (rec.latest_start_s, rec.seq, rec.task.task_id))
             # Entries of tasks that have started stay until their time comes; drop them when

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from raysched.core.adaptive import RLS, AdaptiveEstimator, AdaptivePlacement, _features
-from raysched.core.load import LoadTable
+from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
+from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.policies import build_core
 from raysched.core.types import CoreTask, Priority, ServicePrior, WorkerSpec
 from raysched.sim import SimLLMWorker, SimTask, Simulator
@@ -17,35 +17,60 @@ PRIOR = ServicePrior(fixed_s=0.001, prefill_s_per_token=1e-4, decode_s_per_step=
                      batch_slowdown=0.01)
 
 
-def test_rls_converges_to_known_coefficients():
-    truth = [0.02, 0.3, 2.5]  # fixed s, s per 1000 prompt tokens, s per 100 new tokens
-    m = RLS.from_prior(PRIOR, forget=0.99)
-    rng = random.Random(0)
-    for _ in range(600):
-        x = _features(PRIOR, rng.randint(50, 2000), rng.randint(1, 300), rng.randint(1, 16))
-        y = sum(t * v for t, v in zip(truth, x, strict=True)) + rng.gauss(0, 0.002)
-        m.update(x, y)
-    for got, want in zip(m.theta, truth, strict=True):
-        assert got == pytest.approx(want, rel=0.1, abs=2e-3)
-    x = _features(PRIOR, 500, 100, 4)
-    assert m.sd(x) < 0.05 * m.predict(x)
+def observed(estimator: AdaptiveEstimator, worker: WorkerLoad, speed: float,
+             rng: random.Random, kind: str = "summarization") -> None:
+    """One completion on ``worker`` that took ``speed`` times the prior's figure (with 5%
+    noise), for a task of random size in a batch of random size."""
+    prompt, new, batch = rng.randint(100, 1000), rng.randint(10, 100), rng.randint(1, 4)
+    t = make_task(task_id=f"t{rng.random()}", kind=kind, pool="p", num_prompt_tokens=prompt,
+                  max_new_tokens=new)
+    estimator.model(kind, worker)
+    took_s = speed * PRIOR.service_s(prompt, new, batch) * rng.lognormvariate(0.0, 0.05)
+    estimator.observe(t, ok((t.task_id, worker.worker_id), service_s=took_s,
+                            num_generated_tokens=new, batch_size=batch), 0.0)
 
 
-def test_rls_tracks_a_slowdown_within_tens_of_completions():
-    m = RLS.from_prior(PRIOR, forget=0.95)
-    rng = random.Random(1)
+def test_the_speed_model_converges_to_a_known_factor_whatever_the_batch_and_size():
+    table = make_table(worker("w"))
+    est, rng = AdaptiveEstimator(), random.Random(0)
+    for _ in range(300):
+        observed(est, table.workers["w"], 1.7, rng)
+    m = est.model("summarization", table.workers["w"])
+    assert m.factor == pytest.approx(1.7, rel=0.03)
+    assert m.sd() < 0.01
 
-    def observe(speed):
-        x = _features(PRIOR, rng.randint(100, 1000), rng.randint(10, 100), 4)
-        m.update(x, speed * PRIOR.service_s(round(x[1] * 1000), round(x[2] * 100 / 1.03), 4))
 
+def test_the_speed_model_tracks_a_slowdown_within_tens_of_completions():
+    table = make_table(worker("w"))
+    est, rng = AdaptiveEstimator(forget=0.95), random.Random(1)
     for _ in range(100):
-        observe(1.0)
-    probe = _features(PRIOR, 500, 50, 4)
-    before = m.predict(probe)
+        observed(est, table.workers["w"], 1.0, rng)
+    probe = make_task(task_id="probe", kind="summarization", pool="p", num_prompt_tokens=500,
+                      max_new_tokens=50)
+    before_s = est.service_s(probe, table.workers["w"])
     for _ in range(30):
-        observe(3.0)
-    assert m.predict(probe) == pytest.approx(3 * before, rel=0.15)
+        observed(est, table.workers["w"], 3.0, rng)
+    assert est.service_s(probe, table.workers["w"]) == pytest.approx(3 * before_s, rel=0.15)
+
+
+def test_identical_workers_learn_the_same_model() -> None:
+    # Four identical 7B workers under real continuous batching (prefill stalls and all): their
+    # learned factors agree, so placement tells them apart by load alone.
+    rng = random.Random(5)
+    tasks, t = [], 0.0
+    for i in range(3000):
+        t += rng.expovariate(12.0)
+        core = make_task(task_id=f"s{i}", priority=Priority.HIGH, deadline_s=t + 30.0,
+                         num_prompt_tokens=rng.randint(200, 1500), max_new_tokens=64)
+        tasks.append(SimTask(t, core, true_new_tokens=rng.randint(8, 64)))
+    workers = {f"w{i}": ("llm-7b", SimLLMWorker(f"w{i}", "7b", 16)) for i in range(4)}
+    core = build_core("raysched")
+    Simulator(core, workers).run(tasks)
+    est = core.placement.estimator
+    factors = [est.factor("summarization", core.table.workers[w]) for w in sorted(workers)]
+    assert max(factors) / min(factors) < 1.1, factors
+    own = [est.model("summarization", core.table.workers[w]).factor for w in sorted(workers)]
+    assert max(own) / min(own) < 1.4, own
 
 
 def make_table(*specs: WorkerSpec) -> LoadTable:
