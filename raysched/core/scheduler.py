@@ -32,6 +32,11 @@ from raysched.core.types import (
 )
 
 QUEUED, RUNNING, CANCELLING = TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLING
+# Preempt when waiting for the first slot to free would leave the first queued task less than
+# this many best-case services before its latest start. Taking work back costs its batch-mates
+# a prefill; measured on the financial mix (Poisson and bursty), 0 (preempt only a task that
+# would otherwise expire) keeps HIGH p99 at or under EDF's, 1 raised it by 6%.
+PREEMPT_MARGIN = 0.0
 # A task is taken back only if, after it, it still has this many best-case services of slack:
 # enough to run again from the start and meet its deadline under load.
 VICTIM_SLACK_FACTOR = 2.0
@@ -345,7 +350,7 @@ class SchedulerCore:
             for i, (tid, service_s) in enumerate(w.in_flight.items()):
                 v = self._records[tid]
                 assert v.start_s is not None
-                if v.start_s + service_s <= rec.latest_start_s - best_case_s:
+                if v.start_s + service_s <= rec.latest_start_s - PREEMPT_MARGIN * best_case_s:
                     return
                 # A task bound in this very pass is not taken back: its worker has not even
                 # been sent it, and the pass that bound it saw a reason to.
