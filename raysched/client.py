@@ -19,7 +19,7 @@ from typing import Any
 from raysched.config import SchedulerConfig, default_config
 from raysched.core.types import Status
 from raysched.errors import BackpressureError, SchedulerNotFoundError, TaskTimeoutError
-from raysched.models import Result, Task
+from raysched.models import DEFAULT_POOL_KINDS, Result, Task
 
 SUBMIT_CHUNK = 512
 POLL_TIMEOUT_S = 0.5
@@ -86,9 +86,18 @@ class Client:
     # -- submitting --------------------------------------------------------------------------
 
     def validate(self, task: Task | Mapping[str, Any]) -> Task:
-        """A ``Task`` checked against this scheduler's pools (raises ``ValidationError``)."""
-        data = task.model_dump() if isinstance(task, Task) else task
-        return Task.model_validate(data, context={"pools": self.pools})
+        """A ``Task`` checked against this scheduler's pools (raises ``ValidationError``).
+
+        A ``Task`` built without a context was already checked against the default pools'
+        kinds; when its pool exists here with that same kind, every check has been made and
+        it is taken as it is (validated once, at the edge). Otherwise it is checked again.
+        """
+        if isinstance(task, Task):
+            kind = self.pools.get(task.pool)
+            if kind is not None and kind == DEFAULT_POOL_KINDS.get(task.pool):
+                return task
+            return Task.model_validate(task.model_dump(), context={"pools": self.pools})
+        return Task.model_validate(task, context={"pools": self.pools})
 
     def submit(self, task: Task | Mapping[str, Any], *, block: bool = True,
                timeout: float | None = None) -> TaskHandle:

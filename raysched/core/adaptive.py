@@ -240,8 +240,8 @@ class AdaptiveEstimator:
                            for (k, w), m in self.models.items()]}
 
     def restore(self, state: dict[str, Any], trust: float = 0.25) -> None:
-        """Load a saved state. Restored models are trusted less (they count as ``trust`` of
-        their observations): a restarted worker may not be the machine it was."""
+        """Load a saved state. Restored models are trusted less (their spread is widened by
+        ``1 / trust``): a restarted worker may not be the machine it was."""
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
         for row in state.get("models", []):
@@ -252,8 +252,8 @@ class AdaptiveEstimator:
             if old is not None:
                 self._kind_sum[key[0]] -= old.log_factor
                 self._kind_count[key[0]] -= 1
-            self._new_model(key, SpeedModel(float(row["log_factor"]), float(row["log_var"]),
-                                            int(row["n"] * trust)))
+            self._new_model(key, SpeedModel(float(row["log_factor"]),
+                                            float(row["log_var"]) / trust, int(row["n"])))
 
 
 class AdaptivePlacement(EstimatorPlacement):
