@@ -200,7 +200,7 @@ def _filled_core(q: int, w: int, rng: random.Random, low_backlog: bool
             for task in _core_tasks(rng, 4_096):
                 if low == q + 4 * w:
                     break
-                assert core.submit(task, T0) is None
+                assert core.submit(task, T0) == []
                 if task.priority is Priority.LOW:
                     low += 1
                 else:
@@ -209,7 +209,7 @@ def _filled_core(q: int, w: int, rng: random.Random, low_backlog: bool
             core.cancel(tid, T0)
     else:
         for task in _core_tasks(rng, q + 4 * w):
-            assert core.submit(task, T0) is None
+            assert core.submit(task, T0) == []
     decisions = core.assign(T0)
     running = collections.deque((a.task.task_id, a.worker_id) for a in decisions.assignments)
     assert len(running) == 4 * w and core.queued() == q, (len(running), core.queued())
@@ -449,7 +449,7 @@ def memory_child(n: int, method: str, seed: int) -> dict[str, Any]:
     t = time.perf_counter()
     rejected = 0
     for _ in range(n):
-        if core.submit(_memory_task(rng), T0) is not None:
+        if core.submit(_memory_task(rng), T0):
             rejected += 1
     secs = time.perf_counter() - t
     gc.collect()
