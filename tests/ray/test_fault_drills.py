@@ -135,3 +135,26 @@ def test_an_embedded_scheduler_survives_its_own_restart() -> None:
     assert report["ids"] == sorted(f"t{i}" for i in range(300))  # each exactly once
     assert Counter(report["statuses"]) == {"completed": 300}
     assert report["late"] == "completed"
+
+
+def _leave_mark(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def test_a_cancelled_task_never_runs_even_from_a_prefetch_slot(make_client, tmp_path) -> None:
+    # One CPU worker busy with a long task; the marked task waits behind it in the worker's
+    # prefetch slots. Cancelled there, it must end cancelled and never run.
+    client = make_client(small_config(cpu={"replicas": 1}))
+    blocker = client.submit(_cpu_task("blocker", _sleep, 2.0))
+    marks = [tmp_path / f"mark-{i}" for i in range(3)]
+    handles = [client.submit(_cpu_task(f"marked-{i}", _leave_mark, str(m)))
+               for i, m in enumerate(marks)]
+    time.sleep(0.5)  # bound to the worker by now, behind the blocker
+    assert client.cancel([h.task_id for h in handles]) == [True, True, True]
+    assert blocker.result(timeout=30).status is Status.COMPLETED
+    for h in handles:
+        assert h.result(timeout=10).status is Status.CANCELLED
+    time.sleep(1.0)  # time for a wrongly started task to leave its mark
+    assert not any(m.exists() for m in marks)
+    assert client.submit(_cpu_task("after", _sleep, 0.01)).result(timeout=30).ok
