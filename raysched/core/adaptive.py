@@ -68,6 +68,11 @@ SURPRISES_TO_RELEARN = 3
 # points against the longest). Recomputed every NEW_TOKENS_EVERY completions over the last
 # NEW_TOKENS_KEPT: what it saves is the gap between ``max_new_tokens`` and the longest answer.
 NEW_TOKENS_QUANTILE = 1.0
+# The best case a kind's telemetry shows: the 10th percentile of its last RATIOS_KEPT ratios of
+# measured to prior service. Busy batches inflate most completions; the fast tenth ran nearly
+# alone.
+BEST_CASE_QUANTILE = 0.1
+RATIOS_KEPT = 256
 NEW_TOKENS_KEPT = 256
 NEW_TOKENS_EVERY = 16
 
@@ -124,6 +129,9 @@ class AdaptiveEstimator:
     # the last NEW_TOKENS_KEPT completions.
     new_ratio: dict[str, float] = field(default_factory=dict)
     _ratios: dict[str, deque[float]] = field(default_factory=dict)
+    # Per kind, the last RATIOS_KEPT measured / prior ratios and their BEST_CASE_QUANTILE.
+    _recent_ratios: dict[str, deque[float]] = field(default_factory=dict)
+    _best_factor: dict[str, float] = field(default_factory=dict)
     # Per kind, the sum and count of its models' log factors: the kind's mean over its workers,
     # where a new (kind, worker) starts and what like workers share (kept up to date in O(1)).
     _kind_sum: dict[str, float] = field(default_factory=dict)
@@ -182,14 +190,24 @@ class AdaptiveEstimator:
         return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        """The best case on an idle worker of ``group``: the engine prior, at the learned
-        answer length. Completions are measured inside busy batches, so a learned factor above
-        one carries contention an idle worker does not have (admitting on it would refuse tasks
-        an idle worker meets); one below one has, on the traces and mixes measured, let
-        through more work than the pool can finish in time. A worker that is really slower is
-        caught by expiry and placement."""
-        return max(min(self._prior_s(task, w.spec.prior, 1) for w in group.members.values()),
-                   1e-6)
+        """The best case on an idle worker of ``group``: the engine prior at the learned answer
+        length, times the kind's ``BEST_CASE_QUANTILE`` speed factor (1 before any telemetry).
+
+        Completions are measured inside busy batches, so the mean factor carries contention an
+        idle worker does not have (admitting on it would refuse tasks an idle worker meets);
+        the fast end of the kind's recent completions is what an idle worker does. It matters
+        most where the prior knows little: a CPU callable's prior is the dispatch cost, 1 ms,
+        and a 100 ms callable must not be started 1 ms before its deadline."""
+        best = self._best_factor.get(task.kind, 1.0)
+        return max(best * min(self._prior_s(task, w.spec.prior, 1)
+                              for w in group.members.values()), 1e-6)
+
+    def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        """What expiry plans with: the prior, unless the kind's best case is slower still (the
+        prior does not know the work: a CPU callable). Never below the prior, so a fast tenth
+        of completions does not let tasks start later than they can finish."""
+        return max(self.idle_service_s(task, group),
+                   min(self._prior_s(task, w.spec.prior, 1) for w in group.members.values()))
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
@@ -202,8 +220,14 @@ class AdaptiveEstimator:
         key = (task.kind, completion.worker_id)
         m = self.models.get(key) or self._new_model(key)
         before = m.log_factor
-        m.update(completion.service_s / expected_s, self.forget)
+        ratio = completion.service_s / expected_s
+        m.update(ratio, self.forget)
         self._kind_sum[task.kind] += m.log_factor - before
+        seen = self._recent_ratios.setdefault(task.kind, deque(maxlen=RATIOS_KEPT))
+        seen.append(ratio)
+        if len(seen) % NEW_TOKENS_EVERY == 0 or len(seen) < NEW_TOKENS_EVERY:
+            ordered = sorted(seen)
+            self._best_factor[task.kind] = ordered[int(BEST_CASE_QUANTILE * (len(ordered) - 1))]
         if task.max_new_tokens:
             kept = self._ratios.setdefault(task.kind, deque(maxlen=NEW_TOKENS_KEPT))
             kept.append(min(1.0, new / task.max_new_tokens))

@@ -23,7 +23,14 @@ class ServiceEstimator(Protocol):
         ...
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        """Predicted service time of ``task`` alone on an idle worker of ``group``."""
+        """The best case of ``task`` alone on an idle worker of ``group``: what admission
+        refuses on, so it must not be pessimistic."""
+        ...
+
+    def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        """What expiry plans ``task`` to take on an idle worker of ``group`` (at least
+        ``idle_service_s``): a task queued past ``deadline - planned`` ends ``expired``, so it
+        must not be optimistic."""
         ...
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
@@ -40,6 +47,9 @@ class PriorEstimator:
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
         return group.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
+
+    def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        return self.idle_service_s(task, group)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
@@ -76,6 +86,10 @@ class Placement(Protocol):
         """Fastest possible service on an idle eligible worker; None when none is eligible."""
         ...
 
+    def planned_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        """The service expiry plans with on the best idle eligible worker; None when none."""
+        ...
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
     def state(self) -> dict[str, Any] | None:
@@ -98,6 +112,11 @@ class EstimatorPlacement:
 
     def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
         times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
+                 if eligible(task, g)]
+        return min(times) if times else None
+
+    def planned_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
+        times = [self.estimator.planned_idle_s(task, g) for g in table.groups(task.pool)
                  if eligible(task, g)]
         return min(times) if times else None
 

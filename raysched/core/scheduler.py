@@ -255,7 +255,10 @@ class SchedulerCore:
                                                  f"{best_case_s * 1e3:.1f} ms on an idle "
                                                  f"{task.pool} worker, has "
                                                  f"{slack_s * 1e3:.1f} ms")]
-            rec.latest_start_s = task.deadline_s - best_case_s
+            # Admission refuses on the best case; expiry plans with what the task will take at
+            # least (never less than the best case), so it is not started too late to finish.
+            planned_s = self.placement.planned_case_s(task, self.table) or 0.0
+            rec.latest_start_s = task.deadline_s - max(best_case_s, planned_s)
         shed: list[Outcome] = []
         if len(queue) >= self.config.max_queued_per_pool:
             victim = next((v for c in reversed(Priority) if c > task.priority

@@ -171,5 +171,8 @@ class Oracle:
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
         return min(self._true(task, wid, 1) for wid in group.members)
 
+    def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
+        return self.idle_service_s(task, group)
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
