@@ -44,7 +44,9 @@ def _demo_config(engine: str) -> SchedulerConfig:
                   f"roofline timing, no tokens generated", flush=True)
             pools.append(pool.model_copy(update={"engine": "sim"}))
         elif engine == "hf" and pool.model == "7b":
-            pools.append(pool.model_copy(update={"engine": "hf", "model": _tiny_demo_model()}))
+            from actors.engines import tiny_demo_model
+
+            pools.append(pool.model_copy(update={"engine": "hf", "model": tiny_demo_model()}))
         elif engine == "hf":
             pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
         else:
@@ -52,23 +54,6 @@ def _demo_config(engine: str) -> SchedulerConfig:
 
             pools.append(pool.model_copy(update=vllm_demo_pool(pool.model)))
     return config.model_copy(update={"pools": pools})
-
-
-def _tiny_demo_model() -> str:
-    """Build and save a tiny random Llama for the hf engine; returns its directory."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from actors.engines.hf import TINY_MODEL_NOTE, build_tiny_model
-
-    path = tempfile.mkdtemp(prefix="raysched-tiny-llama-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    build_tiny_model(path)
-    print(f"  engine hf: pool llm-7b runs the transformers engine on {TINY_MODEL_NOTE}; "
-          f"a random Llama (2 layers, hidden 64, vocabulary 1,000) built and saved to {path} "
-          f"and loaded from there like any model directory", flush=True)
-    return path
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -70,40 +70,6 @@ def real_engines_available() -> list[str]:
     return found
 
 
-def demo_config(engine: str = "auto", time_scale: float = 1.0) -> Any:
-    """The demo's scheduler config with its LLM pools on ``engine``; None keeps the default.
-
-    - ``auto``: the default config (a real engine where the cluster has one, else simulated).
-    - ``sim``: every LLM pool simulated.
-    - ``hf``: the llm-7b pool on the transformers engine with a TINY RANDOM Llama built and saved
-      into a temporary directory now (real tensors, real batched generation, gibberish output);
-      llm-70b keeps ``auto`` (simulated without GPUs, and the startup notes say so).
-    - ``vllm``: the LLM pools on vLLM, as ``vllm_demo_pool`` says for this node's platform.
-    """
-    if engine == "auto":
-        return None
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; engines: {['auto', *ENGINES]}")
-    from raysched.config import default_config
-
-    config = default_config(time_scale=time_scale)
-    pools = []
-    for pool in config.pools:
-        if pool.kind != "llm":
-            pools.append(pool)
-        elif engine == "sim":
-            print(f"  engine sim: pool {pool.name} runs the SIMULATED engine ({pool.model}): "
-                  f"roofline timing, no tokens generated", flush=True)
-            pools.append(pool.model_copy(update={"engine": "sim"}))
-        elif engine == "hf" and pool.model == "7b":
-            pools.append(pool.model_copy(update={"engine": "hf", "model": _tiny_demo_model()}))
-        elif engine == "hf":
-            pools.append(pool)  # engine "auto": simulated on this CPU box, and the notes say so
-        else:
-            pools.append(pool.model_copy(update=vllm_demo_pool(pool.model)))
-    return config.model_copy(update={"pools": pools})
-
-
 def vllm_device_type() -> str | None:
     """The device vLLM's platform runs on here (``cuda``, ``cpu``, ...), or None without vllm.
 
@@ -133,7 +99,7 @@ def vllm_demo_pool(model: str, device: str | None = None) -> dict[str, Any]:
         return {"engine": "vllm", "num_gpus": 1.0 if model == "7b" else 0.0}
     if model != "7b":
         return {}
-    return {"engine": "vllm", "num_gpus": 0.0, "model": _tiny_demo_model(for_vllm=True),
+    return {"engine": "vllm", "num_gpus": 0.0, "model": tiny_demo_model(for_vllm=True),
             "engine_options": {"max_model_len": TINY_VLLM_MAX_MODEL_LEN}}
 
 
@@ -144,7 +110,9 @@ TINY_VLLM_MODEL: dict[str, int] = {"hidden_size": 128, "num_heads": 4, "num_kv_h
 TINY_VLLM_MAX_MODEL_LEN = 2048
 
 
-def _tiny_demo_model(for_vllm: bool = False) -> str:
+def tiny_demo_model(for_vllm: bool = False) -> str:
+    """Build and save a tiny random Llama for the demo (for vLLM's CPU attention when
+    ``for_vllm``, else for the transformers engine); returns its directory, removed at exit."""
     import atexit
     import shutil
     import tempfile
@@ -168,5 +136,5 @@ def _tiny_demo_model(for_vllm: bool = False) -> str:
 
 
 __all__ = ["ENGINES", "PRESETS", "TINY_VLLM_MODEL", "Engine", "Sequence", "SimulatedEngine",
-           "demo_config", "make_engine", "real_engines_available", "vllm_demo_pool",
+           "make_engine", "real_engines_available", "tiny_demo_model", "vllm_demo_pool",
            "vllm_device_type"]
