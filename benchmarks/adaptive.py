@@ -6,7 +6,7 @@ deadline) at 70% of the pool's true capacity. Halfway through, the 1.5x worker s
 (to half the prior's speed); the pool keeps enough capacity for the load (86% after), so the run
 measures how placement adapts, not how an overloaded pool degrades (``--drift-worker 2`` slows
 the fastest one instead, which overloads the pool).
-Policies: ``raysched`` (learned placement), ``least_loaded``, ``pow2`` and ``clairvoyant``
+Policies: ``raysched`` (learned placement), ``least_loaded``, ``pow2`` and ``oracle_lct``
 (knows the true speeds and output lengths at every moment).
 
     python benchmarks/adaptive.py --mode sim --out DIR [--tasks N] [--seeds 0,1,2]
@@ -14,11 +14,11 @@ Policies: ``raysched`` (learned placement), ``least_loaded``, ``pow2`` and ``cla
 
 writes ``DIR/results.json`` with, per policy: ``mean_ms`` (completions 200 up to the drift),
 ``p99_ms``, ``deadline_met``, ``recover_completions`` (completions after the drift until the
-rolling mean latency is back within 10% of ``clairvoyant``'s), and ``DIR/rolling_latency.png``.
+rolling mean latency is back within 10% of ``oracle_lct``'s), and ``DIR/rolling_latency.png``.
 
 In ``--mode ray`` the same tasks go through the real scheduler actor and three simulated-engine
 LLM actors whose speeds are set behind the scheduler's back (``set_worker_speed``), time
-compressed by ``--time-scale``; ``clairvoyant`` needs an oracle, so its numbers (and the
+compressed by ``--time-scale``; ``oracle_lct`` needs an oracle, so its numbers (and the
 reference for ``recover_completions``) come from the simulator on the same tasks.
 """
 
@@ -41,7 +41,7 @@ from raysched.sim import Oracle, SimTask, Simulator
 
 SPEEDUPS = (1.0, 1.5, 3.0)  # relative to the prior
 DRIFT_SLOWDOWN = 3.0
-POLICY_NAMES = ("raysched", "least_loaded", "pow2", "clairvoyant")
+POLICY_NAMES = ("raysched", "least_loaded", "pow2", "oracle_lct")
 WARMUP = 200
 WINDOW = 50
 DEADLINE_S = 2.0
@@ -113,7 +113,7 @@ def _entry(policy: str, done: list[tuple[float, float, str]], met: list[bool], d
 
 def run_ray(tasks: list[SimTask], seed: int, drift_worker: int, time_scale: float
             ) -> dict[str, dict[str, Any]]:
-    """raysched, least_loaded and pow2 on Ray; clairvoyant from the simulator."""
+    """raysched, least_loaded and pow2 on Ray; oracle_lct from the simulator."""
     import threading
 
     import ray
@@ -124,7 +124,7 @@ def run_ray(tasks: list[SimTask], seed: int, drift_worker: int, time_scale: floa
 
     if not ray.is_initialized():
         init_local(num_cpus=16)
-    runs = {"clairvoyant": run_policy("clairvoyant", tasks, seed, drift_worker)}
+    runs = {"oracle_lct": run_policy("oracle_lct", tasks, seed, drift_worker)}
     drift_s = tasks[len(tasks) // 2].arrival_s * time_scale
     for policy in ("raysched", "least_loaded", "pow2"):
         config = raysched.SchedulerConfig(name=f"adaptive-{policy}-{seed}", policy=policy, pools=[
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runs = {p: run_policy(p, tasks, seed, args.drift_worker) for p in POLICY_NAMES}
         for p in POLICY_NAMES:
-            runs[p]["recover_completions"] = recover_completions(runs[p], runs["clairvoyant"])
+            runs[p]["recover_completions"] = recover_completions(runs[p], runs["oracle_lct"])
             runs[p]["seed"] = seed
             per_policy[p].append(runs[p])
     summary = []
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "recover_per_seed": rec,
             "share": rs[0]["share"],
         })
-    clair = next(s for s in summary if s["policy"] == "clairvoyant")
+    clair = next(s for s in summary if s["policy"] == "oracle_lct")
     pow2 = next(s for s in summary if s["policy"] == "pow2")
     _print(summary, clair, pow2, args.mode)
     out = Path(args.out)
@@ -232,7 +232,7 @@ def _print(summary: list[dict[str, Any]], clair: dict[str, Any], pow2: dict[str,
     from rich.table import Table
 
     t = Table(title=f"adaptive placement, 1x / 1.5x / 3x workers, one slows 3x mid-run ({mode})")
-    for col in ("policy", "mean ms", "vs clairvoyant", "p99 ms", "pow2 p99 / p99",
+    for col in ("policy", "mean ms", "vs oracle_lct", "p99 ms", "pow2 p99 / p99",
                 "deadline met", "recover (completions)", "share after drift"):
         t.add_column(col, justify="right")
     for s in summary:
@@ -258,7 +258,7 @@ def _plot(out: Path, per_policy: dict[str, list[dict[str, Any]]]) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     for p, rs in per_policy.items():
         ax.plot(rs[0]["rolling_ms"], label=p, linewidth=1)
-    ax.axvline(per_policy["clairvoyant"][0]["drift_completion"], color="k", linestyle="--",
+    ax.axvline(per_policy["oracle_lct"][0]["drift_completion"], color="k", linestyle="--",
                label="a worker slows 3x")
     ax.set_xlabel("completions")
     ax.set_ylabel(f"rolling mean latency, ms (window {WINDOW})")

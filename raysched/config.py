@@ -99,7 +99,7 @@ class SchedulerConfig(BaseModel):
     max_start_failures: int = Field(default=3, ge=1, le=100)
     # fsync the task log after each batch: survives a node crash, costs a disk flush per batch.
     wal_fsync: bool = False
-    # A name from raysched.core.policies.POLICIES (all but the oracle-driven "clairvoyant").
+    # A name from raysched.core.policies.POLICIES (all but the oracle-driven "oracle_lct").
     policy: str = "raysched"
     # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.
     idle_poll_ms: float = Field(default=50.0, gt=0, le=10_000)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "priority", "edf", "raysched",
-                "clairvoyant")
+                "oracle_lct")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ class KindSpec:
 # summaries 0.11-0.62 s (0.36 s at the mean sizes), reasoning 0.94-4.9 s (2.9 s), agents
 # 4.5-23 s (13.6 s); ``test_financial_mix_sizes_are_the_missions`` checks the means. Each deadline
 # is 2.5-5x the longest idle service time of its kind, so a task can wait behind others and
-# still make it. Outputs stop before max_new_tokens (an end token), which only the clairvoyant
+# still make it. Outputs stop before max_new_tokens (an end token), which only the oracle_lct
 # policy knows in advance.
 FINANCIAL_MIX: tuple[KindSpec, ...] = (
     KindSpec("classification", Priority.CRITICAL, "cpu", 50.0, 1.0, cpu_service_ms=(10.0, 20.0)),
@@ -298,7 +298,7 @@ def trace_rule(context_tokens: int, generated_tokens: int) -> tuple[Priority, st
 
 def token_budget(generated_tokens: int) -> int:
     """The ``max_new_tokens`` a replayed request asks for: the next power of two above what it
-    really generates, at most 1,000 (the trace's cap). Only the clairvoyant policy knows more."""
+    really generates, at most 1,000 (the trace's cap). Only the oracle_lct policy knows more."""
     power_of_two = 1 << max(0, math.ceil(math.log2(max(generated_tokens, 1))))
     return max(generated_tokens, min(1_000, power_of_two))
 

@@ -12,7 +12,11 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | edf          | deadline               | least backlog                 | late    | admit + expire |
 | raysched     | guarded EDF, aging     | least learned finish          | late    | admit, expire, |
 |              |                        |                               |         | preempt        |
-| clairvoyant  | as raysched            | least true finish (an oracle) | late    | as raysched    |
+| oracle_lct   | as raysched            | least true finish (an oracle) | late    | as raysched    |
+
+``oracle_lct`` knows every task's true service time and places it greedily on the earliest
+finish. It is a reference for placement, not an upper bound: greedy placement with perfect
+knowledge can lose to a policy that keeps fast workers free or holds work back.
 
 "Late" binding keeps tasks in the central queue until a worker has a free slot; "early" binds at
 arrival and lets the task wait in the worker's own queue, as a plain load balancer does. ``pow2``
@@ -92,7 +96,7 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("edf", "deadline", "least_loaded", admission=True),
     Policy("raysched", "guarded_deadline", "adaptive", admission=True, aging=True,
            preemption=True),
-    Policy("clairvoyant", "guarded_deadline", "least_completion", admission=True, aging=True,
+    Policy("oracle_lct", "guarded_deadline", "least_completion", admission=True, aging=True,
            needs_oracle=True, preemption=True),
 )}
 
@@ -104,7 +108,7 @@ def build_core(policy: str, *, config: CoreConfig | None = None, seed: int = 0,
 
     ``config`` gives the knobs (bounds, attempts, aging period; ``CoreConfig``'s defaults when
     None); the policy sets the ordering, admission, early binding, and whether aging is on.
-    ``oracle`` is the true service-time model the ``clairvoyant`` policy needs; ``estimator`` is
+    ``oracle`` is the true service-time model the ``oracle_lct`` policy needs; ``estimator`` is
     the learned model ``raysched`` starts from (a restored one, say). Raises ``ValueError`` for
     an unknown policy or a missing oracle.
     """

@@ -145,7 +145,7 @@ class Simulator:
 
 
 class Oracle:
-    """True service times, for the ``clairvoyant`` policy: real output lengths, real speeds.
+    """True service times, for the ``oracle_lct`` policy: real output lengths, real speeds.
 
     Built before the simulator (the core needs it), then ``bind``-ed to it.
     """

@@ -69,7 +69,7 @@ def test_same_seed_same_run():
 
 
 @pytest.mark.parametrize("policy", ["fifo", "round_robin", "least_loaded", "pow2", "priority",
-                                    "edf", "raysched", "clairvoyant"])
+                                    "edf", "raysched", "oracle_lct"])
 def test_every_policy_ends_every_task_once(policy):
     tasks = financial_mix(2_000, load=0.95, seed=1)
     entry, records = run_sim(policy, tasks, DEFAULT_CLUSTER)
