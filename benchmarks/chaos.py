@@ -172,6 +172,11 @@ def run(n_tasks: int, seed: int = 0, rate_per_s: float = 250.0) -> dict[str, Any
                 faults.append((time.monotonic(), "restarted the scheduler", ""))
                 restarted = True
             time.sleep(0.01)
+        # Kills late in the run: keep timing their pools' recovery for a while.
+        watch_until = time.monotonic() + 20.0
+        while (_watch_recovery(client, faults, recoveries, start)
+               and time.monotonic() < watch_until):
+            time.sleep(WATCH_PERIOD_S)
         results = {}
         received: Counter[str] = Counter()
         for h in handles:
@@ -241,22 +246,24 @@ def _kill_replacement(ray: Any, client: Any, before: set[str]) -> str:
 
 
 def _watch_recovery(client: Any, faults: list[tuple[float, str, str]],
-                    recoveries: dict[int, float], start: float) -> None:
-    """For each kill not yet recovered: is its pool back to its wanted size? Record when."""
+                    recoveries: dict[int, float], start: float) -> int:
+    """For each kill not yet recovered: is its pool back to its wanted size? Record when.
+    Returns how many kills are still waiting for their pool to be full again."""
     open_faults = [k for k, (_, what, pool) in enumerate(faults)
                    if pool and "killed" in what and k not in recoveries]
     if not open_faults:
-        return
+        return 0
     try:
         supervision = client.stats()["supervision"]
     except Exception:  # noqa: BLE001 - the scheduler may be restarting: look again later
-        return
+        return len(open_faults)
     now = time.monotonic()
     for k in open_faults:
         at, _, pool = faults[k]
         h = supervision.get(pool)
         if h is not None and h["live"] >= h["wanted"] and now - at > WATCH_PERIOD_S:
             recoveries[k] = round(now - at, 2)
+    return sum(1 for k in open_faults if k not in recoveries)
 
 
 def embedded_drill(n_tasks: int) -> dict[str, Any]:

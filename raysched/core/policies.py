@@ -10,8 +10,8 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | pow2         | arrival                | power of two choices          | late    | ignored        |
 | priority     | class, then arrival    | least backlog                 | late    | ignored        |
 | edf          | deadline               | least backlog                 | late    | admit + expire |
-| raysched     | guarded EDF, aging     | least learned finish          | late    | admit, expire, |
-|              |                        |                               |         | preempt        |
+| raysched     | class, deadline, aging | least learned finish          | late    | admit, expire, |
+|              | (tight work first)     |                               |         | preempt        |
 | oracle_lct   | as raysched            | least true finish (an oracle) | late    | as raysched    |
 
 ``oracle_lct`` knows every task's true service time and places it greedily on the earliest
@@ -94,9 +94,9 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("pow2", "arrival", "pow2"),
     Policy("priority", "class_arrival", "least_loaded"),
     Policy("edf", "deadline", "least_loaded", admission=True),
-    Policy("raysched", "guarded_deadline", "adaptive", admission=True, aging=True,
+    Policy("raysched", "guarded_class", "adaptive", admission=True, aging=True,
            preemption=True),
-    Policy("oracle_lct", "guarded_deadline", "least_completion", admission=True, aging=True,
+    Policy("oracle_lct", "guarded_class", "least_completion", admission=True, aging=True,
            needs_oracle=True, preemption=True),
 )}
 

@@ -12,13 +12,13 @@ CRITICAL work therefore always goes first, and a stream of HIGH work cannot hold
 effort included) back for longer than ``2 * aging_s`` plus one service time. Aging applies to
 the longest-waiting task of each class (it is the one that has aged most).
 
-``guarded_deadline`` (the ``raysched`` policy) is earliest deadline first across classes, with a
-class guard: the first task is the one with the earliest (aged) deadline of any class, unless a
-task of a higher class is getting tight (less slack before its latest start than its best-case
-service, ``deadline_s - latest_start_s``), in which case the tightest such task of the highest
-class goes first. While every deadline can be met, that is plain EDF, which meets them all when
-anything does; when they cannot, higher classes are served first. Aging lowers a waiting task's
-deadline key to the moment it would have reached HIGH, so best-effort work is never starved.
+``guarded_class`` (the ``raysched`` policy) is ``class_deadline`` with a deadline guard: when
+the first task of some class is getting tight (less slack before its latest start than
+``TIGHT_FACTOR`` best-case services, ``deadline_s - latest_start_s``), the tight task of the
+highest such class goes first, even before higher classes whose work has slack to spare. A
+CRITICAL arrival still overtakes queued work with time to spare, and a MEDIUM task about to miss
+is not held back behind HIGH work that could wait: class order spends slack, it does not waste
+deadlines.
 
 Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
 priority classes, FIFO inside), ``deadline`` (plain EDF, classes ignored) and ``arrival`` (FIFO).
@@ -42,11 +42,11 @@ _AGING_CEILING = Priority.HIGH
 
 
 # A task is tight when its slack before its latest start is under this many best-case services.
-# Measured on the shared conversation trace at loads 0.3-1.0: 1 and 2 let aged lower-class work
-# cost MEDIUM deadlines that EDF meets; from 4 on the guard keeps every class at or above EDF.
+# Measured on the shared conversation trace at loads 0.3-1.0: at 1 and 2, aged lower-class work
+# cost MEDIUM deadlines that EDF meets; from 4 on, every class stays at or above EDF there.
 TIGHT_FACTOR = 4.0
 
-ORDERINGS = ("class_deadline", "guarded_deadline", "class_arrival", "deadline", "arrival")
+ORDERINGS = ("class_deadline", "guarded_class", "class_arrival", "deadline", "arrival")
 
 
 class _Entry:
@@ -78,10 +78,9 @@ class DeadlineQueue:
             raise ValueError("aging_s must be positive or None")
         if ordering not in ORDERINGS:
             raise ValueError(f"unknown ordering {ordering!r}; known: {ORDERINGS}")
-        # Guarded EDF keeps tasks in per-class heaps too, so each class's tightest is at hand.
-        self._guarded = ordering == "guarded_deadline"
+        self._guarded = ordering == "guarded_class"
         self._by_class = ordering.startswith("class_") or self._guarded
-        self._by_deadline = ordering in ("class_deadline", "deadline", "guarded_deadline")
+        self._by_deadline = ordering in ("class_deadline", "deadline", "guarded_class")
         # Aging is a notion between classes: a class-blind order has nothing to age into.
         self.aging_s = aging_s if self._by_class else None
         # Per real class in arrival order (for shedding the newest low-class task), and per
@@ -148,7 +147,13 @@ class DeadlineQueue:
     def peek(self, now_s: float) -> tuple[QueueKey, CoreTask] | None:
         """The task that would be popped at ``now_s``, with its effective key."""
         if self._guarded:
-            return self._peek_guarded(now_s)
+            tight = self._tightest(now_s)
+            if tight is not None:
+                return (int(tight.cls), tight.key_s, tight.seq), tight.task
+        return self._peek_ordered(now_s)
+
+    def _peek_ordered(self, now_s: float) -> tuple[QueueKey, CoreTask] | None:
+        """The first task by the ordering's key, aging included."""
         best: tuple[QueueKey, _Entry] | None = None
         for cls in _CLASSES:
             if not self._members[cls]:
@@ -173,35 +178,17 @@ class DeadlineQueue:
             return None
         return best[0], best[1].task
 
-    def _peek_guarded(self, now_s: float) -> tuple[QueueKey, CoreTask] | None:
-        """Earliest (aged) deadline of any class, unless a higher class is getting tight."""
-        best: tuple[tuple[float, int], _Entry] | None = None
-        tight: _Entry | None = None
+    def _tightest(self, now_s: float) -> _Entry | None:
+        """The first task of the highest class whose first task is getting tight (less slack
+        before its latest start than ``TIGHT_FACTOR`` best-case services), or None."""
         for cls in _CLASSES:
             if not self._members[cls]:
                 continue
             head = self._head(self._heaps[cls])
-            if tight is None:
-                slack_s = head.latest_start_s - now_s
-                if slack_s < TIGHT_FACTOR * (head.task.deadline_s - head.latest_start_s):
-                    tight = head
-            key = (head.key_s, head.seq)
-            if best is None or key < best[0]:
-                best = (key, head)
-            if self.aging_s is not None and cls > _AGING_CEILING:
-                oldest = self._head(self._by_arrival[cls])
-                steps = int((now_s - oldest.arrival_s) // self.aging_s)
-                if steps > 0:
-                    aged = max(int(_AGING_CEILING), int(cls) - steps)
-                    promoted_s = oldest.arrival_s + (int(cls) - aged) * self.aging_s
-                    key = (min(oldest.key_s, promoted_s), oldest.seq)
-                    if key < best[0]:
-                        best = (key, oldest)
-        if best is None:
-            return None
-        # Classes are scanned from CRITICAL down: ``tight`` is the highest class's tight head.
-        entry = tight if tight is not None else best[1]
-        return (int(entry.cls), entry.key_s, entry.seq), entry.task
+            if head.latest_start_s - now_s < TIGHT_FACTOR * (head.task.deadline_s
+                                                             - head.latest_start_s):
+                return head
+        return None
 
     def pop(self, now_s: float) -> CoreTask | None:
         """Remove and return the first task at ``now_s``; None when empty."""
