@@ -431,3 +431,25 @@ def test_repush_same_seq_after_remove() -> None:
     assert q.remove("a") is t
     q.push(t, 1, 0.0)
     assert drain(q, 0.0) == ["a", "b"]
+
+
+def test_guarded_class_order_serves_class_first_while_nothing_is_tight() -> None:
+    q = DeadlineQueue(aging_s=None, ordering="guarded_class")
+    # latest start = deadline - 0.1 s of service: slack of seconds against 4 x 0.1 s.
+    q.push(task("med", M, 10.0), 1, 0.0, latest_start_s=9.9)
+    q.push(task("crit", C, 60.0), 2, 0.0, latest_start_s=59.9)
+    assert drain(q, 0.0) == ["crit", "med"]
+
+
+def test_guarded_class_order_lets_tight_lower_class_work_go_first() -> None:
+    q = DeadlineQueue(aging_s=None, ordering="guarded_class")
+    q.push(task("high", H, 60.0), 1, 0.0, latest_start_s=59.9)
+    q.push(task("med-tight", M, 1.2), 2, 0.0, latest_start_s=1.0)  # 0.2 s of service
+    # At 0.5 s the MEDIUM task has 0.5 s of slack, under 4 x 0.2 s: it goes first.
+    key, top = q.peek(0.5)
+    assert top.task_id == "med-tight" and key[0] == int(M)
+    assert drain(q, 0.5) == ["med-tight", "high"]
+    # Two tight tasks: the higher class first.
+    q.push(task("low-tight", L, 1.2), 3, 0.0, latest_start_s=1.0)
+    q.push(task("med-tight-2", M, 1.3), 4, 0.0, latest_start_s=1.1)
+    assert drain(q, 0.9) == ["med-tight-2", "low-tight"]
