@@ -177,15 +177,7 @@ def run(n_tasks: int, seed: int = 0, rate_per_s: float = 250.0) -> dict[str, Any
         while (_watch_recovery(client, faults, recoveries, start)
                and time.monotonic() < watch_until):
             time.sleep(WATCH_PERIOD_S)
-        results = {}
-        received: Counter[str] = Counter()
-        for h in handles:
-            try:
-                r = h.result(timeout=180)
-            except raysched.TaskTimeoutError:
-                continue
-            received[r.task_id] += 1
-            results[r.task_id] = (r, h.resolved_at)
+        results, received = _collect(handles)
         end = time.monotonic()
         counts = Counter(r.status.value for r, _ in results.values())
         failed_reasons = Counter(r.reason.split(" (")[0][:80] for r, _ in results.values()
@@ -225,6 +217,23 @@ def run(n_tasks: int, seed: int = 0, rate_per_s: float = 250.0) -> dict[str, Any
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _collect(handles: list[Any]) -> tuple[dict[str, tuple[Any, float | None]], Counter[str]]:
+    """Every handle's Result with the moment it arrived (task id -> (Result, resolved_at)),
+    and how many Results arrived per task id; a task with none in 180 s is left out (lost)."""
+    import raysched
+
+    results: dict[str, tuple[Any, float | None]] = {}
+    received: Counter[str] = Counter()
+    for h in handles:
+        try:
+            r = h.result(timeout=180)
+        except raysched.TaskTimeoutError:
+            continue
+        received[r.task_id] += 1
+        results[r.task_id] = (r, h.resolved_at)
+    return results, received
 
 
 def _kill_replacement(ray: Any, client: Any, before: set[str]) -> str:
@@ -282,15 +291,8 @@ def embedded_drill(n_tasks: int) -> dict[str, Any]:
     time.sleep(0.3)
     killed = time.monotonic()
     ray.kill(client.actor, no_restart=False)
-    received: Counter[str] = Counter()
-    statuses: Counter[str] = Counter()
-    for h in handles:
-        try:
-            r = h.result(timeout=180)
-        except raysched.TaskTimeoutError:
-            continue
-        received[r.task_id] += 1
-        statuses[r.status.value] += 1
+    results, received = _collect(handles)
+    statuses = Counter(r.status.value for r, _ in results.values())
     back_s = time.monotonic() - killed
     later = client.submit(Task(kind="batch", sla_ms=60_000,
                                payload={"fn": low_work, "args": (0.001,)}))

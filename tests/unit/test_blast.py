@@ -30,7 +30,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raysched.core import CoreTask, Outcome, Priority, ServicePrior, Status, TaskState, WorkerSpec
+from raysched.core import (
+    Assignment,
+    CoreTask,
+    Outcome,
+    Priority,
+    ServicePrior,
+    Status,
+    TaskState,
+    WorkerSpec,
+)
 from tests.builders import failed, make_core, make_task, make_worker, ok
 
 C, H, M, L = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
@@ -119,6 +128,17 @@ class Harness:
     def queued_in(self, pool: str, prio: Priority) -> int:
         return sum(1 for t in self.queued
                    if self.submitted[t].pool == pool and self.submitted[t].priority is prio)
+
+    def bound(self, a: Assignment, now: float) -> None:
+        """The model's side of an assignment: one more attempt, running on its worker."""
+        tid, wid = a.task.task_id, a.worker_id
+        self.attempts[tid] += 1
+        assert a.attempt == self.attempts[tid]
+        self.queued.discard(tid)
+        self.running[tid] = wid
+        self.started[tid] = (now, a.predicted_service_s)
+        self.history.append((tid, wid))
+        self.assigned_total += 1
 
     def has_room(self, w: WorkerSpec) -> bool:
         return w.worker_id not in self.alone and self.in_flight_of(w.worker_id) < w.slots
@@ -248,13 +268,7 @@ class Harness:
                 self.alone[wid] = tid
                 assert a.predicted_service_s == pytest.approx(
                     spec.prior.service_s(task.num_prompt_tokens, task.max_new_tokens))
-                self.attempts[tid] += 1
-                assert a.attempt == self.attempts[tid]
-                self.queued.discard(tid)
-                self.running[tid] = wid
-                self.started[tid] = (now, a.predicted_service_s)
-                self.history.append((tid, wid))
-                self.assigned_total += 1
+                self.bound(a, now)
                 continue
             batch = min(n_before + 1, spec.concurrency)
             assert a.predicted_service_s == pytest.approx(
@@ -281,13 +295,7 @@ class Harness:
                     least = min(members, key=lambda w: (*self.load_key(w.worker_id), w.worker_id))
                     assert a.predicted_finish_s <= self.finish_on(task, least.worker_id) + 1e-6, (
                         f"{tid} placed on {wid} but {least.worker_id} finishes earlier")
-            self.attempts[tid] += 1
-            assert a.attempt == self.attempts[tid]
-            self.queued.discard(tid)
-            self.running[tid] = wid
-            self.started[tid] = (now, a.predicted_service_s)
-            self.history.append((tid, wid))
-            self.assigned_total += 1
+            self.bound(a, now)
             if task.priority is L:
                 low_on.append(spec)
         # after the pass: nothing queued that should have expired
