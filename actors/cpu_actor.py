@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import ray
@@ -119,3 +120,8 @@ class CPUActor:
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start, binding=item.binding)
 
+
+def remote_cpu_actor() -> Any:
+    """``CPUActor`` as a Ray actor class, with the control thread its ``abort`` and ``ping``
+    need (Ray takes concurrency groups only where the class is made remote)."""
+    return ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(CPUActor)

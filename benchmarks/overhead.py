@@ -526,7 +526,7 @@ def part_c(quick: bool) -> dict[str, Any]:
     import ray
 
     import raysched
-    from actors.cpu_actor import CPUActor
+    from actors.cpu_actor import remote_cpu_actor
     from raysched import PoolConfig, SchedulerConfig, Task
     from raysched.core.protocol import WorkItem
     from raysched.models import Payload
@@ -567,7 +567,7 @@ def part_c(quick: bool) -> dict[str, Any]:
         out["direct_pipelined"] = {"calls": n_tasks, "per_s": n_tasks / pipe_s}
 
         # (iii) the worker class itself, one streaming execute([item]) per call, serially
-        worker = ray.remote(CPUActor).options(num_cpus=0.5).remote("direct-0", "cpu")
+        worker = remote_cpu_actor().options(num_cpus=0.5).remote("direct-0", "cpu")
         payload = Payload(fn=_noop)
 
         def one_execute(i: int) -> None:

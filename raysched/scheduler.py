@@ -118,7 +118,7 @@ class SchedulerActor:
             self._spawn(self.service.pools[pool])
 
     def _spawn(self, pool: PoolConfig) -> None:
-        from actors.cpu_actor import CONCURRENCY_GROUPS, CPUActor
+        from actors.cpu_actor import remote_cpu_actor
         from actors.llm_actor import LLMActor
 
         worker_id = f"{pool.name}-{next(self._worker_seq)}"
@@ -127,8 +127,7 @@ class SchedulerActor:
         handle: Any
         if pool.kind == "cpu":
             # Its cancels and pings run on a thread of their own, beside the task in front.
-            cpu_actor = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(CPUActor)
-            handle = cpu_actor.options(**opts).remote(worker_id, pool.name)
+            handle = remote_cpu_actor().options(**opts).remote(worker_id, pool.name)
         else:
             handle = ray.remote(LLMActor).options(**opts).remote(
                 worker_id, pool.name, engine=pool.engine, model=pool.model,
