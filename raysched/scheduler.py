@@ -261,7 +261,8 @@ class SchedulerActor:
         loop = asyncio.get_running_loop()
         for batch in dispatch.batches:
             timeout_s = max(self.config.hang_grace_s, self.config.hang_factor * batch.expected_s)
-            loop.create_task(self._run_batch(batch.worker_id, batch.items, timeout_s))
+            loop.create_task(self._run_batch(batch.worker_id, batch.items, timeout_s,
+                                             measure_round_trip=batch.idle))
 
     def _abort(self, task_ids_by_worker: dict[str, list[str]]) -> None:
         """Ask workers to drop tasks the core no longer wants from them. An LLM worker stops the
@@ -272,14 +273,18 @@ class SchedulerActor:
             if handle is not None:
                 handle.abort.remote(ids)
 
-    async def _run_batch(self, worker_id: str, items: list[WorkItem], timeout_s: float) -> None:
+    async def _run_batch(self, worker_id: str, items: list[WorkItem], timeout_s: float,
+                         measure_round_trip: bool = False) -> None:
         """One streaming call carries a batch to a worker; completions come back as they end.
 
         A worker that streams nothing for ``timeout_s`` is taken as hung, not waited on: it is
-        killed, and its tasks are retried elsewhere like those of any lost worker.
+        killed, and its tasks are retried elsewhere like those of any lost worker. When the
+        worker was idle, the wait for its first report less that report's work is its round
+        trip, which sets how deep its prefetch goes.
         """
         handle = self.workers.get(worker_id)
         unfinished = {item.task_id for item in items}
+        sent_s = time.monotonic()
         try:
             if handle is None:
                 raise RayActorError()
@@ -294,6 +299,10 @@ class SchedulerActor:
                     self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
                     return
                 completions: list[Completion] = await ref
+                if measure_round_trip:
+                    measure_round_trip = False
+                    self.service.round_trip(worker_id, time.monotonic() - sent_s
+                                            - sum(c.service_s for c in completions))
                 unfinished.difference_update(c.task_id for c in completions)
                 self.service.complete(completions)
                 self._kick()

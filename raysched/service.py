@@ -17,6 +17,7 @@ so the unit tests drive it with a fake clock and a real core; the Ray actor
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +45,9 @@ class Batch:
     worker_id: str
     items: list[WorkItem]
     expected_s: float
+    # The worker held nothing else when these were bound: the wait for its first report is
+    # the round trip plus the work, so it measures the round trip.
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,45 @@ class Cancellation:
 
     ended: list[bool]
     running_on: dict[str, list[str]] = field(default_factory=dict)
+
+
+class PrefetchDepth:
+    """How many tasks a one-at-a-time worker should hold: enough to hide its dispatch round
+    trip behind the work it has, ``ceil(round_trip / service) + 1``, between ``MIN_DEPTH`` and
+    ``MAX_DEPTH``; both measured as exponentially weighted means (weight ``DEPTH_WEIGHT``).
+
+    A deeper prefetch binds tasks earlier, which late binding exists to avoid; it stays safe
+    because the worker checks each task's latest start and cancellation before it starts it,
+    and the core may take back a task still waiting in a prefetch slot for urgent work.
+    """
+
+    MIN_DEPTH = 2  # the one running, and one waiting to hide the round trip
+    MAX_DEPTH = 64
+    DEPTH_WEIGHT = 0.1
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.round_trip_s: float | None = None
+        self.service_s: float | None = None
+
+    def service(self, service_s: float) -> None:
+        self.service_s = _ewma(self.service_s, max(service_s, 1e-6), self.DEPTH_WEIGHT)
+
+    def round_trip(self, round_trip_s: float) -> int | None:
+        """Take one measured round trip; the new slot count when it changed, else None."""
+        self.round_trip_s = _ewma(self.round_trip_s, max(round_trip_s, 0.0), self.DEPTH_WEIGHT)
+        if self.service_s is None:
+            return None
+        want = math.ceil(self.round_trip_s / self.service_s) + 1
+        slots = min(self.MAX_DEPTH, max(self.MIN_DEPTH, want))
+        if slots == self.slots:
+            return None
+        self.slots = slots
+        return slots
+
+
+def _ewma(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1.0 - weight) * old + weight * new
 
 
 @dataclass(slots=True)
@@ -104,6 +147,7 @@ class SchedulerService:
         self.worker_info: dict[str, WorkerInfo] = {}
         self.notes: list[str] = []  # what an operator should know: simulated engines, restarts
         self._pending: dict[str, _Pending] = {}
+        self._depth: dict[str, PrefetchDepth] = {}
         self._mailboxes: dict[str, list[Result]] = defaultdict(list)
         # Results handed to drivers but not yet acknowledged: delivered again after a restart.
         self._unacked: dict[str, tuple[str, Result]] = {}
@@ -286,6 +330,9 @@ class SchedulerService:
         pool = self.pools[info.pool]
         self.worker_info[info.worker_id] = info
         self.supervisor.registered(pool.name, info.worker_id)
+        if pool.kind == "cpu" and pool.slots is None:
+            # Its prefetch follows its measured round trip, unless the config fixed the slots.
+            self._depth[info.worker_id] = PrefetchDepth(pool.worker_slots)
         self.core.add_worker(WorkerSpec(worker_id=info.worker_id, pool=pool.name,
                                         slots=pool.worker_slots, concurrency=pool.concurrency,
                                         prior=info.prior,
@@ -320,16 +367,32 @@ class SchedulerService:
                                                latest_start_s=a.latest_start_s,
                                                binding=a.binding))
             expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
+        workers = self.core.table.workers
         return Dispatch(dict(take_back),
-                        [Batch(w, batch, expected_s[w]) for w, batch in items.items()])
+                        [Batch(w, batch, expected_s[w],
+                               idle=len(workers[w].in_flight) == len(batch))
+                         for w, batch in items.items()])
 
     def complete(self, completions: Iterable[Completion]) -> None:
         """Take workers' reports; the tasks they end get their Results."""
         now = self.clock()
         for c in completions:
+            if c.ok and c.worker_id in self._depth:
+                self._depth[c.worker_id].service(c.service_s)
             outcome = self.core.complete(c, now)
             if outcome is not None:
                 self.end([outcome])
+
+    def round_trip(self, worker_id: str, round_trip_s: float) -> None:
+        """A dispatch to ``worker_id`` took ``round_trip_s`` beyond the work itself (from the
+        call to its first report, less that task's service). A worker that runs one task at a
+        time holds enough tasks to hide it; see ``PrefetchDepth``."""
+        depth = self._depth.get(worker_id)
+        if depth is None:
+            return
+        slots = depth.round_trip(round_trip_s)
+        if slots is not None:
+            self.core.set_worker_slots(worker_id, slots)
 
     def fail(self, worker_id: str, task_ids: Iterable[str], error: str) -> None:
         """A call to ``worker_id`` failed with the worker still alive: its tasks failed there."""
@@ -343,6 +406,7 @@ class SchedulerService:
         """
         pool = self.pool_of(worker_id)
         self.worker_info.pop(worker_id, None)
+        self._depth.pop(worker_id, None)
         if pool is not None:
             self.supervisor.lost(pool.name, worker_id)
         self.end(self.core.worker_lost(worker_id, self.clock(), reason))

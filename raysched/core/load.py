@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raysched.core.types import ServicePrior, WorkerSpec
 
@@ -40,7 +40,7 @@ class WorkerLoad:
     def free_slots(self) -> int:
         if self.alone_task:
             return 0
-        return self.spec.slots - len(self.in_flight)
+        return max(self.spec.slots - len(self.in_flight), 0)
 
     def wait_s(self) -> float:
         """Predicted time before a newly placed task starts running."""
@@ -165,6 +165,18 @@ class LoadTable:
             w.backlog_s = 0.0  # clear float residue
         self._group_of(w.spec).offer(w)
         return w
+
+    def set_slots(self, worker_id: str, slots: int) -> None:
+        """Change how many tasks ``worker_id`` may hold (at least its concurrency). Tasks it
+        holds beyond a lowered count stay; it takes no new ones until it is under it."""
+        w = self.workers[worker_id]
+        slots = max(slots, w.spec.concurrency)
+        if slots == w.spec.slots:
+            return
+        before = w.free_slots
+        w.spec = replace(w.spec, slots=slots)
+        self._free_by_pool[w.spec.pool] += w.free_slots - before
+        self._group_of(w.spec).offer(w)
 
     def free_slots(self, pool: str) -> int:
         return self._free_by_pool.get(pool, 0)

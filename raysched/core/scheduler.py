@@ -152,6 +152,13 @@ class SchedulerCore:
             spec = replace(spec, slots=max(spec.slots, spec.concurrency * EARLY_BINDING_SLOTS))
         self.table.add(spec, now_s)
 
+    def set_worker_slots(self, worker_id: str, slots: int) -> None:
+        """How many tasks ``worker_id`` may hold from now on: its concurrency plus the prefetch
+        that hides its dispatch round trip (the driver measures it). Ignored under early
+        binding, where workers hold their own queues, and for an unknown worker."""
+        if not self.config.early_binding and worker_id in self.table.workers:
+            self.table.set_slots(worker_id, slots)
+
     def worker_lost(self, worker_id: str, now_s: float,
                     reason: str = "worker lost") -> list[Outcome]:
         """Remove a worker at once; requeue its tasks or fail those out of attempts.

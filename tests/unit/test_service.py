@@ -403,3 +403,43 @@ def test_a_pool_whose_replacement_dies_starting_refuses_and_ends_its_tasks() -> 
     assert refused is not None and refused.status is Status.REJECTED
     assert "killed while starting" in refused.reason
     assert service.stats()["supervision"]["cpu"]["down"]
+
+
+def test_prefetch_depth_hides_the_round_trip_within_bounds() -> None:
+    from raysched.service import PrefetchDepth
+
+    depth = PrefetchDepth(slots=4)
+    assert depth.round_trip(0.001) is None  # no service time seen yet
+    for _ in range(50):
+        depth.service(0.0001)  # 100 us tasks behind a 1 ms round trip: 11 in flight
+    assert depth.round_trip(0.001) == 11
+    for _ in range(50):
+        depth.service(0.1)  # 100 ms tasks: one running, one waiting is enough
+    assert depth.round_trip(0.001) == PrefetchDepth.MIN_DEPTH
+    for _ in range(200):
+        depth.service(1e-7)  # as good as free: capped
+    assert depth.round_trip(0.001) == PrefetchDepth.MAX_DEPTH
+
+
+def test_a_cpu_workers_slots_follow_its_measured_round_trip() -> None:
+    clock = FakeClock()
+    service = SchedulerService(build_core("raysched"), clock)
+    service.add_pool(PoolConfig(name="cpu", kind="cpu", replicas=1))
+    service.add_worker(WorkerInfo(worker_id="cpu-0", pool="cpu", engine="cpu", simulated=False,
+                                  node_id="node-0", prior=PRIOR))
+    assert service.core.table.workers["cpu-0"].spec.slots == 4
+    service.submit("c", [task(f"t{i}") for i in range(40)])
+    batch = service.assign().batches[0]
+    assert batch.idle and len(batch.items) == 4
+    service.complete([Completion(i.task_id, "cpu-0", ok=True, service_s=0.0002)
+                      for i in batch.items])
+    service.round_trip("cpu-0", 0.002)
+    assert service.core.table.workers["cpu-0"].spec.slots == 11
+    assert len(service.assign().batches[0].items) == 11
+    # A pool whose slots the config fixed keeps them.
+    fixed = SchedulerService(build_core("raysched"), clock)
+    fixed.add_pool(PoolConfig(name="cpu", kind="cpu", replicas=1, slots=4))
+    fixed.add_worker(WorkerInfo(worker_id="cpu-0", pool="cpu", engine="cpu", simulated=False,
+                                node_id="node-0", prior=PRIOR))
+    fixed.round_trip("cpu-0", 0.002)
+    assert fixed.core.table.workers["cpu-0"].spec.slots == 4
