@@ -68,11 +68,12 @@ class CoreConfig:
     ``admission``: reject infeasible deadlines at submit and expire tasks that can no longer meet
     theirs. Off for the baselines that know nothing of deadlines.
     ``preemption``: when a pool is full and its first queued task would, by waiting for a
-    slot, start too late to finish in time with its best case twice over, take back a task of
-    a strictly lower class: a running one on a worker that can stop part-way (an LLM engine
-    aborts the sequence, as vLLM's priority policy does), else one still waiting in a prefetch
-    slot. The lowest class goes first, then the latest started (least work lost); a task is
-    taken back at most ``max_preemptions`` times, and its attempt is not charged.
+    slot, pass its latest start (see ``PREEMPT_MARGIN``), take back a task of a strictly lower
+    class that can still meet its own deadline when run again: a running one on a worker that
+    can stop part-way (an LLM engine aborts the sequence, as vLLM's priority policy does), else
+    one still waiting in a prefetch slot. The lowest class goes first, then the latest started
+    (least work lost); a task is taken back at most ``max_preemptions`` times, and its attempt
+    is not charged.
     ``early_binding``: bind each task to a worker at once and let it queue there (round robin,
     least-loaded balancers); workers then take up to ``EARLY_BINDING_SLOTS`` times their
     concurrency.
@@ -362,13 +363,10 @@ class SchedulerCore:
                 assert v.start_s is not None
                 if v.start_s + service_s <= rec.latest_start_s - PREEMPT_MARGIN * best_case_s:
                     return
-                # A task bound in this very pass is not taken back: its worker has not even
-                # been sent it, and the pass that bound it saw a reason to.
-                # And only one that can still meet its own deadline when run again.
+                # Not a task bound in this very pass (its worker has not even been sent it),
+                # and only one that can still meet its own deadline when run again.
                 if (v.task.priority > task.priority and v.state is RUNNING
-                        and v.start_s < now_s
-                        and v.latest_start_s - now_s
-                        >= VICTIM_SLACK_FACTOR * (v.task.deadline_s - v.latest_start_s)
+                        and v.start_s < now_s and _can_wait(v, now_s)
                         and v.preemptions < self.config.max_preemptions
                         and (w.spec.preemptible or i >= w.spec.concurrency)):
                     key = (int(v.task.priority), v.start_s)
@@ -544,6 +542,15 @@ class SchedulerCore:
                        worker_id=rec.worker_id, submit_s=rec.submit_s, start_s=rec.start_s,
                        end_s=now_s, deadline_s=rec.task.deadline_s, attempts=rec.attempts,
                        output=output, priority=rec.task.priority, pool=rec.task.pool)
+
+
+def _can_wait(rec: _Record, now_s: float) -> bool:
+    """Whether ``rec`` could be run again from the start and still meet its deadline: it has
+    ``VICTIM_SLACK_FACTOR`` best-case services of slack left (always, without a deadline)."""
+    if rec.latest_start_s == float("inf"):
+        return True
+    return (rec.latest_start_s - now_s
+            >= VICTIM_SLACK_FACTOR * (rec.task.deadline_s - rec.latest_start_s))
 
 
 def _mean(values: list[float]) -> float:
