@@ -11,25 +11,29 @@ number on top of it, a speed factor::
 Each completion gives the ratio of its measured service to the prior's figure for the batch it
 really ran in and the tokens it really generated; the factor is an exponentially weighted mean
 of the log of that ratio (a running mean for the first ``1 / (1 - forget)`` completions, then a
-memory of about that many). Because the prior carries the batch and the tokens, the factor does
-not absorb them: identical workers learn the same factor, whatever their load. A run of large
-errors (a worker slowed down) makes the next completions count for half, so the change is seen
-within tens of completions. A (kind, worker) pair never seen starts from the kind's factor on
-the workers seen so far (a CPU callable that takes 400 ms is not a 1 ms task on a new worker).
-The generated length is learned per kind as a distribution of fractions of ``max_new_tokens``
-and planned at its top (the longest of the recent answers).
+memory of about that many). Because the prior carries the batch and the tokens, the factor
+does not absorb them; what it does absorb of the worker's own recent load (other requests'
+prefills) is noise that like workers share, so like workers use their kind's mean factor and a
+worker gets its own only when it is ``OWN_FACTOR_RATIO`` off. Three surprising completions in a
+row (a worker slowed down) start the model again from the new speed, so the change is seen
+within tens of completions. A (kind, worker) pair never seen starts from the kind's mean (a CPU
+callable that takes 400 ms is not a 1 ms task on a new worker). The generated length is learned
+per kind as a distribution of fractions of ``max_new_tokens`` and planned at its top (the
+longest of the recent answers). Admission's best case is the prior times the kind's fast tenth
+of factors; expiry plans with at least the prior.
 
 Placement is filter -> score -> pick:
 - filter: the pool's free workers that can hold the task;
 - score: predicted finish = the worker's backlog wait + learned service;
-- pick: the earliest finish, with two deadline-aware twists.
+- pick: the least loaded of the workers that finish about as early as the best (within
+  ``1 - SAME_SPEED`` of a service), with two deadline-aware twists.
   * Exploration, driven by uncertainty and bounded: non-CRITICAL tasks score an uncertain worker
     up to ``explore`` standard deviations (at most ``max_bonus`` of its service time) faster,
     so little-known workers get tried. CRITICAL tasks never explore, and never go to a worker
     predicted to miss their deadline while another is predicted to meet it.
-  * Keeping fast workers for urgent work: a LOW task whose deadline is far off goes to the
-    slowest workers that still finish it with half its slack to spare, and among those to the
-    one that finishes it first.
+  * Keeping fast workers for urgent work: among unlike workers, a LOW task whose deadline is
+    far off goes to the slowest that still finish it with half its slack to spare (the least
+    loaded of them).
 """
 
 from __future__ import annotations
