@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         PoolUnavailableError,
         RayschedError,
         SchedulerNotFoundError,
+        SubmitError,
         TaskTimeoutError,
     )
     from raysched.models import Payload, Requirements, Result, Task
@@ -37,7 +38,8 @@ _WHERE = {
     "Priority": "raysched.core.types", "Status": "raysched.core.types",
     "BackpressureError": "raysched.errors", "ConfigError": "raysched.errors",
     "PoolUnavailableError": "raysched.errors", "RayschedError": "raysched.errors",
-    "SchedulerNotFoundError": "raysched.errors", "TaskTimeoutError": "raysched.errors",
+    "SchedulerNotFoundError": "raysched.errors", "SubmitError": "raysched.errors",
+    "TaskTimeoutError": "raysched.errors",
     "Payload": "raysched.models", "Requirements": "raysched.models", "Result": "raysched.models",
     "Task": "raysched.models",
 }
@@ -45,8 +47,8 @@ _WHERE = {
 __all__ = [
     "BackpressureError", "Client", "ConfigError", "Payload", "PoolConfig", "PoolUnavailableError",
     "Priority", "RayschedError", "Requirements", "Result", "SchedulerConfig",
-    "SchedulerNotFoundError", "Status", "Task", "TaskHandle", "TaskTimeoutError", "connect",
-    "default_config", "find", "wait_all",
+    "SchedulerNotFoundError", "Status", "SubmitError", "Task", "TaskHandle", "TaskTimeoutError",
+    "connect", "default_config", "find", "wait_all",
 ]
 
 

@@ -170,19 +170,28 @@ def _submit(args: argparse.Namespace) -> int:
 
     import raysched
 
-    text = sys.stdin.read() if args.task in (None, "-") else Path(args.task).read_text()
+    try:
+        text = sys.stdin.read() if args.task in (None, "-") else Path(args.task).read_text()
+    except OSError as exc:
+        print(f"raysched submit: cannot read the task: {exc}", file=sys.stderr)
+        return 2
     try:
         data = json.loads(text)
-        raysched.Task.model_validate(data)
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except json.JSONDecodeError as exc:
         print(f"raysched submit: invalid task: {exc}", file=sys.stderr)
         return 2
     client = raysched.connect(address=args.address)
     try:
-        result = client.submit(data).result(timeout=args.timeout)
+        # Checked against the scheduler's own pools (their kinds), as any driver's task is.
+        handle = client.submit(data)
+        result = handle.result(timeout=args.timeout)
     except ValidationError as exc:
         print(f"raysched submit: invalid task: {exc}", file=sys.stderr)
         return 2
+    except raysched.TaskTimeoutError:
+        print(f"raysched submit: no result after {args.timeout} s; the task goes on (id "
+              f"{handle.task_id})", file=sys.stderr)
+        return 3
     finally:
         client.close()
     print(result.model_dump_json(indent=2))

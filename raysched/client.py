@@ -18,7 +18,12 @@ from typing import Any
 
 from raysched.config import SchedulerConfig, default_config
 from raysched.core.types import Status
-from raysched.errors import BackpressureError, SchedulerNotFoundError, TaskTimeoutError
+from raysched.errors import (
+    BackpressureError,
+    SchedulerNotFoundError,
+    SubmitError,
+    TaskTimeoutError,
+)
 from raysched.models import DEFAULT_POOL_KINDS, Result, Task
 
 SUBMIT_CHUNK = 512
@@ -118,6 +123,10 @@ class Client:
         if len(checked) > self.max_outstanding:
             raise BackpressureError(f"{len(checked)} tasks in one call exceed max_outstanding="
                                     f"{self.max_outstanding}; submit them in smaller parts")
+        ids = [t.id for t in checked]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"task ids given twice in one call: {twice[:5]}; nothing submitted")
         handles = [TaskHandle(self, t.id) for t in checked]
         with self._room:
             room = self._room.wait_for(
@@ -126,15 +135,25 @@ class Client:
             if not room:
                 raise BackpressureError(f"{len(self._handles)} tasks of this client are still "
                                         f"unfinished (max_outstanding={self.max_outstanding})")
+            known = [h.task_id for h in handles if h.task_id in self._handles]
+            if known:
+                raise ValueError(f"task id {known[0]!r} is already submitted by this client and "
+                                 f"has no result yet; nothing submitted")
             for h in handles:
-                if h.task_id in self._handles:
-                    raise ValueError(f"task id {h.task_id!r} is already submitted by this client")
                 self._handles[h.task_id] = h
         self._ensure_poller()
         for i in range(0, len(checked), SUBMIT_CHUNK):
             chunk = checked[i:i + SUBMIT_CHUNK]
-            rejections = self._call("submit", self.client_id, chunk)
-            for result in rejections:
+            try:
+                replies = self._call("submit", self.client_id, chunk)
+            except Exception as exc:
+                # Nothing from here on reached the scheduler: forget those handles, so no task
+                # is left waiting for a Result that cannot come, and say what was sent.
+                self._forget([t.id for t in checked[i:]])
+                raise SubmitError(f"{len(checked) - i} of {len(checked)} tasks were not "
+                                  f"submitted: {type(exc).__name__}: {str(exc)[:500]}",
+                                  submitted=handles[:i]) from exc
+            for result in replies:
                 if result is not None:
                     self._resolve(result)
         return handles
@@ -266,6 +285,12 @@ class Client:
             except Exception:  # noqa: BLE001 - any failure here means: still restarting
                 time.sleep(0.5)
         return False
+
+    def _forget(self, task_ids: list[str]) -> None:
+        with self._room:
+            for task_id in task_ids:
+                self._handles.pop(task_id, None)
+            self._room.notify_all()
 
     def _fail_all(self, reason: str) -> None:
         with self._room:

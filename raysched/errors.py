@@ -23,3 +23,12 @@ class BackpressureError(RayschedError):
 
 class PoolUnavailableError(RayschedError):
     """A pool has no live worker and none can be started (the reason says why)."""
+
+
+class SubmitError(RayschedError):
+    """Some tasks of a submit call did not reach the scheduler (they could not be sent, say a
+    payload Ray cannot pickle); ``submitted`` holds the handles of those that did."""
+
+    def __init__(self, message: str, submitted: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.submitted = submitted or []

@@ -152,6 +152,10 @@ class Task(BaseModel):
         kinds = known if isinstance(known, Mapping) else DEFAULT_POOL_KINDS
         pool_kind = kinds.get(pool)
         p = self.payload
+        if pool_kind is None:
+            # A pool this check does not know (no context, not a default pool): what its
+            # payload needs is checked where its kind is known, against the scheduler's pools.
+            return self
         if pool_kind == "llm":
             if p.prompt is None:
                 raise ValueError(f"payload.prompt is required for {self.kind} on {pool}")

@@ -212,10 +212,12 @@ class SchedulerService:
     def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
         """Admit a batch of validated tasks. Returns, per task, a rejection Result or None.
 
-        Idempotent per driver: a task id this driver already submitted (still running, or ended
-        and not acknowledged) is accepted again as a no-op, so a retried call after a lost reply
-        does no harm; the same id from another driver is rejected. Accepted tasks are in the
-        task log before this returns, so a restart from here on runs or reports every one.
+        Idempotent per driver: a task id this driver already submitted and that still runs is
+        accepted again as a no-op, so a retried call after a lost reply does no harm; one that
+        has ended and is not yet acknowledged gets its Result again in the reply (the driver
+        keeps the first it receives); the same id from another driver is rejected. Accepted
+        tasks are in the task log before this returns, so a restart from here on runs or
+        reports every one.
         """
         now = self.clock()
         out: list[Result | None] = []
@@ -223,8 +225,11 @@ class SchedulerService:
         for task in tasks:
             owner = self._pending.get(task.id)
             done = self._unacked.get(task.id)
-            if (owner and owner.client_id == client_id) or (done and done[0] == client_id):
+            if owner and owner.client_id == client_id:
                 out.append(None)  # a repeated call: already accepted, its Result will come
+                continue
+            if done and done[0] == client_id:
+                out.append(done[1])  # it has ended: its Result, again
                 continue
             # A cancelled task the core still tracks (its worker has not reported) holds its id.
             if owner or done or self.core.state_of(task.id) is not None:

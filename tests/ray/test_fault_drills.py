@@ -158,3 +158,30 @@ def test_a_cancelled_task_never_runs_even_from_a_prefetch_slot(make_client, tmp_
     time.sleep(1.0)  # time for a wrongly started task to leave its mark
     assert not any(m.exists() for m in marks)
     assert client.submit(_cpu_task("after", _sleep, 0.01)).result(timeout=30).ok
+
+
+def test_a_submit_that_cannot_be_sent_leaves_nothing_waiting(make_client) -> None:
+    import threading
+
+    import raysched
+
+    client = make_client()
+    dup = _cpu_task("dup", _sleep, 0.01)
+    with pytest.raises(ValueError, match="given twice"):
+        client.submit_many([dup, dup])
+    # A payload Ray cannot pickle (a lock): the call fails, and says how much went through.
+    with pytest.raises(raysched.SubmitError, match="1 of 1 tasks were not submitted"):
+        client.submit(_cpu_task("unpicklable", _sleep, threading.Lock()))
+    assert client.outstanding() == 0
+    # Neither id is taken: both can be submitted now and end once.
+    assert client.submit(dup).result(timeout=30).ok
+    assert client.outstanding() == 0
+
+
+def test_resubmitting_a_finished_task_gets_its_result_again(make_client) -> None:
+    client = make_client()
+    t = _cpu_task("again", _sleep, 0.01)
+    first = client.submit(t).result(timeout=30)
+    second = client.submit(t).result(timeout=10)
+    assert first.status is second.status is Status.COMPLETED
+    assert second.task_id == "again" and client.outstanding() == 0

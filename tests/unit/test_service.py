@@ -100,9 +100,11 @@ def test_same_client_resubmitting_a_task_is_accepted_once() -> None:
     assert service.submit("a", [task("t1"), task("t1")]) == [None, None]
     assert list(service.pending()) == ["t1"]
     assert service.core.unfinished() == 1
-    # Still a no-op once it has ended, until the driver acknowledges the result.
+    # Once it has ended (and until the driver acknowledges it), a resubmit runs nothing and
+    # gets the Result again in the reply, so a new handle for the same id is answered too.
     run_one(service, clock)
-    assert service.submit("a", [task("t1")]) == [None]
+    [again] = service.submit("a", [task("t1")])
+    assert again is not None and again.task_id == "t1" and again.status is Status.COMPLETED
     assert service.core.unfinished() == 0
     assert [r.task_id for r in service.take("a")] == ["t1"]
 
