@@ -152,14 +152,24 @@ def _status(args: argparse.Namespace) -> int:
         t.add_row(wid, w["pool"], engine, str(w["in_flight"]), str(w["free_slots"]),
                   f"{w['backlog_s']:.2f}", str(w["completed"]), f"{100 * w['utilization']:.0f}%")
     console.print(t)
+    if stats.get("supervision"):
+        pt = Table(title="pools: workers wanted, live and starting")
+        for col in ("pool", "wanted", "live", "starting", "oldest start s", "failed starts",
+                    "cannot serve because"):
+            pt.add_column(col, justify="right")
+        for pool, h in stats["supervision"].items():
+            pt.add_row(pool, str(h["wanted"]), str(h["live"]), str(h["starting"]),
+                       f"{h['oldest_start_s']:.0f}", str(h["start_failures"]), h["down"] or "-")
+        console.print(pt)
     if stats.get("learned"):
         lt = Table(title="learned service times (typical task: 500 prompt, 100 new tokens)")
-        for col in ("worker", "kind", "predicted ms", "prior ms", "observations", "± ms"):
+        for col in ("worker", "kind", "predicted ms", "prior ms", "speed factor",
+                    "observations", "± ms"):
             lt.add_column(col, justify="right")
         for row in stats["learned"]:
             lt.add_row(row["worker"], row["kind"], f"{row['predicted_ms']:.1f}",
-                       f"{row['prior_ms']:.1f}", str(row["observations"]),
-                       f"{row['uncertainty_ms']:.1f}")
+                       f"{row['prior_ms']:.1f}", f"{row.get('speed_factor', 1.0):.2f}",
+                       str(row["observations"]), f"{row['uncertainty_ms']:.1f}")
         console.print(lt)
     console.print(f"results: {stats['results']}")
     return 0
