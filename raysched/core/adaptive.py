@@ -122,6 +122,26 @@ class SpeedModel:
         self.n += 1
 
 
+class RecentQuantile:
+    """A quantile of the last ``kept`` values, recomputed every ``NEW_TOKENS_EVERY`` values
+    (every value while fewer have come), so a completion does not pay a sort."""
+
+    def __init__(self, quantile: float, kept: int) -> None:
+        self.quantile = quantile
+        self._values: deque[float] = deque(maxlen=kept)
+        self._count = 0
+        self.value = 1.0
+
+    def add(self, x: float) -> float:
+        """Take ``x``; returns the quantile now."""
+        self._values.append(x)
+        self._count += 1
+        if self._count < NEW_TOKENS_EVERY or self._count % NEW_TOKENS_EVERY == 0:
+            ordered = sorted(self._values)
+            self.value = ordered[int(self.quantile * (len(ordered) - 1))]
+        return self.value
+
+
 @dataclass
 class AdaptiveEstimator:
     """Learned speed factor per (kind, worker) over each worker's engine prior."""
@@ -132,10 +152,9 @@ class AdaptiveEstimator:
     # Generated tokens as a fraction of max_new_tokens, per kind: the NEW_TOKENS_QUANTILE of
     # the last NEW_TOKENS_KEPT completions.
     new_ratio: dict[str, float] = field(default_factory=dict)
-    _ratios: dict[str, deque[float]] = field(default_factory=dict)
-    # Per kind, the last RATIOS_KEPT measured / prior ratios and their BEST_CASE_QUANTILE.
-    _recent_ratios: dict[str, deque[float]] = field(default_factory=dict)
-    _best_factor: dict[str, float] = field(default_factory=dict)
+    _new_ratios: dict[str, RecentQuantile] = field(default_factory=dict)
+    # Per kind, the BEST_CASE_QUANTILE of the last RATIOS_KEPT measured / prior ratios.
+    _best_factor: dict[str, RecentQuantile] = field(default_factory=dict)
     # Per kind, the sum and count of its models' log factors: the kind's mean over its workers,
     # where a new (kind, worker) starts and what like workers share (kept up to date in O(1)).
     _kind_sum: dict[str, float] = field(default_factory=dict)
@@ -202,7 +221,8 @@ class AdaptiveEstimator:
         the fast end of the kind's recent completions is what an idle worker does. It matters
         most where the prior knows little: a CPU callable's prior is the dispatch cost, 1 ms,
         and a 100 ms callable must not be started 1 ms before its deadline."""
-        best = self._best_factor.get(task.kind, 1.0)
+        quantile = self._best_factor.get(task.kind)
+        best = quantile.value if quantile is not None else 1.0
         return max(best * min(self._prior_s(task, w.spec.prior, 1)
                               for w in group.members.values()), 1e-6)
 
@@ -227,17 +247,12 @@ class AdaptiveEstimator:
         ratio = completion.service_s / expected_s
         m.update(ratio, self.forget)
         self._kind_sum[task.kind] += m.log_factor - before
-        seen = self._recent_ratios.setdefault(task.kind, deque(maxlen=RATIOS_KEPT))
-        seen.append(ratio)
-        if len(seen) % NEW_TOKENS_EVERY == 0 or len(seen) < NEW_TOKENS_EVERY:
-            ordered = sorted(seen)
-            self._best_factor[task.kind] = ordered[int(BEST_CASE_QUANTILE * (len(ordered) - 1))]
+        self._best_factor.setdefault(
+            task.kind, RecentQuantile(BEST_CASE_QUANTILE, RATIOS_KEPT)).add(ratio)
         if task.max_new_tokens:
-            kept = self._ratios.setdefault(task.kind, deque(maxlen=NEW_TOKENS_KEPT))
-            kept.append(min(1.0, new / task.max_new_tokens))
-            if len(kept) % NEW_TOKENS_EVERY == 0 or len(kept) < NEW_TOKENS_EVERY:
-                ordered = sorted(kept)
-                self.new_ratio[task.kind] = ordered[int(NEW_TOKENS_QUANTILE * (len(ordered) - 1))]
+            lengths = self._new_ratios.setdefault(
+                task.kind, RecentQuantile(NEW_TOKENS_QUANTILE, NEW_TOKENS_KEPT))
+            self.new_ratio[task.kind] = lengths.add(min(1.0, new / task.max_new_tokens))
 
     def forget_worker(self, worker_id: str) -> None:
         for key in [k for k in self.models if k[1] == worker_id]:

@@ -9,6 +9,7 @@ estimator can replace the engine priors without touching the rest.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,14 +112,10 @@ class EstimatorPlacement:
     estimator: ServiceEstimator
 
     def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        times = [self.estimator.idle_service_s(task, g) for g in table.groups(task.pool)
-                 if eligible(task, g)]
-        return min(times) if times else None
+        return _min_over_eligible(task, table, self.estimator.idle_service_s)
 
     def planned_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        times = [self.estimator.planned_idle_s(task, g) for g in table.groups(task.pool)
-                 if eligible(task, g)]
-        return min(times) if times else None
+        return _min_over_eligible(task, table, self.estimator.planned_idle_s)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
@@ -132,6 +129,13 @@ class EstimatorPlacement:
 
     def learned(self) -> list[dict[str, Any]]:
         return []
+
+
+def _min_over_eligible(task: CoreTask, table: LoadTable,
+                       idle_s: Callable[[CoreTask, WorkerGroup], float]) -> float | None:
+    """The least ``idle_s`` over the pool's groups that can hold ``task``; None when none can."""
+    times = [idle_s(task, g) for g in table.groups(task.pool) if eligible(task, g)]
+    return min(times) if times else None
 
 
 class LeastCompletionTime(EstimatorPlacement):

@@ -254,8 +254,7 @@ class SchedulerCore:
                 # replaced; the driver calls ``pool_down`` when none is): wait for it.
                 best_case_s = 0.0
             else:
-                return [self._reject(rec, now_s, f"no worker in {task.pool} can hold "
-                                                 f"{context_need(task)} tokens")]
+                return [self._reject(rec, now_s, self._context_refusal(task))]
         slack_s = task.deadline_s - now_s
         if self.config.admission and not task.best_effort:
             if best_case_s > slack_s:
@@ -328,8 +327,7 @@ class SchedulerCore:
                         rec = self._records[task.task_id]
                         status = Status.FAILED if rec.attempts else Status.REJECTED
                         decisions.ended.append(self._finish(
-                            rec, status, now_s, f"no worker in {pool} can hold "
-                                                f"{context_need(task)} tokens"))
+                            rec, status, now_s, self._context_refusal(task)))
                         continue
                     skipped.append(task)
                     continue
@@ -524,6 +522,12 @@ class SchedulerCore:
                                     f"deadline can no longer be met: the latest start was "
                                     f"{(now_s - latest_start_s) * 1e3:.1f} ms ago"))
         return out
+
+    def _context_refusal(self, task: CoreTask) -> str:
+        """Why no worker can hold ``task``: the context it asks for, and the most one holds."""
+        most = max((g.max_context_tokens for g in self.table.groups(task.pool)), default=0)
+        return (f"no worker in {task.pool} can hold {context_need(task)} tokens "
+                f"(the most a worker there holds: {most})")
 
     def _reject(self, rec: _Record, now_s: float, reason: str) -> Outcome:
         self.counts[Status.REJECTED] += 1

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 import raysched
 from raysched import Status, Task
-from raysched.workload import arrivals
+from raysched.bench.workloads import arrivals
 
 pytestmark = pytest.mark.ray
 
