@@ -52,9 +52,16 @@ Sources (found with the project's search tool; nothing is invented, derivations 
   (https://johnmusgrave.com/p/vllm-throughput-latency-sweep-on): vLLM 0.23.0,
   Llama-3.1-8B-Instruct BF16, one A100 40GB, 1,024 input / 128 output tokens: "decode at one
   request per time runs at about 75 tokens/sec" and batching gives "a 6.6x gain" at concurrency 8.
-  These are output-token throughputs (prefill included); the simulator's figure is computed the
-  same way (C prefills of 1,024 tokens + 127 decode steps of a batch of C). Only these two points
-  were legible in the source; the other concurrency levels were not, so they are not used.
+  These are output-token throughputs (prefill included); the simulator's figure is the same
+  run (C requests of 1,024 / 128 tokens at t=0) on ``raysched.sim.SimLLMWorker``, in its
+  chunked-prefill model (the default, vLLM V1's 2,048-token step budget) and in the older
+  whole-prefill stall. Only these two points were legible in the source; the other concurrency
+  levels were not, so they are not used.
+
+- Time to first token: the Mistral-7B A100 file's ``ttfts`` (its ten prompts, 1,585 tokens,
+  prefilled in one batch), against the same ten requests on ``SimLLMWorker`` both ways. The
+  chunked model samples each first token in the step that ends its prompt; the stall model
+  after one more decode step. The other files' TTFTs are not copied here.
 
 - Not found: per-batch-size vLLM figures for Llama-2-70B (the simulator's 70B preset); the 70B
   rows use Llama-3-70B (70.6 B parameters, same 80 layers, 8 KV heads of 128) instead, evaluated
@@ -116,6 +123,10 @@ LAMBDA_RUNS: list[dict[str, Any]] = [
         "gpu": A100_80GB, "num_gpus": 1, "tp_efficiency": 1.0,
         "input_lens": [14, 30, 28, 12, 375, 29, 487, 369, 5, 236],
         "output_lens": [129, 883, 273, 165, 0, 928, 10, 26, 8, 18],
+        # The file's "ttfts" (s) of the nine requests that generated tokens (the one with no
+        # output reports 0.0): the ten prompts (1,585 tokens) were prefilled in one batch.
+        "ttfts": [0.1545947, 0.1542889, 0.1541631, 0.1540405, 0.1536001, 0.1529503, 0.1533543,
+                  0.1524457, 0.1530548],
         "longest_itls": [
             0.1121003, 0.1107041, 0.1115024, 0.1084565, 0.1089477, 0.1085798, 0.1085055,
             0.1089461, 0.1082503, 0.1094380, 0.1093588, 0.1097201, 0.1110357, 0.1091026,
@@ -339,15 +350,63 @@ def lambda_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def sim_first_and_last_s(roof: Roofline, prompts: list[int], outputs: list[int],
+                         chunked: bool) -> list[tuple[float, float]]:
+    """(first token, last token) times of requests that all arrive at t=0 on one simulated
+    worker (``raysched.sim.SimLLMWorker``, the model the benchmarks run), in the chunked-prefill
+    model (vLLM V1's default) or the whole-prefill stall."""
+    from raysched.core.types import CoreTask, Priority
+    from raysched.sim.workers import SimLLMWorker, SimTask
+
+    def run(new_tokens: list[int]) -> list[float]:
+        w = SimLLMWorker("probe", max_batch_size=len(prompts), roofline=roof,
+                         chunked_prefill=chunked)
+        for i, (p, n) in enumerate(zip(prompts, new_tokens, strict=True)):
+            core = CoreTask(f"r{i}", "calibration", Priority.HIGH, math.inf, "llm", p, n)
+            w.add(SimTask(0.0, core, true_new_tokens=n), 0.0)
+        ends: dict[str, float] = {}
+        while (t := w.next_event_s()) is not None:
+            ends.update({f.task_id: t for f in w.pop_finished(t)})
+        return [ends[f"r{i}"] for i in range(len(prompts))]
+
+    # One token each gives the batch's time to first token; the real lengths give the ends.
+    return list(zip(run([1] * len(prompts)), run(outputs), strict=True))
+
+
 def musgrave_rows() -> list[dict[str, Any]]:
+    """Output tokens/s of C requests of 1,024 in / 128 out sent at once, simulated both ways."""
     roof = Roofline(LLAMA31_8B, A100_40GB, num_gpus=1)
     rows = []
     for c, measured in MUSGRAVE["points"].items():
-        t = c * roof.prefill_s(1024) + sum(
-            roof.decode_step_s([1024 + i] * c) for i in range(1, 128))
-        sim = c * 128 / t
-        rows.append({"concurrency": c, "measured_tok_s": measured, "sim_tok_s": sim,
-                     "error_pct": 100.0 * (sim - measured) / measured})
+        row: dict[str, Any] = {"concurrency": c, "measured_tok_s": measured}
+        for mode, chunked in (("chunked", True), ("stall", False)):
+            makespan_s = max(end for _, end in
+                             sim_first_and_last_s(roof, [1024] * c, [128] * c, chunked))
+            sim = c * 128 / makespan_s
+            row[mode] = {"sim_tok_s": sim, "error_pct": 100.0 * (sim - measured) / measured}
+        rows.append(row)
+    return rows
+
+
+def ttft_rows() -> list[dict[str, Any]]:
+    """Median time to first token of the Lambda runs that carry TTFTs, simulated both ways."""
+    rows = []
+    for run in LAMBDA_RUNS:
+        if "ttfts" not in run:
+            continue
+        measured = statistics.median(run["ttfts"])
+        row: dict[str, Any] = {"name": run["name"], "measured_ms": 1e3 * measured}
+        for label, model in run["models"].items():
+            roof = Roofline(model, run["gpu"], num_gpus=run["num_gpus"],
+                            tp_efficiency=run["tp_efficiency"])
+            for mode, chunked in (("chunked", True), ("stall", False)):
+                times = sim_first_and_last_s(roof, run["input_lens"], run["output_lens"],
+                                             chunked)
+                sim = statistics.median(first for (first, _), n in
+                                        zip(times, run["output_lens"], strict=True) if n > 0)
+                row[f"{label}, {mode}"] = {"sim_ms": 1e3 * sim,
+                                           "error_pct": 100.0 * (sim - measured) / measured}
+        rows.append(row)
     return rows
 
 
@@ -419,15 +478,29 @@ def main(argv: list[str] | None = None) -> int:
     sim["musgrave"] = {"name": MUSGRAVE["name"], "source": MUSGRAVE["source"],
                        "rows": musgrave_rows()}
     t = Table(title=f"simulator vs vLLM: {MUSGRAVE['name']}  [{MUSGRAVE['source']}]")
-    for col in ("concurrency", "vLLM out tok/s", "sim out tok/s", "error"):
+    for col in ("concurrency", "vLLM out tok/s", "sim chunked", "error", "sim stall", "error"):
         t.add_column(col, justify="right")
     for row in sim["musgrave"]["rows"]:
         t.add_row(str(row["concurrency"]), f"{row['measured_tok_s']:.0f}",
-                  f"{row['sim_tok_s']:.0f}", f"{row['error_pct']:+.1f}%")
+                  *[cell for mode in ("chunked", "stall") for cell in
+                    (f"{row[mode]['sim_tok_s']:.0f}", f"{row[mode]['error_pct']:+.1f}%")])
+    console.print(t)
+    sim["ttft"] = ttft_rows()
+    t = Table(title="simulator vs vLLM: median time to first token, all prompts sent at once")
+    for col in ("run", "vLLM ms", "sim model", "sim ms", "error"):
+        t.add_column(col, justify="right")
+    for row in sim["ttft"]:
+        for label, cell in row.items():
+            if isinstance(cell, dict):
+                t.add_row(row["name"], f"{row['measured_ms']:.1f}", label,
+                          f"{cell['sim_ms']:.1f}", f"{cell['error_pct']:+.1f}%")
     console.print(t)
     errors = [abs(s["error_pct"]) for run in sim["lambda"] for row in run["rows"]
               for s in row["sim"].values()]
-    errors += [abs(r["error_pct"]) for r in sim["musgrave"]["rows"]]
+    # The default (chunked) model's points; the stall model's are in the JSON beside them.
+    errors += [abs(r["chunked"]["error_pct"]) for r in sim["musgrave"]["rows"]]
+    errors += [abs(c["error_pct"]) for r in sim["ttft"] for k, c in r.items()
+               if isinstance(c, dict) and k.endswith("chunked")]
     sim["abs_error_pct"] = {"median": statistics.median(errors), "max": max(errors)}
     console.print(f"simulator |error| over all points: median {statistics.median(errors):.1f}%, "
                   f"max {max(errors):.1f}%")

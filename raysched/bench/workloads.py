@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from raysched.core.protocol import FRAUD_NUM_FEATURES
 from raysched.core.types import CHARS_PER_TOKEN, CoreTask, Priority
-from raysched.sim.workers import SimCPUWorker, SimLLMWorker, SimTask
+from raysched.sim.workers import MAX_NUM_BATCHED_TOKENS, SimCPUWorker, SimLLMWorker, SimTask
 
 if TYPE_CHECKING:
     from raysched.config import SchedulerConfig
@@ -41,18 +41,26 @@ class PoolSpec:
     preset: str = "cpu"
     max_batch_size: int = 1
     speeds: tuple[float, ...] = ()  # per-worker service multipliers; default all 1.0
+    # LLM pools: vLLM V1's chunked prefill under a per-step token budget (the default), or the
+    # older model where each prefill stalls the whole batch (see ``SimLLMWorker``).
+    chunked_prefill: bool = True
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
 
-    def build(self) -> list[tuple[str, SimCPUWorker | SimLLMWorker]]:
-        """The pool's simulated workers, named ``{name}-{i}``."""
+    def build(self, queue_order: str = "arrival") -> list[tuple[str, SimCPUWorker | SimLLMWorker]]:
+        """The pool's simulated workers, named ``{name}-{i}``; ``queue_order`` orders each
+        worker's own queue (``ReplicaQueue``)."""
         workers: list[tuple[str, SimCPUWorker | SimLLMWorker]] = []
         for i in range(self.count):
             wid = f"{self.name}-{i}"
             speed = self.speeds[i] if i < len(self.speeds) else 1.0
             if self.preset == "cpu":
-                workers.append((wid, SimCPUWorker(wid, speed=speed)))
+                workers.append((wid, SimCPUWorker(wid, speed=speed, queue_order=queue_order)))
             else:
-                workers.append((wid, SimLLMWorker(wid, self.preset, self.max_batch_size,
-                                                  speed=speed)))
+                workers.append((wid, SimLLMWorker(
+                    wid, self.preset, self.max_batch_size, speed=speed,
+                    chunked_prefill=self.chunked_prefill,
+                    max_num_batched_tokens=self.max_num_batched_tokens,
+                    queue_order=queue_order)))
         return workers
 
 

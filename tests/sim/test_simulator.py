@@ -19,6 +19,7 @@ from raysched.bench.workloads import (
     trace_rule,
 )
 from raysched.core.policies import build_core
+from raysched.core.roofline import STEP_OVERHEAD_S
 from raysched.core.types import CoreTask, Priority
 from raysched.sim import SimCPUWorker, SimLLMWorker, SimTask, Simulator
 
@@ -101,8 +102,8 @@ def test_offered_load_is_what_the_workers_see():
     assert cpu_busy_s / (4 * horizon_s) == pytest.approx(0.5, abs=0.03)
 
 
-def test_llm_worker_batches_continuously():
-    w = SimLLMWorker("w", "7b", max_batch_size=4)
+def test_llm_worker_batches_continuously_with_whole_prefill_stalls():
+    w = SimLLMWorker("w", "7b", max_batch_size=4, chunked_prefill=False)
     long = SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 100, 500),
                    true_new_tokens=500)
     short = SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 100, 10),
@@ -115,6 +116,75 @@ def test_llm_worker_batches_continuously():
     step = w.roofline.decode_step_s([110, 110])
     assert t - 0.5 == pytest.approx(w.roofline.prefill_s(100) + 10 * step, rel=0.05)
     assert w.pop_finished(w.next_event_s())[0].task_id == "long"
+
+
+def test_llm_worker_chunked_prefill_mixes_the_prompt_with_the_batchs_decodes():
+    # vLLM V1: the short request's 100-token prompt runs in one step beside the long one's
+    # decode token, and that step samples its first token; nine decode steps of two follow.
+    w = SimLLMWorker("w", "7b", max_batch_size=4)
+    long = SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 100, 500),
+                   true_new_tokens=500)
+    short = SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 100, 10),
+                    true_new_tokens=10)
+    w.add(long, 0.0)
+    w.add(short, 0.5)
+    t = w.next_event_s()
+    done = w.pop_finished(t)
+    assert [f.task_id for f in done] == ["short"] and done[0].batch_size == 2
+    r = w.roofline
+    mixed_s = max(r.decode_step_s([150]) - STEP_OVERHEAD_S, r.prefill_s(101)) + STEP_OVERHEAD_S
+    assert t - 0.5 == pytest.approx(mixed_s + 9 * r.decode_step_s([155, 105]), rel=0.02)
+    assert w.pop_finished(w.next_event_s())[0].task_id == "long"
+
+
+def test_chunked_prefill_splits_long_prompts_by_the_token_budget():
+    # Two 3,000-token prompts at once under a 2,048-token budget: 6,000 tokens in three
+    # compute-bound steps. The first prompt ends in step 2 (2,048 + 952), the second in step 3;
+    # each step is the prefill time of its tokens plus the step overhead.
+    w = SimLLMWorker("w", "7b", max_batch_size=4, max_num_batched_tokens=2_048)
+    for i in range(2):
+        w.add(SimTask(0.0, CoreTask(f"p{i}", "k", Priority.HIGH, 1e9, "llm-7b", 3_000, 1),
+                      true_new_tokens=1), 0.0)
+    r = w.roofline
+    t0 = w.next_event_s()
+    assert [f.task_id for f in w.pop_finished(t0)] == ["p0"]
+    assert t0 == pytest.approx(2 * STEP_OVERHEAD_S + r.prefill_s(4_096), rel=1e-6)
+    t1 = w.next_event_s()
+    assert [f.task_id for f in w.pop_finished(t1)] == ["p1"]
+    assert t1 - t0 == pytest.approx(STEP_OVERHEAD_S + r.prefill_s(6_000 - 4_096), rel=1e-6)
+
+
+def test_chunked_prefill_keeps_decoding_through_a_long_prompt():
+    # A 7,000-token prompt arrives while a 6-token answer decodes. With chunks of 512 tokens
+    # the answer gains a token every (about 50 ms) step and ends long before the prompt is
+    # prefilled; with a stall it waits for the whole prefill (about 650 ms). The long prompt's
+    # first token comes at about the same time either way (chunks only add step overheads).
+    def finish_s(chunked: bool) -> dict[str, float]:
+        w = SimLLMWorker("w", "7b", max_batch_size=4, chunked_prefill=chunked,
+                         max_num_batched_tokens=512)
+        w.add(SimTask(0.0, CoreTask("short", "k", Priority.HIGH, 1e9, "llm-7b", 50, 6),
+                      true_new_tokens=6), 0.0)
+        w.add(SimTask(0.0, CoreTask("long", "k", Priority.LOW, 1e9, "llm-7b", 7_000, 1),
+                      true_new_tokens=1), 0.02)
+        ends = {}
+        while (t := w.next_event_s()) is not None:
+            ends.update({f.task_id: t for f in w.pop_finished(t)})
+        return ends
+
+    chunked, stalled = finish_s(True), finish_s(False)
+    prefill_s = SimLLMWorker("w", "7b").roofline.prefill_s(7_000)
+    assert chunked["short"] < 0.02 + prefill_s / 2 < stalled["short"]
+    assert chunked["long"] == pytest.approx(stalled["long"], rel=0.05)
+
+
+def test_replica_queue_in_class_order_runs_urgent_work_first():
+    w = SimCPUWorker("w", queue_order="class_arrival")
+    for i, prio in enumerate([Priority.LOW, Priority.LOW, Priority.HIGH, Priority.CRITICAL]):
+        w.add(SimTask(0.0, CoreTask(f"t{i}", "k", prio, 1e9, "cpu"), cpu_service_s=0.1), 0.0)
+    order = []
+    while (t := w.next_event_s()) is not None:
+        order += [f.task_id for f in w.pop_finished(t)]
+    assert order == ["t0", "t3", "t2", "t1"]  # the running head is not displaced
 
 
 @pytest.mark.parametrize("trace, n_rows", [
