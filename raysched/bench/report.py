@@ -4,6 +4,8 @@ Goodput is the number of tasks that completed within their deadline per second o
 (first arrival to last result). ``deadline_met`` per class is over every task of the class,
 rejected and expired ones included. ``lost`` counts tasks that were submitted and never came back
 (the simulator ends every task, so its runs have none; the demo and Ray runs count their handles).
+The false-rejection rate (simulator only) is the share of rejected and expired tasks that a
+replay with nothing refused completed within their deadline.
 """
 
 from __future__ import annotations
@@ -150,10 +152,37 @@ def mean_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
                      {"deadline_met": {n: p["deadline_met"] for n, p in e["per_priority"].items()}}
                      for e in entries],
     }
+    if "false_rejection" in first:
+        merged["false_rejection"] = merge_false_rejections(
+            [e.get("false_rejection") for e in entries])
     if "utilization" in first:
         merged["utilization"] = {w: avg([e["utilization"].get(w) for e in entries])
                                  for w in first["utilization"]}
     return merged
+
+
+def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several seeds' false-rejection counts as one (``sim_mode.false_rejections``): counts
+    summed, the rate over the sum. None when the policy refuses nothing (every part None)."""
+    given = [p for p in parts if p is not None]
+    if not given:
+        return None
+    refused = sum(p["refused"] for p in given)
+    would_meet = sum(p["would_meet"] for p in given)
+    names = given[0]["per_priority"]
+    return {"refused": refused, "would_meet": would_meet,
+            "rate": would_meet / refused if refused else 0.0,
+            "per_priority": {n: {k: sum(p["per_priority"][n][k] for p in given)
+                                 for k in ("refused", "would_meet")} for n in names}}
+
+
+def false_rejection_cell(entry: dict[str, Any]) -> str:
+    """The table cell: the false-rejection rate with its counts, or "n/a" for a policy that
+    refuses nothing (or a run that did not measure it)."""
+    fr = entry.get("false_rejection")
+    if fr is None:
+        return "n/a"
+    return f"{100 * fr['rate']:.1f}% ({fr['would_meet']}/{fr['refused']})"
 
 
 def per_pool(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -203,7 +232,7 @@ def print_table(entries: list[dict[str, Any]], title: str) -> None:
     cols = ["policy", "goodput/s", "vs fifo"]
     cols += [f"{p.name[:4]} met" for p in Priority]
     cols += [f"{p.name[:4]} p99 ms" for p in Priority]
-    cols += ["rejected", "expired", "util"]
+    cols += ["rejected", "expired", "false rej", "util"]
     for c in cols:
         t.add_column(c, justify="right")
     fifo = next((e["goodput"] for e in entries if e["policy"] == "fifo"), None)
@@ -217,6 +246,7 @@ def print_table(entries: list[dict[str, Any]], title: str) -> None:
         row += ["-" if pp[p.name]["p99_ms"] is None else f"{pp[p.name]['p99_ms']:,.0f}"
                 for p in Priority]
         row += [str(e["results"]["rejected"]), str(e["results"]["expired"]),
+                false_rejection_cell(e),
                 "-" if not util else f"{100 * float(np.mean(list(util.values()))):.0f}%"]
         t.add_row(*row)
     Console(width=200).print(t)
@@ -242,8 +272,8 @@ def _markdown(entries: list[dict[str, Any]], meta: dict[str, Any], plots: list[s
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "| policy | goodput/s | " + " | ".join(f"{p.name} met" for p in Priority)
               + " | " + " | ".join(f"{p.name} p99 ms" for p in Priority)
-              + " | rejected | expired |",
-              "|---" * (3 + 2 * len(Priority) + 1) + "|"]
+              + " | rejected | expired | false rejections |",
+              "|---" * (3 + 2 * len(Priority) + 2) + "|"]
     for e in entries:
         pp = e["per_priority"]
         met = " | ".join("-" if pp[p.name]["deadline_met"] is None
@@ -251,7 +281,8 @@ def _markdown(entries: list[dict[str, Any]], meta: dict[str, Any], plots: list[s
         p99 = " | ".join("-" if pp[p.name]["p99_ms"] is None else f"{pp[p.name]['p99_ms']:,.0f}"
                          for p in Priority)
         lines.append(f"| {e['policy']} | {e['goodput']:.2f} | {met} | {p99} | "
-                     f"{e['results']['rejected']} | {e['results']['expired']} |")
+                     f"{e['results']['rejected']} | {e['results']['expired']} | "
+                     f"{false_rejection_cell(e)} |")
     lines += [""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,9 @@
-"""``raysched bench --mode sim``: every policy on one workload in the discrete-event simulator."""
+"""``raysched bench --mode sim``: every policy on one workload in the discrete-event simulator.
+
+Each policy that refuses work (admission, expiry) also gets its false-rejection rate: the share
+of the tasks it rejected or expired that a replay with nothing refused completed in time
+(``false_rejections``); this doubles the simulated time for those policies.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +24,21 @@ from raysched.bench.report import (
 )
 from raysched.bench.workloads import PoolSpec, build_workload
 from raysched.core.policies import POLICIES, build_core
+from raysched.core.types import Priority, Status
 from raysched.sim import Oracle, SimTask, Simulator
 
 
 def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], seed: int = 0,
-            on_progress: Callable[[int], None] | None = None
+            on_progress: Callable[[int], None] | None = None, admission: bool | None = None
             ) -> tuple[dict[str, Any], list[Record]]:
-    """One policy over ``tasks`` on a simulated ``cluster``; returns its entry and records."""
-    oracle = Oracle() if POLICIES[policy].needs_oracle else None
-    core = build_core(policy, seed=seed, oracle=oracle)
-    workers = {wid: (p.name, w) for p in cluster for wid, w in p.build()}
+    """One policy over ``tasks`` on a simulated ``cluster``; returns its entry and records.
+
+    ``admission`` overrides the policy's admission and expiry (None: the policy's own).
+    """
+    p = POLICIES[policy]
+    oracle = Oracle() if p.needs_oracle else None
+    core = build_core(policy, seed=seed, oracle=oracle, admission=admission)
+    workers = {wid: (pool.name, w) for pool in cluster for wid, w in pool.build(p.replica_order)}
     sim = Simulator(core, workers)
     if oracle is not None:
         oracle.bind(sim)
@@ -39,6 +49,41 @@ def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], se
     entry = summarize(policy, records, span_s, run.busy_s, submitted=len(tasks), seed=seed,
                       wall_s=time.perf_counter() - started)
     return entry, records
+
+
+REFUSED = (Status.REJECTED.value, Status.EXPIRED.value)
+
+
+def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...],
+                     records: list[Record], seed: int = 0,
+                     on_progress: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+    """How many of the tasks ``policy`` refused (rejected or expired) would have met their
+    deadline had they been run: a counterfactual replay of the same ``tasks`` with the same
+    policy and seed, admission and expiry off (nothing refused), counting the refused tasks it
+    completed within their deadline. None for a policy that never refuses.
+
+    Returns ``{"refused", "would_meet", "rate", "per_priority": {class: {"refused",
+    "would_meet"}}}``; the rate is 0 when nothing was refused (and no replay is run). With
+    admission off a policy that plans by its latest start (``raysched``'s deadline guard and
+    preemption) runs without those too, so the replay is that policy minus its deadline
+    handling, all tasks admitted.
+    """
+    if not POLICIES[policy].admission:
+        return None
+    refused = {r.task_id: Priority(r.priority).name for r in records if r.status in REFUSED}
+    per_priority = {p.name: {"refused": 0, "would_meet": 0} for p in Priority}
+    for name in refused.values():
+        per_priority[name]["refused"] += 1
+    if refused:
+        _, replay = run_sim(policy, tasks, cluster, seed, on_progress, admission=False)
+        for r in replay:
+            name = refused.get(r.task_id)
+            if name is not None and r.status == Status.COMPLETED.value and r.deadline_met:
+                per_priority[name]["would_meet"] += 1
+    would_meet = sum(c["would_meet"] for c in per_priority.values())
+    return {"refused": len(refused), "would_meet": would_meet,
+            "rate": would_meet / len(refused) if refused else 0.0,
+            "per_priority": per_priority}
 
 
 def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
@@ -63,6 +108,12 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
                 bar = progress.add_task(f"{policy} seed {seed}", total=len(tasks))
                 entry, records = run_sim(policy, tasks, cluster, seed,
                                          lambda n, bar=bar: progress.advance(bar, n))
+                if POLICIES[policy].admission:
+                    bar = progress.add_task(f"{policy} seed {seed}, nothing refused",
+                                            total=len(tasks))
+                entry["false_rejection"] = false_rejections(
+                    policy, tasks, cluster, records, seed,
+                    lambda n, bar=bar: progress.advance(bar, n))
                 per_seed.append(entry)
                 if seed == seeds[0]:
                     cdfs[policy] = latencies_ms(records)

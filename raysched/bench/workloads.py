@@ -1,15 +1,16 @@
 """Workloads: the financial mix (one table for the demo and the benchmarks), arrival processes,
-and Azure trace replay.
+Azure trace replay, and a bursty long-prompt workload.
 
 The table converts two ways: ``financial_mix`` makes ``SimTask``s for the simulator (and, through
 ``replay.plan_of``, for ``raysched bench --mode ray``); ``arrivals`` makes user ``Task``s with real
 payloads for ``raysched demo``.
 
 Offered load is computed, not guessed. A task's work is the worker time it takes when its worker
-runs a full batch of ``k`` (1 for a CPU worker): its prefill, which holds up the whole batch, plus
-its share of the decode steps, ``W = prefill_s + new_tokens * step_s(k) / k``. A pool of ``c``
-workers then runs at utilisation ``rho = lambda * E[W] / c``; at rho = 1 every worker is busy all
-the time with full batches. ``--load`` sets rho for every pool by scaling its arrival rate.
+runs a full batch of ``k`` (1 for a CPU worker): its prefill, which occupies the GPU's compute
+(a stall of the batch, or chunks beside its decodes), plus its share of the decode steps,
+``W = prefill_s + new_tokens * step_s(k) / k``. A pool of ``c`` workers then runs at utilisation
+``rho = lambda * E[W] / c``; at rho = 1 every worker is busy all the time with full batches.
+``--load`` sets rho for every pool by scaling its arrival rate.
 """
 
 from __future__ import annotations
@@ -264,9 +265,16 @@ def build_workload(workload: str, num_tasks: int, seed: int, load: float, cv: fl
                    cluster: tuple[PoolSpec, ...]) -> tuple[list[SimTask], dict[str, Any]]:
     """A benchmark run's tasks and the words that describe them in its report.
 
-    ``workload`` is ``"mix"`` (the financial mix, ``cv`` as in ``arrival_events``) or the path of
-    an Azure trace CSV (its first ``num_tasks`` rows, time-compressed to ``load``).
+    ``workload`` is ``"mix"`` (the financial mix at utilisation ``load``, ``cv`` as in
+    ``arrival_events``), ``"bursty"`` (the bursty long-prompt workload; there ``load`` is its
+    speed-up over real time, 1 or 4 say, since its figures are those of a real-time stream) or
+    the path of an Azure trace CSV (its first ``num_tasks`` rows, time-compressed so the busiest
+    pool runs at ``load``).
     """
+    if workload == "bursty":
+        tasks, offered = bursty(num_tasks, load, seed, cluster)
+        return tasks, {"workload": "bursty long prompts", "time_compression": load,
+                       "busiest_pool_utilization": round(offered, 3)}
     if workload == "mix":
         arrivals_note = "poisson" if cv == 1 else f"gamma, CV {cv}"
         tasks = financial_mix(num_tasks, load=load, seed=seed, cv=cv, cluster=cluster)
@@ -348,15 +356,100 @@ def load_trace(path: str | Path, load: float | None = None, compress: float = 1.
     rows = read_trace(path, limit)
     if load is not None:
         compress = load / trace_load(rows, cluster)
+    return tasks_of_rows(rows, compress, cluster, "az", "trace"), compress
+
+
+def tasks_of_rows(rows: list[tuple[float, int, int]], compress: float,
+                  cluster: tuple[PoolSpec, ...], prefix: str, kind: str) -> list[SimTask]:
+    """Simulated tasks of ``(offset_s, context_tokens, generated_tokens)`` rows: class and
+    pool by ``trace_rule``, deadlines as ``trace_rule`` says, offsets divided by ``compress``;
+    task ids are ``prefix`` and the row's index."""
     pools = {p.name: p for p in cluster}
+    priors = {p.name: SimLLMWorker("probe", p.preset, p.max_batch_size).prior
+              for p in cluster if p.preset != "cpu"}
     tasks = []
     for n, (t, ctx, gen) in enumerate(rows):
         prio, pool = trace_rule(ctx, gen)
-        p = pools[pool]
-        idle_s = SimLLMWorker("probe", p.preset, p.max_batch_size).prior.service_s(ctx, gen, 1)
+        idle_s = priors[pools[pool].name].service_s(ctx, gen, 1)
         at = t / compress
         deadline = at + max(TRACE_SLACK_FLOOR_S, TRACE_SLACK[prio] * idle_s)
-        core = CoreTask(f"az{n}", "trace", prio, deadline, pool, num_prompt_tokens=ctx,
+        core = CoreTask(f"{prefix}{n}", kind, prio, deadline, pool, num_prompt_tokens=ctx,
                         max_new_tokens=token_budget(gen))
         tasks.append(SimTask(at, core, true_new_tokens=gen))
-    return tasks, compress
+    return tasks
+
+
+# -- bursty long-prompt workload ------------------------------------------------------------
+#
+# Coding-assistant traffic as a user reported it: long prompts (median about 1,500 tokens,
+# mean about 2,000, capped near 7,400), mostly short answers (median 13 tokens, p90 about 55,
+# p99 about 250) and arrivals in bursts (tens of requests within a second, then quiet;
+# inter-arrival CV about 13). Classes, pools and deadlines follow ``trace_rule``, so most
+# requests are HIGH on llm-7b and the longer answers MEDIUM or LOW.
+
+# Prompts: a lognormal with that median, capped; sigma 0.8 puts the capped mean at 2,000
+# (2.3% of prompts reach the cap).
+BURSTY_PROMPT_MEDIAN_TOKENS = 1_500
+BURSTY_PROMPT_SIGMA = 0.8
+BURSTY_PROMPT_CAP_TOKENS = 7_400
+# Answers: (quantile, tokens) points of their distribution; between two points the log of the
+# length is linear in the quantile, so the median, p90 and p99 are exactly the reported ones.
+# The top is the Azure traces' 1,000-token cap (``token_budget``).
+BURSTY_ANSWER_QUANTILES: tuple[tuple[float, int], ...] = (
+    (0.0, 1), (0.5, 13), (0.9, 55), (0.99, 250), (1.0, 1_000))
+# Arrivals: bursts start with gamma-distributed gaps (CV ``BURSTY_GAP_CV``), each of a uniform
+# number of requests in ``BURSTY_BURST_REQUESTS`` (mean 34) spread uniformly over
+# ``BURSTY_BURST_S``. One gap in a burst's size is a long one, so the inter-arrival CV^2 is
+# about mean_burst * (1 + gap_cv^2) - 1: 34 and 2 give a CV of about 13.
+BURSTY_BURST_REQUESTS = (8, 60)
+BURSTY_BURST_S = 1.0
+BURSTY_GAP_CV = 2.0
+# The mean arrival rate of that traffic in real time, about 2.6 requests/s (its users' EDF run
+# completed 1.82 requests/s within their deadlines while meeting about 70% of them).
+BURSTY_REALTIME_RATE_PER_S = 2.6
+
+
+def answer_tokens(u: float) -> int:
+    """The answer length at quantile ``u`` in [0, 1] of ``BURSTY_ANSWER_QUANTILES``."""
+    points = BURSTY_ANSWER_QUANTILES
+    for (q0, n0), (q1, n1) in zip(points, points[1:], strict=False):
+        if u <= q1:
+            frac = (u - q0) / (q1 - q0)
+            return max(1, round(math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))))
+    return points[-1][1]
+
+
+def bursty_rows(num_tasks: int, seed: int = 0,
+                rate_per_s: float = BURSTY_REALTIME_RATE_PER_S) -> list[tuple[float, int, int]]:
+    """``num_tasks`` rows ``(offset_s, prompt_tokens, answer_tokens)`` of the bursty workload in
+    real time (mean ``rate_per_s`` requests per second), sorted by offset, the first at 0.
+    Deterministic for a seed."""
+    rng = random.Random(seed)
+    gap_mean_s = sum(BURSTY_BURST_REQUESTS) / 2 / rate_per_s
+    shape = 1.0 / (BURSTY_GAP_CV * BURSTY_GAP_CV)
+    times: list[float] = []
+    start_s = 0.0
+    while len(times) < num_tasks:
+        size = rng.randint(*BURSTY_BURST_REQUESTS)
+        times += [start_s + rng.uniform(0.0, BURSTY_BURST_S) for _ in range(size)]
+        start_s += rng.gammavariate(shape, gap_mean_s / shape)
+    times = sorted(times)[:num_tasks]
+    t0 = times[0] if times else 0.0
+    rows = []
+    for t in times:
+        prompt = BURSTY_PROMPT_MEDIAN_TOKENS * math.exp(rng.gauss(0.0, BURSTY_PROMPT_SIGMA))
+        rows.append((t - t0, max(1, min(BURSTY_PROMPT_CAP_TOKENS, round(prompt))),
+                     answer_tokens(rng.random())))
+    return rows
+
+
+def bursty(num_tasks: int, speedup: float = 1.0, seed: int = 0,
+           cluster: tuple[PoolSpec, ...] = DEFAULT_CLUSTER) -> tuple[list[SimTask], float]:
+    """The bursty workload played ``speedup`` times faster than real time (1: real time, 4: four
+    times compressed); returns the tasks and the utilisation this offers the busiest pool of
+    ``cluster`` (``trace_load``)."""
+    if speedup <= 0:
+        raise ValueError("speedup must be positive")
+    rows = bursty_rows(num_tasks, seed)
+    return (tasks_of_rows(rows, speedup, cluster, "b", "bursty"),
+            speedup * trace_load(rows, cluster))

@@ -8,6 +8,8 @@ Every policy drives the same ``SchedulerCore``, so a comparison changes one thin
 | round_robin  | arrival                | next worker in turn           | early   | ignored        |
 | least_loaded | arrival                | least backlog per concurrency | early   | ignored        |
 | pow2         | arrival                | power of two choices          | late    | ignored        |
+| pow2_priority| class, then arrival,   | power of two choices          | early   | ignored        |
+|              | in each worker's queue |                               |         |                |
 | priority     | class, then arrival    | least backlog                 | late    | ignored        |
 | edf          | deadline               | least backlog                 | late    | admit + expire |
 | raysched     | class, deadline, aging | least learned finish          | late    | admit, expire, |
@@ -22,6 +24,13 @@ knowledge can lose to a policy that keeps fast workers free or holds work back.
 arrival and lets the task wait in the worker's own queue, as a plain load balancer does. ``pow2``
 is Ray Serve's router: it holds requests while every replica is at ``max_ongoing_requests``
 (our slots) and then picks the shorter of two random replicas.
+
+``pow2_priority`` is what Ray Serve in front of vLLM replicas started with
+``--scheduling-policy priority`` gives a user: each request is routed at arrival to the shorter
+of two random replicas (early binding), and each replica runs its own waiting requests in
+priority order, then arrival (vLLM's priority queue). Ordering inside a worker is the worker's
+business, so the policy names it (``replica_order``) and the driver builds its workers with it
+(the simulator's ``ReplicaQueue``); the core sees the same early binding as ``round_robin``.
 """
 
 from __future__ import annotations
@@ -75,7 +84,12 @@ def make_placement(name: str, args: PlacementArgs | None = None) -> Placement:
 class Policy:
     """A named scheduling policy: queue ``ordering``, ``placement`` (a ``PLACEMENTS`` name),
     whether it admits and expires by deadline, ages waiting work, binds early, and whether it
-    needs an oracle of true service times (a reference, not a live policy)."""
+    needs an oracle of true service times (a reference, not a live policy).
+
+    ``replica_order``: the order in which a worker runs the tasks bound to it that have not
+    started (``"arrival"`` or ``"class_arrival"``); it matters only under early binding, where
+    tasks wait at the worker, and the driver applies it when it builds its workers.
+    """
 
     name: str
     ordering: str
@@ -85,6 +99,7 @@ class Policy:
     early_binding: bool = False
     needs_oracle: bool = False
     preemption: bool = False
+    replica_order: str = "arrival"
 
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
@@ -92,6 +107,8 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("round_robin", "arrival", "round_robin", early_binding=True),
     Policy("least_loaded", "arrival", "least_loaded", early_binding=True),
     Policy("pow2", "arrival", "pow2"),
+    Policy("pow2_priority", "class_arrival", "pow2", early_binding=True,
+           replica_order="class_arrival"),
     Policy("priority", "class_arrival", "least_loaded"),
     Policy("edf", "deadline", "least_loaded", admission=True),
     Policy("raysched", "guarded_class", "adaptive", admission=True, aging=True,
@@ -103,14 +120,17 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
 
 def build_core(policy: str, *, config: CoreConfig | None = None, seed: int = 0,
                oracle: ServiceEstimator | None = None,
-               estimator: AdaptiveEstimator | None = None) -> SchedulerCore:
+               estimator: AdaptiveEstimator | None = None,
+               admission: bool | None = None) -> SchedulerCore:
     """A ``SchedulerCore`` running ``policy``.
 
     ``config`` gives the knobs (bounds, attempts, aging period; ``CoreConfig``'s defaults when
     None); the policy sets the ordering, admission, early binding, and whether aging is on.
     ``oracle`` is the true service-time model the ``oracle_lct`` policy needs; ``estimator`` is
-    the learned model ``raysched`` starts from (a restored one, say). Raises ``ValueError`` for
-    an unknown policy or a missing oracle.
+    the learned model ``raysched`` starts from (a restored one, say). ``admission`` overrides
+    the policy's admission and expiry (None: the policy's own); the benchmark's
+    counterfactual replay turns it off to see which refused tasks would have made it. Raises
+    ``ValueError`` for an unknown policy or a missing oracle.
     """
     try:
         p = POLICIES[policy]
@@ -120,7 +140,8 @@ def build_core(policy: str, *, config: CoreConfig | None = None, seed: int = 0,
         raise ValueError(f"policy {policy!r} needs an oracle of true service times")
     base = config or CoreConfig()
     core_config = replace(base, aging_s=base.aging_s if p.aging else None, ordering=p.ordering,
-                          admission=p.admission, early_binding=p.early_binding,
+                          admission=p.admission if admission is None else admission,
+                          early_binding=p.early_binding,
                           preemption=p.preemption)
     placement = make_placement(p.placement, PlacementArgs(seed, estimator, oracle))
     return SchedulerCore(core_config, placement)

@@ -69,14 +69,15 @@ def test_same_seed_same_run():
     assert a["goodput"] == b["goodput"]
 
 
-@pytest.mark.parametrize("policy", ["fifo", "round_robin", "least_loaded", "pow2", "priority",
-                                    "edf", "raysched", "oracle_lct"])
+@pytest.mark.parametrize("policy", ["fifo", "round_robin", "least_loaded", "pow2",
+                                    "pow2_priority", "priority", "edf", "raysched",
+                                    "oracle_lct"])
 def test_every_policy_ends_every_task_once(policy):
     tasks = financial_mix(2_000, load=0.95, seed=1)
     entry, records = run_sim(policy, tasks, DEFAULT_CLUSTER)
     assert sorted(r.task_id for r in records) == sorted(t.task.task_id for t in tasks)
     assert sum(entry["results"].values()) == len(tasks)
-    if policy in ("fifo", "round_robin", "least_loaded", "pow2", "priority"):
+    if policy in ("fifo", "round_robin", "least_loaded", "pow2", "pow2_priority", "priority"):
         assert entry["results"]["expired"] == entry["results"]["rejected"] == 0
 
 

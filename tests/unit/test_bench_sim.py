@@ -1,0 +1,66 @@
+"""The simulated benchmark's pow2_priority baseline and its false-rejection counts."""
+
+from __future__ import annotations
+
+from raysched.bench.report import merge_false_rejections
+from raysched.bench.sim_mode import false_rejections, run_sim
+from raysched.bench.workloads import DEFAULT_CLUSTER, PoolSpec, bursty, financial_mix
+from raysched.core.policies import POLICIES
+from raysched.core.types import CoreTask, Priority
+from raysched.sim import SimTask
+
+
+def test_pow2_priority_binds_early_and_orders_each_replica_by_class():
+    p = POLICIES["pow2_priority"]
+    assert p.early_binding and p.placement == "pow2" and p.replica_order == "class_arrival"
+    # One 7B worker of batch 1: a LOW request runs; two more LOW ones and then a HIGH one are
+    # bound to it. The HIGH one runs next, before the LOW ones that arrived earlier.
+    cluster = (PoolSpec("llm-7b", 1, "7b", 1),)
+    tasks = [SimTask(0.01 * i, CoreTask(f"t{i}", "k", prio, 1e9, "llm-7b", 100, 20),
+                     true_new_tokens=20)
+             for i, prio in enumerate([Priority.LOW, Priority.LOW, Priority.LOW,
+                                       Priority.HIGH])]
+    _, records = run_sim("pow2_priority", tasks, cluster)
+    order = [r.task_id for r in sorted(records, key=lambda r: r.end_s)]
+    assert order == ["t0", "t3", "t1", "t2"]
+    _, fifo = run_sim("pow2", tasks, cluster)
+    assert [r.task_id for r in sorted(fifo, key=lambda r: r.end_s)] == ["t0", "t1", "t2", "t3"]
+
+
+def test_pow2_priority_ends_every_task_once():
+    tasks = financial_mix(2_000, load=0.95, seed=1)
+    entry, records = run_sim("pow2_priority", tasks, DEFAULT_CLUSTER)
+    assert sorted(r.task_id for r in records) == sorted(t.task.task_id for t in tasks)
+    assert entry["results"]["rejected"] == entry["results"]["expired"] == 0
+
+
+def test_false_rejections_count_refused_tasks_that_would_have_made_it():
+    tasks, _ = bursty(2_000, 4.0, seed=0)
+    entry, records = run_sim("edf", tasks, DEFAULT_CLUSTER)
+    fr = false_rejections("edf", tasks, DEFAULT_CLUSTER, records)
+    assert fr is not None
+    refused = entry["results"]["rejected"] + entry["results"]["expired"]
+    assert fr["refused"] == refused > 0
+    assert 0 <= fr["would_meet"] <= fr["refused"]
+    assert fr["rate"] == fr["would_meet"] / fr["refused"]
+    assert sum(c["refused"] for c in fr["per_priority"].values()) == refused
+    # The replay runs the same tasks with nothing refused: its met tasks include them.
+    _, replay = run_sim("edf", tasks, DEFAULT_CLUSTER, admission=False)
+    assert not any(r.status in ("rejected", "expired") for r in replay)
+
+
+def test_policies_that_refuse_nothing_have_no_false_rejections():
+    tasks = financial_mix(500, load=0.9, seed=0)
+    _, records = run_sim("pow2", tasks, DEFAULT_CLUSTER)
+    assert false_rejections("pow2", tasks, DEFAULT_CLUSTER, records) is None
+
+
+def test_seeds_merge_by_counts():
+    per = {"HIGH": {"refused": 0, "would_meet": 0}}
+    a = {"refused": 10, "would_meet": 1, "rate": 0.1,
+         "per_priority": {"HIGH": {"refused": 10, "would_meet": 1}}}
+    b = {"refused": 0, "would_meet": 0, "rate": 0.0, "per_priority": per}
+    merged = merge_false_rejections([a, b])
+    assert merged is not None
+    assert merged["refused"] == 10 and merged["would_meet"] == 1 and merged["rate"] == 0.1
+    assert merge_false_rejections([None, None]) is None
