@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysched.core.protocol import FRAUD_NUM_FEATURES, Completion, WorkerInfo, WorkItem
+from raysched.core.protocol import (
+    FRAUD_NUM_FEATURES,
+    ByRef,
+    Completion,
+    WorkerInfo,
+    WorkItem,
+    split_outputs,
+)
 from raysched.core.types import ServicePrior
 
 # Logistic-regression fraud scorer. Features, in order (standardised by the caller):
@@ -73,36 +80,49 @@ class CPUActor:
         """A liveness check: answers at once, even while a task runs."""
         return self.worker_id
 
-    def execute(self, items: list[WorkItem]) -> Iterator[list[Completion]]:
+    def execute(self, items: list[WorkItem]) -> Iterator[list[Any]]:
         """Run ``items`` in order, streaming completions back in small groups.
 
-        Before each task starts, its cancellation and its latest start are checked: a
-        cancelled task is reported aborted and an expired one ``expired``, neither run.
+        Each group is a list of completions; when outputs in it are large, the next message is
+        the list of those outputs (``split_outputs``), so the scheduler passes them on by
+        reference.
         """
         done: list[Completion] = []
         last_flush = time.perf_counter()
         for item in items:
-            if item.task_id in self._aborted:
-                self._aborted.discard(item.task_id)
-                done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
-                                       error="aborted before it started",
-                                       binding=item.binding))
-            elif time.time() > item.latest_start_s:
-                done.append(Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
-                                       expired=True, error="its latest start passed",
-                                       binding=item.binding))
-            else:
-                done.append(self._run(item))
+            done.append(self._one(item))
             if time.perf_counter() - last_flush >= COALESCE_S:
-                yield done
+                yield from _messages(done)
                 done, last_flush = [], time.perf_counter()
         if done:
-            yield done
+            yield from _messages(done)
+
+    @ray.method(num_returns=2)
+    def run(self, items: list[WorkItem]) -> tuple[list[Completion], list[Any]]:
+        """Run ``items`` in order and answer once: the completions and the list of large
+        outputs (``split_outputs``). For short batches, where a stream's own cost (a message
+        per group) is more than the wait for the last task."""
+        return split_outputs([self._one(item) for item in items])
+
+    def _one(self, item: WorkItem) -> Completion:
+        """Run one task, unless it was cancelled (reported aborted) or its latest start has
+        passed (reported ``expired``): both are checked just before it would start."""
+        if item.task_id in self._aborted:
+            self._aborted.discard(item.task_id)
+            return Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
+                              error="aborted before it started", binding=item.binding)
+        if time.time() > item.latest_start_s:
+            return Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
+                              expired=True, error="its latest start passed",
+                              binding=item.binding)
+        return self._run(item)
 
     def _run(self, item: WorkItem) -> Completion:
         start = time.perf_counter()
         p = item.payload
         try:
+            if isinstance(p, ByRef):
+                p = ray.get(p.ref)
             if p.fn is not None:
                 output = p.fn(*p.args, **p.kwargs)
             elif item.kind == "classification":
@@ -119,6 +139,14 @@ class CPUActor:
                               error=f"{type(exc).__name__}: {exc}", binding=item.binding)
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start, binding=item.binding)
+
+
+def _messages(done: list[Completion]) -> Iterator[list[Any]]:
+    """A group of completions as stream messages: the group, then its large outputs if any."""
+    done, big = split_outputs(done)
+    yield done
+    if big:
+        yield big
 
 
 def remote_cpu_actor() -> Any:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from actors.engines import Engine, Sequence, make_engine
-from raysched.core.protocol import Completion, WorkerInfo, WorkItem
+from raysched.core.protocol import ByRef, Completion, WorkerInfo, WorkItem, split_outputs
 
 
 class _Request:
@@ -62,14 +62,17 @@ class LLMActor:
                           prior=self.engine.prior(),
                           max_context_tokens=self.engine.max_context_tokens)
 
-    async def execute(self, items: list[WorkItem]) -> AsyncIterator[list[Completion]]:
-        """Add ``items`` to the batch; stream completions back as sequences finish."""
+    async def execute(self, items: list[WorkItem]) -> AsyncIterator[list[Any]]:
+        """Add ``items`` to the batch; stream completions back as sequences finish, each group
+        followed by the list of its large outputs when it has any (``split_outputs``)."""
         self._ensure_loop()
         loop = asyncio.get_running_loop()
         pending = []
         limit = self.engine.max_context_tokens
         for item in items:
             p = item.payload
+            if isinstance(p, ByRef):
+                p = await p.ref
             seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
                            p.max_new_tokens, item.priority)
             req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding)
@@ -89,7 +92,10 @@ class LLMActor:
         while pending:
             done, rest = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             pending = list(rest)
-            yield [f.result() for f in done]
+            group, big = split_outputs([f.result() for f in done])
+            yield group
+            if big:
+                yield big
 
     async def abort(self, task_ids: list[str]) -> int:
         """Stop the given requests wherever they are; their completions say aborted."""

@@ -528,8 +528,7 @@ def part_c(quick: bool) -> dict[str, Any]:
     import raysched
     from actors.cpu_actor import remote_cpu_actor
     from raysched import PoolConfig, SchedulerConfig, Task
-    from raysched.core.protocol import WorkItem
-    from raysched.models import Payload
+    from raysched.core.protocol import WorkItem, WorkPayload
 
     n_tasks = 3_000 if quick else 20_000
     n_serial = 500 if quick else 2_000
@@ -568,7 +567,7 @@ def part_c(quick: bool) -> dict[str, Any]:
 
         # (iii) the worker class itself, one streaming execute([item]) per call, serially
         worker = remote_cpu_actor().options(num_cpus=0.5).remote("direct-0", "cpu")
-        payload = Payload(fn=_noop)
+        payload = WorkPayload(fn=_noop)
 
         def one_execute(i: int) -> None:
             item = WorkItem(f"x{i}", "noop", 3, T0, payload)

@@ -14,9 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from raysched.config import SchedulerConfig, default_config
+from raysched.core.protocol import INLINE_PAYLOAD_BYTES, ByRef, ResultRecord, TaskRecord
 from raysched.core.types import Status
 from raysched.errors import (
     BackpressureError,
@@ -82,6 +84,9 @@ class Client:
         self.pools: dict[str, str] = {name: p["kind"] for name, p in stats["pool_config"].items()}
         self.notes: list[str] = stats["notes"] + _waiting_pools(stats)
         self._handles: dict[str, TaskHandle] = {}
+        # Unfinished tasks whose payloads went by reference: sent again to a restarted
+        # scheduler, whose task log keeps no object refs. The refs keep the payloads alive.
+        self._by_ref: dict[str, TaskRecord] = {}
         self._lock = threading.Lock()
         self.duplicates_dropped = 0
         self._room = threading.Condition(self._lock)
@@ -114,6 +119,9 @@ class Client:
         """Submit tasks in batches of ``SUBMIT_CHUNK`` per scheduler call.
 
         Every task is validated before any is sent, so a bad task in the list submits nothing.
+        A payload of more than ``INLINE_PAYLOAD_BYTES`` (a long prompt) is put in Ray's object
+        store once, here; the scheduler passes its ref to the worker.
+
         Backpressure: a client holds at most ``max_outstanding`` unfinished tasks. Past that,
         ``block=True`` waits up to ``timeout`` seconds (None: as long as it takes) for results
         to make room, and ``block=False`` does not wait; either way ``BackpressureError`` says
@@ -128,6 +136,7 @@ class Client:
             twice = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"task ids given twice in one call: {twice[:5]}; nothing submitted")
         handles = [TaskHandle(self, t.id) for t in checked]
+        records = [self._to_record(t) for t in checked]
         with self._room:
             room = self._room.wait_for(
                 lambda: len(self._handles) + len(handles) <= self.max_outstanding,
@@ -141,9 +150,10 @@ class Client:
                                  f"has no result yet; nothing submitted")
             for h in handles:
                 self._handles[h.task_id] = h
+            self._by_ref.update((r.task_id, r) for r in records if isinstance(r.payload, ByRef))
         self._ensure_poller()
-        for i in range(0, len(checked), SUBMIT_CHUNK):
-            chunk = checked[i:i + SUBMIT_CHUNK]
+        for i in range(0, len(records), SUBMIT_CHUNK):
+            chunk = records[i:i + SUBMIT_CHUNK]
             try:
                 replies = self._call("submit", self.client_id, chunk)
             except Exception as exc:
@@ -155,7 +165,7 @@ class Client:
                                   submitted=handles[:i]) from exc
             for result in replies:
                 if result is not None:
-                    self._resolve(result)
+                    self._resolve(Result.from_record(result))
         return handles
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
@@ -227,8 +237,49 @@ class Client:
                                              f"back within {self.reconnect_s:.0f} s") from None
             return self._get(getattr(self.actor, method).remote(*args))
 
+    def _to_record(self, task: Task) -> TaskRecord:
+        """``task`` as sent to the scheduler, its payload by reference when it is large."""
+        record = task.to_record()
+        size = record.payload.size_bytes()
+        if size <= INLINE_PAYLOAD_BYTES:
+            return record
+        import ray
+
+        return replace(record, payload=ByRef(ray.put(record.payload), size))
+
+    def _deliver(self, records: list[ResultRecord]) -> list[str]:
+        """Resolve the handles of ``records``, fetching outputs sent by reference; returns the
+        ids to acknowledge. A result whose output died with a scheduler that restarted is not
+        acknowledged: the restarted scheduler runs its task again and sends a new one."""
+        from ray.exceptions import OwnerDiedError
+
+        lists: dict[Any, Any] = {}
+        ack = []
+        for r in records:
+            out = r.output
+            if not isinstance(out, ByRef):
+                self._resolve(Result.from_record(r))
+                ack.append(r.task_id)
+                continue
+            try:
+                if out.ref not in lists:
+                    lists[out.ref] = self._get(out.ref)
+                value = lists[out.ref] if out.index is None else lists[out.ref][out.index]
+            except OwnerDiedError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure to fetch ends the task here
+                self._resolve(Result.from_record(replace(
+                    r, status=Status.FAILED, output=None,
+                    reason=f"its output ({out.size_bytes} bytes, by reference) could not be "
+                           f"fetched: {type(exc).__name__}: {str(exc)[:300]}")))
+            else:
+                self._resolve(Result.from_record(r, output=value))
+            ack.append(r.task_id)
+        return ack
+
     def _resolve(self, result: Result) -> None:
         with self._room:
+            self._by_ref.pop(result.task_id, None)
             handle = self._handles.pop(result.task_id, None)
             if handle is None:
                 # A result delivered again after a scheduler restart: the first one stands.
@@ -260,9 +311,7 @@ class Client:
                                    f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
                     return
                 continue
-            ack = [r.task_id for r in results]
-            for result in results:
-                self._resolve(result)
+            ack = self._deliver(results)
 
     def _reconnect(self) -> bool:
         """Wait for the scheduler to come back (Ray restarts it; it replays its task log).
@@ -281,20 +330,37 @@ class Client:
                          else ray.get_actor(self.name, namespace=self.namespace))
                 ray.get(actor.start.remote(), timeout=10)
                 self.actor = actor
+                self._send_payloads_again()
                 return True
             except Exception:  # noqa: BLE001 - any failure here means: still restarting
                 time.sleep(0.5)
         return False
 
+    def _send_payloads_again(self) -> None:
+        """Submit again the unfinished tasks whose payloads went by reference: a restarted
+        scheduler holds them until their driver does (``SchedulerService.submit``)."""
+        import ray
+
+        with self._lock:
+            records = list(self._by_ref.values())
+        for i in range(0, len(records), SUBMIT_CHUNK):
+            replies = ray.get(self.actor.submit.remote(self.client_id,
+                                                       records[i:i + SUBMIT_CHUNK]))
+            for result in replies:
+                if result is not None:
+                    self._resolve(Result.from_record(result))
+
     def _forget(self, task_ids: list[str]) -> None:
         with self._room:
             for task_id in task_ids:
                 self._handles.pop(task_id, None)
+                self._by_ref.pop(task_id, None)
             self._room.notify_all()
 
     def _fail_all(self, reason: str) -> None:
         with self._room:
             handles, self._handles = self._handles, {}
+            self._by_ref.clear()
             self._room.notify_all()
         for task_id, h in handles.items():
             h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from raysched.core.protocol import FRAUD_NUM_FEATURES
+from raysched.core.protocol import FRAUD_NUM_FEATURES, ResultRecord, TaskRecord, WorkPayload
 from raysched.core.types import CHARS_PER_TOKEN, CoreTask, Priority, Status
 
 # Limits that keep one request from exhausting the scheduler's memory or a worker's context.
@@ -91,6 +91,11 @@ class Payload(BaseModel):
         if v is not None and not all(math.isfinite(x) for x in v):
             raise ValueError("features must be finite numbers (no NaN or infinity)")
         return v
+
+    def to_work(self) -> WorkPayload:
+        """The plain record of this payload that workers run."""
+        return WorkPayload(self.prompt, self.max_new_tokens, self.features, self.fn, self.args,
+                           self.kwargs)
 
 
 class Requirements(BaseModel):
@@ -183,21 +188,21 @@ class Task(BaseModel):
         prompt = self.payload.prompt
         return math.ceil(len(prompt) / CHARS_PER_TOKEN) if prompt else 0
 
+    def to_record(self) -> TaskRecord:
+        """This task as it is sent to the scheduler: a plain record, not validated again."""
+        return TaskRecord(task_id=self.id, kind=self.kind, priority=int(self.priority),
+                          pool=self.pool, payload=self.payload.to_work(),
+                          deadline_s=self.deadline_s,
+                          sla_s=None if self.sla_ms is None else self.sla_ms / 1e3,
+                          best_effort=self.best_effort,
+                          num_prompt_tokens=self.num_prompt_tokens,
+                          max_new_tokens=self.payload.max_new_tokens or 0,
+                          min_context_tokens=self.requirements.context_tokens or 0,
+                          tenant=self.tenant)
+
     def to_core(self, now_s: float) -> CoreTask:
         """The scheduler's view of this task, with the deadline made absolute at ``now_s``."""
-        if self.deadline_s is not None:
-            deadline_s = self.deadline_s
-        elif self.sla_ms is not None:
-            deadline_s = now_s + self.sla_ms / 1e3
-        else:
-            deadline_s = math.inf
-        max_new = self.payload.max_new_tokens or 0
-        return CoreTask(task_id=self.id, kind=self.kind, priority=self.priority,
-                        deadline_s=deadline_s, pool=self.pool,
-                        num_prompt_tokens=self.num_prompt_tokens, max_new_tokens=max_new,
-                        best_effort=self.best_effort,
-                        min_context_tokens=self.requirements.context_tokens or 0,
-                        tenant=self.tenant)
+        return self.to_record().to_core(now_s)
 
 
 class Result(BaseModel):
@@ -228,3 +233,15 @@ class Result(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status is Status.COMPLETED
+
+    @classmethod
+    def from_record(cls, r: ResultRecord, output: Any = None) -> Result:
+        """The Result of a scheduler's record. Not validated again: the scheduler built the
+        record from validated parts. ``output``, when given, stands in for the record's (an
+        output sent by reference, once fetched)."""
+        return cls.model_construct(
+            task_id=r.task_id, status=Status(r.status),
+            output=r.output if output is None else output, reason=r.reason,
+            worker_id=r.worker_id, kind=r.kind, priority=Priority(r.priority), pool=r.pool,
+            queue_s=r.queue_s, service_s=r.service_s, total_s=r.total_s,
+            deadline_met=r.deadline_met, attempts=r.attempts)

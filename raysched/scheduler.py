@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
-from raysched.core.protocol import Completion, WorkerInfo, WorkItem
+from raysched.core.protocol import ByRef, Completion, ResultRecord, TaskRecord, WorkerInfo, WorkItem
 from raysched.metrics import SchedulerMetrics
-from raysched.models import Result, Task
 from raysched.service import SchedulerService
 from raysched.wal import TaskLog
 
@@ -44,6 +44,8 @@ READY_GRACE_S = 5.0
 # A ping not answered within this many health periods is left alone (the worker may be
 # starting a large model); only an answer that says the actor is dead removes a worker.
 PING_TIMEOUT_PERIODS = 5
+# Batches for a CPU worker expected to end within this long go as one plain call, not a stream.
+PLAIN_CALL_MAX_S = 0.005
 
 
 class SchedulerActor:
@@ -157,8 +159,8 @@ class SchedulerActor:
 
     # -- driver API --------------------------------------------------------------------------
 
-    async def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
-        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None.
+    async def submit(self, client_id: str, tasks: list[TaskRecord]) -> list[ResultRecord | None]:
+        """Admit a batch of validated tasks. Returns, per task, a rejection record or None.
 
         Accepted tasks are in the task log before this returns, so a scheduler restart from here
         on runs or reports every one of them.
@@ -169,7 +171,7 @@ class SchedulerActor:
         return out
 
     async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000,
-                   ack: list[str] | None = None) -> list[Result]:
+                   ack: list[str] | None = None) -> list[ResultRecord]:
         """Results finished for ``client_id`` since the last poll; waits up to ``timeout_s``.
 
         ``ack``: ids of results the driver has received; until acknowledged, a result is
@@ -261,8 +263,13 @@ class SchedulerActor:
         loop = asyncio.get_running_loop()
         for batch in dispatch.batches:
             timeout_s = max(self.config.hang_grace_s, self.config.hang_factor * batch.expected_s)
+            pool = self.service.pool_of(batch.worker_id)
+            # A short batch on a CPU worker is one plain call: a stream costs a message per
+            # group, more than the wait for the batch's last task.
+            plain = (pool is not None and pool.kind == "cpu"
+                     and batch.expected_s <= PLAIN_CALL_MAX_S)
             loop.create_task(self._run_batch(batch.worker_id, batch.items, timeout_s,
-                                             measure_round_trip=batch.idle))
+                                             measure_round_trip=batch.idle, plain=plain))
 
     def _abort(self, task_ids_by_worker: dict[str, list[str]]) -> None:
         """Ask workers to drop tasks the core no longer wants from them. An LLM worker stops the
@@ -274,13 +281,15 @@ class SchedulerActor:
                 handle.abort.remote(ids)
 
     async def _run_batch(self, worker_id: str, items: list[WorkItem], timeout_s: float,
-                         measure_round_trip: bool = False) -> None:
-        """One streaming call carries a batch to a worker; completions come back as they end.
+                         measure_round_trip: bool = False, plain: bool = False) -> None:
+        """One call carries a batch to a worker: a stream whose completions come back as they
+        end, or with ``plain`` one answer with all of them (``CPUActor.run``).
 
-        A worker that streams nothing for ``timeout_s`` is taken as hung, not waited on: it is
+        A worker that sends nothing for ``timeout_s`` is taken as hung, not waited on: it is
         killed, and its tasks are retried elsewhere like those of any lost worker. When the
         worker was idle, the wait for its first report less that report's work is its round
-        trip, which sets how deep its prefetch goes.
+        trip, which sets how deep its prefetch goes. Large outputs stay in the object store
+        (this actor owns them, as the caller): the completions carry refs to them.
         """
         handle = self.workers.get(worker_id)
         unfinished = {item.task_id for item in items}
@@ -288,17 +297,24 @@ class SchedulerActor:
         try:
             if handle is None:
                 raise RayActorError()
-            stream = handle.execute.remote(items).__aiter__()
+            if plain:
+                done_ref, outputs_ref = handle.run.remote(items)
+                stream: Any = _answer(done_ref, outputs_ref)
+            else:
+                stream = handle.execute.remote(items).__aiter__()
             while True:
                 try:
                     ref = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                    completions: list[Completion] = await asyncio.wait_for(ref, timeout_s)
+                    if any(isinstance(c.output, ByRef) for c in completions):
+                        completions = _with_output_refs(
+                            completions, await asyncio.wait_for(stream.__anext__(), timeout_s))
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
                     ray.kill(handle, no_restart=True)
                     self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
                     return
-                completions: list[Completion] = await ref
                 if measure_round_trip:
                     measure_round_trip = False
                     self.service.round_trip(worker_id, time.monotonic() - sent_s
@@ -306,6 +322,8 @@ class SchedulerActor:
                 unfinished.difference_update(c.task_id for c in completions)
                 self.service.complete(completions)
                 self._kick()
+                if plain:
+                    break  # its one answer is in
         except RayActorError as exc:
             self._worker_lost(worker_id, f"worker died: {type(exc).__name__}")
         except Exception as exc:  # the call failed without killing the worker
@@ -352,6 +370,30 @@ class SchedulerActor:
                     self.save_scorer()
                 except Exception:  # saving is best effort: the scheduler keeps serving
                     log.exception("could not save the learned models")
+
+
+class _answer:
+    """A plain call's two answers as a stream of refs: the completions, then the list of
+    large outputs (taken only when a completion points into it; the caller stops after the
+    completions)."""
+
+    def __init__(self, *refs: Any) -> None:
+        self._refs = list(refs)
+
+    def __aiter__(self) -> _answer:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._refs:
+            raise StopAsyncIteration
+        return self._refs.pop(0)
+
+
+def _with_output_refs(completions: list[Completion], outputs_ref: Any) -> list[Completion]:
+    """Point each completion whose output stayed behind (``ByRef`` without a ref) at the list
+    of outputs its worker sent next, without fetching it."""
+    return [replace(c, output=ByRef(outputs_ref, c.output.size_bytes, c.output.index))
+            if isinstance(c.output, ByRef) else c for c in completions]
 
 
 def _start_error(exc: BaseException) -> str:

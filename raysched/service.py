@@ -4,7 +4,8 @@
 accepted and not yet ended (with the driver that submitted each), a mailbox of finished
 ``Result``s per driver, the results handed out but not yet acknowledged, and the task log that
 lets a restarted scheduler take all of that up again. It converts the core's ``Outcome``s into
-the drivers' ``Result``s and the core's assignments into the ``WorkItem``s workers run.
+the drivers' ``ResultRecord``s and the core's assignments into the ``WorkItem``s workers run.
+It handles plain records only (``raysched.core.protocol``): the drivers validate at the edge.
 
 It also keeps the scheduler's facts that need no Ray: its pools, what each registered worker
 said about itself, and the startup notes, from which it answers ``stats``.
@@ -25,13 +26,23 @@ from typing import Any
 
 from raysched.config import PoolConfig
 from raysched.core import CoreStats, Outcome, SchedulerCore, WorkerSpec
-from raysched.core.protocol import Completion, WorkerInfo, WorkItem
-from raysched.core.types import Status
-from raysched.models import Result, Task
+from raysched.core.protocol import (
+    ByRef,
+    Completion,
+    ResultRecord,
+    TaskRecord,
+    WorkerInfo,
+    WorkItem,
+)
+from raysched.core.types import Priority, Status
 from raysched.supervisor import PoolSupervisor
 from raysched.wal import Pending, TaskLog
 
 log = logging.getLogger("raysched")
+# How long a task taken up from the task log waits for its driver to send its payload again
+# (one that went by reference): as long as a driver waits for a restarting scheduler
+# (``Client.reconnect_s``).
+PAYLOAD_RESEND_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,20 +118,33 @@ class PrefetchDepth:
         return slots
 
 
+class ByReferenceCounts:
+    """How many payloads and outputs went by reference (so never through this process's
+    messages), and their bytes: ``counts`` maps ``payloads``, ``payload_bytes``, ``outputs``
+    and ``output_bytes`` to totals since the start."""
+
+    def __init__(self) -> None:
+        self.counts = {"payloads": 0, "payload_bytes": 0, "outputs": 0, "output_bytes": 0}
+
+    def count(self, what: str, size_bytes: int) -> None:
+        self.counts[what] += 1
+        self.counts[what[:-1] + "_bytes"] += size_bytes
+
+
 def _ewma(old: float | None, new: float, weight: float) -> float:
     return new if old is None else (1.0 - weight) * old + weight * new
 
 
 @dataclass(slots=True)
 class _Pending:
-    task: Task
+    task: TaskRecord
     client_id: str
 
 
 class SchedulerService:
     """Accepted tasks, mailboxes, acknowledgements and the task log around a ``SchedulerCore``.
 
-    Every task a driver submits ends in exactly one ``Result`` in that driver's mailbox (or, when
+    Every task a driver submits ends in exactly one result in that driver's mailbox (or, when
     it is refused at once, in the reply to ``submit``). A result stays owed, and in the task log,
     until the driver acknowledges it; a scheduler restarted over the same log runs the accepted
     tasks again and delivers the owed results again.
@@ -148,9 +172,14 @@ class SchedulerService:
         self.notes: list[str] = []  # what an operator should know: simulated engines, restarts
         self._pending: dict[str, _Pending] = {}
         self._depth: dict[str, PrefetchDepth] = {}
-        self._mailboxes: dict[str, list[Result]] = defaultdict(list)
+        self._mailboxes: dict[str, list[ResultRecord]] = defaultdict(list)
         # Results handed to drivers but not yet acknowledged: delivered again after a restart.
-        self._unacked: dict[str, tuple[str, Result]] = {}
+        self._unacked: dict[str, tuple[str, ResultRecord]] = {}
+        # Accepted tasks taken up from the log whose payloads went by reference: the log holds
+        # no object refs, so each waits for its driver to send it again (``submit``), at most
+        # ``PAYLOAD_RESEND_S``. task_id -> (client_id, task, deadline_s, since_s).
+        self._awaiting: dict[str, tuple[str, TaskRecord, float, float]] = {}
+        self.by_reference = ByReferenceCounts()
 
     # -- the task log ------------------------------------------------------------------------
 
@@ -160,7 +189,9 @@ class SchedulerService:
 
         Results not acknowledged go back into their drivers' mailboxes. Tasks accepted and not
         ended are submitted to the core again with their original deadlines; one the core now
-        refuses (its deadline can no longer be met, say) ends in a rejected Result that says so.
+        refuses (its deadline can no longer be met, say) ends in a rejected result that says so.
+        A task whose payload went by reference waits for its driver to send it again; one whose
+        result's output went by reference runs again (that output lived in the old process).
         """
         self.task_log = task_log
         pending, unacked = task_log.replay()
@@ -172,6 +203,9 @@ class SchedulerService:
             self._post(client_id, result)
         rerun = 0
         for task_id, (client_id, task, deadline_s) in pending.items():
+            if isinstance(task.payload, ByRef) and task.payload.ref is None:
+                self._awaiting[task_id] = (client_id, task, deadline_s, now)
+                continue
             self._pending[task_id] = _Pending(task, client_id)
             core_task = replace(task.to_core(now), deadline_s=deadline_s)
             accepted = True
@@ -185,8 +219,12 @@ class SchedulerService:
             if accepted:
                 rerun += 1
         task_log.flush()
+        waiting = len(self._awaiting)
         note = (f"restarted: {rerun} accepted tasks queued to run again, "
-                f"{len(pending) - rerun} reported as rejected, {len(unacked)} results to deliver")
+                + (f"{waiting} waiting for their drivers to send their payloads again, "
+                   if waiting else "")
+                + f"{len(pending) - rerun - waiting} reported as rejected, "
+                  f"{len(unacked)} results to deliver")
         log.warning(note)
         self.notes.append(note)
         return note
@@ -205,12 +243,14 @@ class SchedulerService:
             return
         pending: Pending = {tid: (p.client_id, p.task, self.core.deadline_of(tid))
                             for tid, p in self._pending.items()}
+        pending.update({tid: (client_id, task, deadline_s) for tid, (client_id, task, deadline_s, _)
+                        in self._awaiting.items()})
         self.task_log.compact(pending, dict(self._unacked))
 
     # -- drivers -----------------------------------------------------------------------------
 
-    def submit(self, client_id: str, tasks: list[Task]) -> list[Result | None]:
-        """Admit a batch of validated tasks. Returns, per task, a rejection Result or None.
+    def submit(self, client_id: str, tasks: list[TaskRecord]) -> list[ResultRecord | None]:
+        """Admit a batch of validated tasks. Returns, per task, a rejection record or None.
 
         Idempotent per driver: a task id this driver already submitted and that still runs is
         accepted again as a no-op, so a retried call after a lost reply does no harm; one that
@@ -220,11 +260,17 @@ class SchedulerService:
         reports every one.
         """
         now = self.clock()
-        out: list[Result | None] = []
-        accepted: list[tuple[Task, float]] = []
+        out: list[ResultRecord | None] = []
+        accepted: list[tuple[TaskRecord, float]] = []
         for task in tasks:
-            owner = self._pending.get(task.id)
-            done = self._unacked.get(task.id)
+            deadline_s: float | None = None
+            awaited = self._awaiting.get(task.task_id)
+            if awaited is not None and awaited[0] == client_id:
+                # Sent again after a restart: it keeps the deadline it was accepted with.
+                del self._awaiting[task.task_id]
+                deadline_s, awaited = awaited[2], None
+            owner = self._pending.get(task.task_id)
+            done = self._unacked.get(task.task_id)
             if owner and owner.client_id == client_id:
                 out.append(None)  # a repeated call: already accepted, its Result will come
                 continue
@@ -232,20 +278,24 @@ class SchedulerService:
                 out.append(done[1])  # it has ended: its Result, again
                 continue
             # A cancelled task the core still tracks (its worker has not reported) holds its id.
-            if owner or done or self.core.state_of(task.id) is not None:
-                out.append(self._rejection(task, f"task id {task.id!r} is already in the "
+            if owner or done or awaited or self.core.state_of(task.task_id) is not None:
+                out.append(self._rejection(task, f"task id {task.task_id!r} is already in the "
                                                  f"scheduler"))
                 continue
             core_task = task.to_core(now)
-            refusal: Result | None = None
+            if deadline_s is not None:
+                core_task = replace(core_task, deadline_s=deadline_s)
+            refusal: ResultRecord | None = None
             for outcome in self.core.submit(core_task, now):
-                if outcome.task_id == task.id:
+                if outcome.task_id == task.task_id:
                     refusal = self._result(outcome, task.kind)
                     self._record(outcome)
                 else:  # a lower-class task shed from a full queue to make room
                     self.end([outcome])
             if refusal is None:
-                self._pending[task.id] = _Pending(task, client_id)
+                self._pending[task.task_id] = _Pending(task, client_id)
+                if isinstance(task.payload, ByRef):
+                    self.by_reference.count("payloads", task.payload.size_bytes)
                 accepted.append((task, core_task.deadline_s))
             out.append(refusal)
         if accepted and self.task_log is not None:
@@ -257,7 +307,7 @@ class SchedulerService:
         """Whether ``client_id``'s mailbox holds results to take."""
         return bool(self._mailboxes.get(client_id))
 
-    def take(self, client_id: str, max_results: int = 10_000) -> list[Result]:
+    def take(self, client_id: str, max_results: int = 10_000) -> list[ResultRecord]:
         """Up to ``max_results`` of ``client_id``'s finished results, oldest first.
 
         They stay owed (and are delivered again after a restart) until acknowledged. The log is
@@ -358,6 +408,8 @@ class SchedulerService:
         report from a binding the core took back is told apart from the current one.
         """
         now = self.clock()
+        if self._awaiting:
+            self._end_unsent(now)
         decisions = self.core.assign(now)
         self.end(decisions.ended)
         take_back: dict[str, list[str]] = defaultdict(list)
@@ -386,6 +438,8 @@ class SchedulerService:
                 self._depth[c.worker_id].service(c.service_s)
             outcome = self.core.complete(c, now)
             if outcome is not None:
+                if isinstance(c.output, ByRef):
+                    self.by_reference.count("outputs", c.output.size_bytes)
                 self.end([outcome])
 
     def round_trip(self, worker_id: str, round_trip_s: float) -> None:
@@ -417,6 +471,24 @@ class SchedulerService:
         self.end(self.core.worker_lost(worker_id, self.clock(), reason))
         return pool
 
+    def _end_unsent(self, now_s: float) -> None:
+        """End the tasks still waiting for their payloads once their deadline has passed
+        (expired) or their driver has had ``PAYLOAD_RESEND_S`` to send them (failed)."""
+        for task_id, (client_id, task, deadline_s, since_s) in list(self._awaiting.items()):
+            if now_s > deadline_s:
+                status, reason = Status.EXPIRED, "its deadline passed"
+            elif now_s - since_s > PAYLOAD_RESEND_S:
+                status = Status.FAILED
+                reason = f"its driver did not send it in {PAYLOAD_RESEND_S:.0f} s"
+            else:
+                continue
+            del self._awaiting[task_id]
+            self._pending[task_id] = _Pending(task, client_id)
+            self.end([Outcome(task_id, status, pool=task.pool, submit_s=since_s, end_s=now_s,
+                              deadline_s=deadline_s, priority=Priority(task.priority),
+                              reason=f"after a scheduler restart, waiting for its payload "
+                                     f"({task.payload.size_bytes} bytes by reference): {reason}")])
+
     def sleep_s(self, at_most_s: float) -> float:
         """How long the dispatch loop may sleep with nothing new to do: until the earliest
         queued task's latest start passes (it must then be expired), and at most ``at_most_s``."""
@@ -445,12 +517,12 @@ class SchedulerService:
 
     # -- views -------------------------------------------------------------------------------
 
-    def pending(self) -> dict[str, tuple[str, Task]]:
-        """task_id -> (client_id, Task) for every accepted task not yet ended."""
+    def pending(self) -> dict[str, tuple[str, TaskRecord]]:
+        """task_id -> (client_id, task) for every accepted task not yet ended."""
         return {tid: (p.client_id, p.task) for tid, p in self._pending.items()}
 
-    def unacked(self) -> dict[str, tuple[str, Result]]:
-        """task_id -> (client_id, Result) for every result not yet acknowledged."""
+    def unacked(self) -> dict[str, tuple[str, ResultRecord]]:
+        """task_id -> (client_id, result) for every result not yet acknowledged."""
         return dict(self._unacked)
 
     def load(self) -> CoreStats:
@@ -475,11 +547,12 @@ class SchedulerService:
         stats["supervision"] = {name: asdict(self.supervisor.health(name))
                                 for name in self.supervisor.pools}
         stats["learned"] = self.core.placement.learned()
+        stats["by_reference"] = dict(self.by_reference.counts)
         return stats
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _post(self, client_id: str, result: Result) -> None:
+    def _post(self, client_id: str, result: ResultRecord) -> None:
         self._mailboxes[client_id].append(result)
         if self.on_result is not None:
             self.on_result(client_id)
@@ -489,15 +562,15 @@ class SchedulerService:
             self.on_outcome(outcome)
 
     @staticmethod
-    def _rejection(task: Task, reason: str) -> Result:
-        return Result(task_id=task.id, status=Status.REJECTED, reason=reason, kind=task.kind,
-                      priority=task.priority, pool=task.pool)
+    def _rejection(task: TaskRecord, reason: str) -> ResultRecord:
+        return ResultRecord(task_id=task.task_id, status=Status.REJECTED, reason=reason,
+                            kind=task.kind, priority=task.priority, pool=task.pool)
 
     @staticmethod
-    def _result(o: Outcome, kind: str) -> Result:
+    def _result(o: Outcome, kind: str) -> ResultRecord:
         started = o.start_s if o.start_s is not None else o.end_s
-        return Result(task_id=o.task_id, status=o.status, output=o.output, reason=o.reason,
-                      worker_id=o.worker_id, kind=kind, priority=o.priority, pool=o.pool,
-                      queue_s=started - o.submit_s, service_s=o.end_s - started,
-                      total_s=o.end_s - o.submit_s, deadline_met=o.deadline_met,
-                      attempts=o.attempts)
+        return ResultRecord(task_id=o.task_id, status=o.status, output=o.output,
+                            reason=o.reason, worker_id=o.worker_id, kind=kind,
+                            priority=int(o.priority), pool=o.pool, queue_s=started - o.submit_s,
+                            service_s=o.end_s - started, total_s=o.end_s - o.submit_s,
+                            deadline_met=o.deadline_met, attempts=o.attempts)

@@ -12,6 +12,10 @@ batches naturally with the scheduler's own batches. The scheduler actor runs on 
 restarts there, and the file lives in the Ray session's directory, so a new Ray session (a new
 cluster) never replays the previous one's tasks.
 
+The log never holds a Ray object ref (a payload or an output that went by reference): pickled
+outside Ray's own serialization, a ref pins its object for the life of the process. It keeps
+the ref's place (``ByRef`` with ``ref=None``), so a replay knows that value is not in the log.
+
 Format: length-prefixed pickled records ``(op, ...)``. Records are pickled with cloudpickle
 because payloads may carry Python callables (a CPU task's ``fn``), which plain pickle refuses
 when they are lambdas or defined in ``__main__``. A torn last record (a crash mid-write) ends the
@@ -25,10 +29,13 @@ import os
 import pickle
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
+
+from raysched.core.protocol import ByRef
 
 log = logging.getLogger("raysched")
 
@@ -56,12 +63,13 @@ class TaskLog:
     # -- writing -----------------------------------------------------------------------------
 
     def accepted(self, client_id: str, entries: list[tuple[Any, float]]) -> None:
-        """Tasks admitted for ``client_id``, each with its absolute deadline."""
-        self._append(("A", client_id, entries))
+        """Task records admitted for ``client_id``, each with its absolute deadline."""
+        self._append(("A", client_id, [(_without_refs(t, "payload"), d) for t, d in entries]))
 
     def ended(self, results: list[tuple[str, Any]]) -> None:
-        """``(client_id, Result)`` pairs produced (not yet acknowledged); written at flush."""
-        self._ended.extend(results)
+        """``(client_id, result record)`` pairs produced (not yet acknowledged); written at
+        flush."""
+        self._ended.extend((c, _without_refs(r, "output")) for c, r in results)
 
     def acked(self, task_ids: list[str]) -> None:
         """Results the drivers have received; written at flush."""
@@ -125,9 +133,11 @@ class TaskLog:
         for rec in self._records():
             if rec[0] == "A":
                 for task, deadline_s in rec[2]:
-                    pending[task.id] = (rec[1], task, deadline_s)
+                    pending[task.task_id] = (rec[1], task, deadline_s)
             elif rec[0] == "E":
                 for client_id, result in rec[1]:
+                    if isinstance(result.output, ByRef):
+                        continue  # its output lived in the old process: the task runs again
                     pending.pop(result.task_id, None)
                     unacked[result.task_id] = (client_id, result)
             elif rec[0] == "K":
@@ -145,9 +155,10 @@ class TaskLog:
         tmp = self.path.with_suffix(".tmp")
         by_client: dict[str, list[tuple[Any, float]]] = {}
         for client_id, task, deadline_s in pending.values():
-            by_client.setdefault(client_id, []).append((task, deadline_s))
+            by_client.setdefault(client_id, []).append((_without_refs(task, "payload"),
+                                                        deadline_s))
         records: list[tuple[Any, ...]] = [("A", c, e) for c, e in by_client.items()]
-        records.append(("E", list(unacked.values())))
+        records.append(("E", [(c, _without_refs(r, "output")) for c, r in unacked.values()]))
         with open(tmp, "wb") as f:
             for record in records:
                 data = cloudpickle.dumps(record)
@@ -158,3 +169,11 @@ class TaskLog:
         self._file.close()
         os.replace(tmp, self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the actor's life
+
+
+def _without_refs(record: Any, field_name: str) -> Any:
+    """``record`` with its ``field_name`` (a ``ByRef``) keeping the size but not the ref."""
+    value = getattr(record, field_name)
+    if isinstance(value, ByRef) and value.ref is not None:
+        return replace(record, **{field_name: ByRef(None, value.size_bytes)})
+    return record

@@ -207,8 +207,7 @@ def test_llm_actor_runs_the_hf_engine_on_ray(ray_session, model_dir, engine):
     import ray
 
     from actors.llm_actor import LLMActor
-    from raysched.core.protocol import WorkItem
-    from raysched.models import Payload
+    from raysched.core.protocol import WorkItem, WorkPayload
 
     actor = ray.remote(LLMActor).options(num_cpus=0.5).remote(
         "hf-0", "llm-7b", engine="hf", model=str(model_dir), max_batch_size=4, max_wait_ms=5)
@@ -218,7 +217,8 @@ def test_llm_actor_runs_the_hf_engine_on_ray(ray_session, model_dir, engine):
         assert info.max_context_tokens == 512
         specs = [(PROMPTS[i], 5 + i) for i in range(4)]
         items = [WorkItem(f"t{i}", "summarization", 2, 1e18,
-                          Payload(prompt=p, max_new_tokens=n)) for i, (p, n) in enumerate(specs)]
+                          WorkPayload(prompt=p, max_new_tokens=n))
+                 for i, (p, n) in enumerate(specs)]
 
         async def collect():
             out = []

@@ -78,12 +78,11 @@ class LLMReplica:
                               max_batch_size=max_batch_size, time_scale=time_scale)
 
     async def __call__(self, task_id: str, kind: str, prompt: str, max_new_tokens: int) -> str:
-        from raysched.core.protocol import WorkItem
-        from raysched.models import Payload
+        from raysched.core.protocol import WorkItem, WorkPayload
 
         # No priorities or deadlines in Serve: every request is equal in the batcher's queue.
         item = WorkItem(task_id, kind, 0, 0.0,
-                        Payload(prompt=prompt, max_new_tokens=max_new_tokens))
+                        WorkPayload(prompt=prompt, max_new_tokens=max_new_tokens))
         async for done in self.actor.execute([item]):
             for c in done:
                 if not c.ok:

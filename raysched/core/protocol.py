@@ -1,20 +1,127 @@
-"""What crosses actors: work items to the workers, completions and worker facts back.
+"""What crosses actors: tasks in, work items to the workers, completions and results back.
 
-Small frozen dataclasses that Ray pickles cheaply and that neither side validates again; the
-user-facing pydantic models stay at the driver's edge (``raysched.models``). Workers
-(``actors``) and the scheduler both import this module, and it imports only the core's types.
+Small frozen dataclasses that Ray pickles cheaply and that no side validates again: a driver
+validates its ``Task`` once, at the edge (``raysched.models``), and sends a ``TaskRecord``; the
+scheduler answers with ``ResultRecord``s, from which the driver builds its ``Result``s. Workers
+(``actors``), the scheduler and the drivers all import this module, and it imports only the
+core's types.
+
+A payload (or an output) larger than ``INLINE_PAYLOAD_BYTES`` travels by reference: the record
+holds a Ray object ref to it, so the scheduler passes the ref on and never copies the bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from raysched.core.types import ServicePrior
+from raysched.core.types import CoreTask, Priority, ServicePrior, Status
 
 # Features the CPU pool's fraud classifier takes (``actors.cpu_actor``); drivers validate
 # against it before a task is queued.
 FRAUD_NUM_FEATURES = 8
+# Payloads and outputs of more than this many bytes go through Ray's object store by reference
+# rather than inside the scheduler's messages. Ray itself puts objects over 100 KiB in the
+# object store (``max_direct_call_object_size``); below that a copy is cheaper than a ref's
+# bookkeeping, and 64 KiB keeps a long prompt (about 16k tokens) out of the scheduler.
+INLINE_PAYLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ByRef:
+    """A payload or output left in Ray's object store: ``ref`` is its Ray object ref and
+    ``size_bytes`` its size. Whoever needs the value fetches it; whoever passes it on (the
+    scheduler) copies only the ref. With ``index``, the ref holds a list of outputs and the
+    value is its item ``index``; a worker reports such an output with ``ref=None`` and sends
+    the list as the next message of its stream (``split_outputs``)."""
+
+    ref: Any
+    size_bytes: int
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkPayload:
+    """What a worker needs to run one task: a prompt and its token budget (LLM pools), a
+    feature vector (the fraud classifier), or a Python callable with its arguments."""
+
+    prompt: str | None = None
+    max_new_tokens: int | None = None
+    features: list[float] | None = None
+    fn: Any = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def size_bytes(self) -> int:
+        """A cheap lower bound of the pickled size: the prompt's characters, 8 bytes per
+        feature, and the callable's arguments where ``value_size_bytes`` knows their size."""
+        return (len(self.prompt or "") + 8 * len(self.features or ())
+                + sum(map(value_size_bytes, self.args))
+                + sum(map(value_size_bytes, self.kwargs.values())))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A validated task as a driver sends it to the scheduler.
+
+    The deadline is ``deadline_s`` (absolute, the scheduler's clock) or ``sla_s`` (relative to
+    arrival at the scheduler); neither for a best-effort task without one. ``payload`` is a
+    ``WorkPayload`` or a ``ByRef`` to one.
+    """
+
+    task_id: str
+    kind: str
+    priority: int
+    pool: str
+    payload: Any
+    deadline_s: float | None = None
+    sla_s: float | None = None
+    best_effort: bool = False
+    num_prompt_tokens: int = 0
+    max_new_tokens: int = 0
+    min_context_tokens: int = 0
+    tenant: str = "default"
+
+    def to_core(self, now_s: float) -> CoreTask:
+        """The core's view of this task, its deadline made absolute at ``now_s``."""
+        if self.deadline_s is not None:
+            deadline_s = self.deadline_s
+        elif self.sla_s is not None:
+            deadline_s = now_s + self.sla_s
+        else:
+            deadline_s = math.inf
+        return CoreTask(task_id=self.task_id, kind=self.kind, priority=Priority(self.priority),
+                        deadline_s=deadline_s, pool=self.pool,
+                        num_prompt_tokens=self.num_prompt_tokens,
+                        max_new_tokens=self.max_new_tokens, best_effort=self.best_effort,
+                        min_context_tokens=self.min_context_tokens, tenant=self.tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """How one task ended, as the scheduler sends it to the driver (which builds a ``Result``
+    of the same fields). ``output`` may be a ``ByRef`` the driver fetches; times are
+    seconds: ``queue_s`` from arrival to start, ``service_s`` from start to end, ``total_s``
+    from arrival to end."""
+
+    task_id: str
+    status: Status
+    output: Any = None
+    reason: str = ""
+    worker_id: str = ""
+    kind: str = ""
+    priority: int = int(Priority.MEDIUM)
+    pool: str = ""
+    queue_s: float = 0.0
+    service_s: float = 0.0
+    total_s: float = 0.0
+    deadline_met: bool = False
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.COMPLETED
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +159,8 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """A task as it travels to a worker: the core's view plus the payload to run."""
+    """A task as it travels to a worker: the core's view plus the payload to run (a
+    ``WorkPayload``, or a ``ByRef`` to one that the worker fetches)."""
 
     task_id: str
     kind: str
@@ -83,3 +191,28 @@ class WorkerInfo:
     prior: ServicePrior
     max_context_tokens: int = 0
     label: str = ""
+
+
+def value_size_bytes(value: Any) -> int:
+    """The size of a value where it is cheap to know: text and bytes by their length, arrays
+    by ``nbytes``; 0 for anything else (sent inline, whatever its size)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value)
+    nbytes = getattr(value, "nbytes", None)
+    return nbytes if isinstance(nbytes, int) else 0
+
+
+def split_outputs(completions: list[Completion]) -> tuple[list[Completion], list[Any]]:
+    """``completions`` with each output of more than ``INLINE_PAYLOAD_BYTES`` taken out, and
+    the outputs taken: the worker sends the list as an object of its own, which its caller
+    owns and passes on by reference; each completion keeps ``ByRef(None, size, index)``."""
+    big: list[Any] = []
+    out = completions
+    for i, c in enumerate(completions):
+        size = value_size_bytes(c.output) if c.output is not None else 0
+        if size > INLINE_PAYLOAD_BYTES:
+            if out is completions:
+                out = list(completions)
+            out[i] = replace(c, output=ByRef(None, size, len(big)))
+            big.append(c.output)
+    return out, big

@@ -32,8 +32,7 @@ from actors.engines import (  # noqa: E402 - only where vllm runs
 from actors.engines.base import Sequence  # noqa: E402
 from actors.engines.vllm_engine import device_type  # noqa: E402
 from actors.llm_actor import LLMActor  # noqa: E402
-from raysched.core.protocol import WorkItem  # noqa: E402
-from raysched.models import Payload  # noqa: E402
+from raysched.core.protocol import WorkItem, WorkPayload  # noqa: E402
 
 DEVICE = device_type()
 MAX_MODEL_LEN = 256
@@ -146,7 +145,7 @@ def test_llm_actor_isolates_an_over_long_prompt_and_completions_carry_vllms_metr
 
     def item(i: int, prompt: str, n: int) -> WorkItem:
         return WorkItem(f"a{i}", "summarization", 1 + i % 4, 1e18,
-                        Payload(prompt=prompt, max_new_tokens=n))
+                        WorkPayload(prompt=prompt, max_new_tokens=n))
 
     items = [item(0, "summarise the desk's day", 10), item(1, "word " * 2000, 10),
              item(2, "which desk drove the loss", 20), item(3, "why did margin fall", 1)]

@@ -18,8 +18,7 @@ import pytest
 from actors.engines.base import Sequence
 from actors.engines.vllm_engine import VLLMEngine
 from actors.llm_actor import LLMActor
-from raysched.core.protocol import WorkItem
-from raysched.models import Payload
+from raysched.core.protocol import WorkItem, WorkPayload
 
 
 class EngineDeadError(RuntimeError):
@@ -122,7 +121,7 @@ def _actor(engine: VLLMEngine) -> LLMActor:
 
 def _item(i: int, n: int, priority: int = 3, prompt: str | None = None) -> WorkItem:
     return WorkItem(f"t{i}", "summarization", priority, 1e18,
-                    Payload(prompt=prompt or f"prompt {i}", max_new_tokens=n))
+                    WorkPayload(prompt=prompt or f"prompt {i}", max_new_tokens=n))
 
 
 async def _collect(actor: LLMActor, items: list[WorkItem]) -> dict:

@@ -106,11 +106,18 @@ EMBEDDED_DRILL = textwrap.dedent("""
         time.sleep(0.005)
         return x
 
+    def work_big(data, x):
+        time.sleep(0.005)
+        return bytes(data) + bytes([x])  # as large as its input: it goes back by reference
+
     config = SchedulerConfig(pools=[PoolConfig(name="cpu", kind="cpu", replicas=2,
                                                num_cpus=0.5)])
     client = raysched.connect(config=config, num_cpus=2)
     tasks = [Task(id=f"t{i}", kind="job", priority="MEDIUM", sla_ms=120_000,
-                  payload={"fn": work, "args": (i,)}) for i in range(300)]
+                  payload={"fn": work, "args": (i,)}) for i in range(280)]
+    big = bytes(200_000)  # over the inline limit: these payloads go by reference
+    tasks += [Task(id=f"t{i}", kind="job", priority="MEDIUM", sla_ms=120_000,
+                   payload={"fn": work_big, "args": (big, i % 256)}) for i in range(280, 300)]
     handles = client.submit_many(tasks)
     time.sleep(0.3)
     ray.kill(client.actor, no_restart=False)  # Ray restarts it; it replays its task log
@@ -118,7 +125,10 @@ EMBEDDED_DRILL = textwrap.dedent("""
     late = client.submit(Task(kind="job", sla_ms=60_000, payload={"fn": work, "args": (1,)}))
     print(json.dumps({"statuses": [r.status.value for r in results],
                       "ids": sorted(r.task_id for r in results),
-                      "late": late.result(timeout=60).status.value}))
+                      "big_ok": all(r.output == big + bytes([i % 256])
+                                    for i, r in enumerate(results) if i >= 280),
+                      "late": late.result(timeout=60).status.value,
+                      "notes": client.stats()["notes"]}))
     client.close()
 """)
 
@@ -134,6 +144,11 @@ def test_an_embedded_scheduler_survives_its_own_restart() -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["ids"] == sorted(f"t{i}" for i in range(300))  # each exactly once
     assert Counter(report["statuses"]) == {"completed": 300}
+    # The log keeps no object refs: the restarted scheduler waited for the driver to send the
+    # by-reference payloads again, and every one came through whole.
+    [note] = [n for n in report["notes"] if n.startswith("restarted:")]
+    assert "waiting for their drivers to send their payloads again" in note, note
+    assert report["big_ok"]
     assert report["late"] == "completed"
 
 

@@ -202,8 +202,7 @@ def test_llm_actor_batches_continuously(ray_session):
     import ray
 
     from actors.llm_actor import LLMActor
-    from raysched.core.protocol import WorkItem
-    from raysched.models import Payload
+    from raysched.core.protocol import WorkItem, WorkPayload
 
     actor = ray.remote(LLMActor).options(num_cpus=0.25).remote(
         "solo", "llm-7b", engine="sim", model="7b", max_batch_size=4, max_wait_ms=0,
@@ -211,7 +210,7 @@ def test_llm_actor_batches_continuously(ray_session):
 
     def item(task_id, n):
         return WorkItem(task_id, "summarization", 2, 1e12,
-                        Payload(prompt="p" * 400, max_new_tokens=n))
+                        WorkPayload(prompt="p" * 400, max_new_tokens=n))
 
     async def run():
         long_gen = actor.execute.remote([item("long", 400)])

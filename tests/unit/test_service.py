@@ -10,13 +10,16 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raysched import service as service_module
 from raysched.config import PoolConfig
 from raysched.core import CoreConfig, ServicePrior, Status, build_core
-from raysched.core.protocol import Completion, WorkerInfo
+from raysched.core.protocol import ByRef, Completion, TaskRecord, WorkerInfo
 from raysched.models import Task
 from raysched.service import Batch, SchedulerService
 from raysched.wal import TaskLog
@@ -52,14 +55,14 @@ def make_service(clock: FakeClock, log_path: Path | None = None, workers: int = 
     return service
 
 
-def task(task_id: str, sla_ms: float = 5_000.0, priority: str = "MEDIUM") -> Task:
+def task(task_id: str, sla_ms: float = 5_000.0, priority: str = "MEDIUM") -> TaskRecord:
     return Task(id=task_id, kind="classification", priority=priority, sla_ms=sla_ms,
-                payload={"features": [0.0] * 8})
+                payload={"features": [0.0] * 8}).to_record()
 
 
-def llm_task(task_id: str, priority: str, sla_ms: float, new_tokens: int) -> Task:
+def llm_task(task_id: str, priority: str, sla_ms: float, new_tokens: int) -> TaskRecord:
     return Task(id=task_id, kind="summarization", priority=priority, sla_ms=sla_ms,
-                payload={"prompt": "p" * 400, "max_new_tokens": new_tokens})
+                payload={"prompt": "p" * 400, "max_new_tokens": new_tokens}).to_record()
 
 
 def run_one(service: SchedulerService, clock: FakeClock, output: object = "ok") -> str:
@@ -312,6 +315,74 @@ def test_replay_after_a_restart_reruns_pending_tasks_and_redelivers_unacked_resu
     assert late.task_id == "b1" and late.status is Status.REJECTED
     assert late.reason.startswith("after a scheduler restart:")
     assert "restarted:" in after.notes[-1]
+
+
+class FakeRef:
+    """Stands in for a Ray object ref (no Ray here): the task log must never pickle one."""
+
+    def __reduce__(self) -> Any:
+        raise AssertionError("an object ref was pickled into the task log")
+
+
+def by_ref(record: TaskRecord) -> TaskRecord:
+    """``record`` as a driver sends it when its payload is large: the payload by reference."""
+    return replace(record, payload=ByRef(FakeRef(), 300_000))
+
+
+def test_a_payload_by_reference_is_sent_again_by_its_driver_after_a_restart(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    assert before.submit("a", [by_ref(task("big")), task("small")]) == [None, None]
+    assert before.stats()["by_reference"]["payload_bytes"] == 300_000
+    deadline_s = before.core.deadline_of("big")
+    before.flush()
+    clock.now_s += 1.0
+    after, note = restart(clock, path)
+    assert note is not None and "1 waiting for their drivers to send their payloads" in note
+    # The log kept no ref: the task waits for its driver, not in the queue.
+    assert set(after.pending()) == {"small"}
+    [refused] = after.submit("b", [by_ref(task("big"))])  # another driver may not take it up
+    assert refused is not None and refused.status is Status.REJECTED
+    again = by_ref(task("big"))
+    assert after.submit("a", [again]) == [None]
+    assert set(after.pending()) == {"small", "big"}
+    assert after.core.deadline_of("big") == deadline_s  # the deadline it was accepted with
+    assert after.pending()["big"] == ("a", again)  # what runs is the payload sent again
+
+
+@pytest.mark.parametrize(("wait_s", "status"), [(4.0, Status.FAILED), (6.0, Status.EXPIRED)])
+def test_a_payload_never_sent_again_ends_its_task_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_s: float, status: Status) -> None:
+    monkeypatch.setattr(service_module, "PAYLOAD_RESEND_S", 3.0)
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [by_ref(task("big", sla_ms=5_000.0))])
+    before.flush()
+    after, _ = restart(clock, path)
+    clock.now_s += wait_s if status is Status.FAILED else 6.0
+    if status is Status.EXPIRED:
+        monkeypatch.setattr(service_module, "PAYLOAD_RESEND_S", 10.0)
+    after.assign()
+    [result] = after.take("a")
+    assert result.status is status and "waiting for its payload (300000 bytes" in result.reason
+    assert after.pending() == {} and after.unacked()["big"][1] == result
+
+
+def test_a_result_whose_output_went_by_reference_runs_again_after_a_restart(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [task("t1")])
+    assert run_one(before, clock, output=ByRef(FakeRef(), 500_000, 0)) == "t1"
+    assert before.stats()["by_reference"]["outputs"] == 1
+    [result] = before.take("a")  # delivered, not acknowledged: the output lives in this process
+    assert isinstance(result.output, ByRef)
+    after, _ = restart(clock, path)
+    assert after.unacked() == {} and set(after.pending()) == {"t1"}
 
 
 def test_acknowledged_results_are_not_redelivered_after_a_restart(tmp_path: Path) -> None:
