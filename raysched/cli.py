@@ -130,7 +130,14 @@ def _status(args: argparse.Namespace) -> int:
         _join(args.address)
         import ray
 
-        stats = ray.get(find(args.name, args.namespace).stats.remote())
+        from raysched.config import shard_name
+        from raysched.shards import merge_stats
+
+        first = ray.get(find(args.name, args.namespace).stats.remote())
+        # A sharded scheduler: every shard's view, added up.
+        stats = merge_stats([first] + ray.get([
+            find(shard_name(args.name, k), args.namespace).stats.remote()
+            for k in range(1, first.get("shards", 1))]))
     except (RayschedError, ConnectionError) as exc:
         print(f"raysched status: {exc}", file=sys.stderr)
         return 2
@@ -143,8 +150,9 @@ def _status(args: argparse.Namespace) -> int:
     console = Console()
     for note in stats["notes"]:
         console.print(f"note: {note}")
+    shards = f", {stats['shards']} shards" if stats.get("shards", 1) > 1 else ""
     t = Table(title=f"raysched: {stats['queued']} queued, {stats['running']} running, "
-                    f"up {stats['uptime_s']:.0f} s")
+                    f"up {stats['uptime_s']:.0f} s{shards}")
     for col in ("worker", "pool", "engine", "in flight", "free", "backlog s", "done", "util"):
         t.add_column(col, justify="right")
     for wid, w in stats["workers"].items():

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raysched.config import SchedulerConfig, default_config
 from raysched.core.protocol import INLINE_PAYLOAD_BYTES, ByRef, ResultRecord, TaskRecord
@@ -27,6 +27,9 @@ from raysched.errors import (
     TaskTimeoutError,
 )
 from raysched.models import DEFAULT_POOL_KINDS, Result, Task
+
+if TYPE_CHECKING:
+    from raysched.shards import ShardedClient
 
 SUBMIT_CHUNK = 512
 POLL_TIMEOUT_S = 0.5
@@ -171,15 +174,7 @@ class Client:
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
             ) -> Iterator[Result]:
         """Submit ``tasks`` and yield their Results in completion order."""
-        handles = self.submit_many(tasks)
-        futures = {h._future: h for h in handles}
-        try:
-            for fut in concurrent.futures.as_completed(futures, timeout=timeout):
-                yield fut.result()
-        except concurrent.futures.TimeoutError:
-            left = sum(1 for f in futures if not f.done())
-            raise TaskTimeoutError(f"{left} of {len(handles)} tasks have no result after "
-                                   f"{timeout} s") from None
+        return as_completed_results(self.submit_many(tasks), timeout)
 
     async def submit_async(self, task: Task | Mapping[str, Any]) -> Result:
         """Submit from asyncio and await the Result."""
@@ -196,6 +191,11 @@ class Client:
     def outstanding(self) -> int:
         with self._lock:
             return len(self._handles)
+
+    def holds(self, task_id: str) -> bool:
+        """Whether ``task_id`` was submitted by this client and has no Result yet."""
+        with self._lock:
+            return task_id in self._handles
 
     def close(self) -> None:
         """Stop polling; shut the embedded Ray down if this client started it."""
@@ -368,17 +368,22 @@ class Client:
 
 def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, Any] | None = None,
             *, num_cpus: int | None = None, name: str | None = None,
-            ready_timeout_s: float = 120.0, max_outstanding: int = 100_000) -> Client:
+            ready_timeout_s: float = 120.0, max_outstanding: int = 100_000
+            ) -> Client | ShardedClient:
     """Connect a driver to raysched.
 
     - No ``address`` and no ``RAY_ADDRESS`` (and Ray not started): start an embedded local Ray on
       127.0.0.1 and a scheduler with ``config`` (default: ``default_config()``).
     - An ``address`` (or inside ``ray job submit``): join that cluster and find the named
       scheduler, creating it (detached, so other drivers share it) if it is not running.
+    - With ``config.shards`` > 1 (or a running scheduler started so), every shard is started
+      or found and a ``ShardedClient`` is returned: the same calls, spread over the shards
+      (``raysched.shards``). ``max_outstanding`` then holds per shard.
     """
     import ray
 
     from raysched._ray import init_local, loopback_env
+    from raysched.config import shard_name
     from raysched.scheduler import SchedulerActor
 
     cfg = (config if isinstance(config, SchedulerConfig)
@@ -391,23 +396,43 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
         else:
             loopback_env()
             ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
-    actor_name = name or cfg.name
-    # Restartable: after a crash Ray starts it again and it replays its task log.
-    options: dict[str, Any] = {"name": actor_name, "namespace": cfg.namespace,
-                               "get_if_exists": True, "num_cpus": 0, "max_concurrency": 10_000,
-                               "max_restarts": -1, "max_task_retries": 0}
-    # On the head node, where its task log is, before and after a restart.
-    options["resources"] = {"node:__internal_head__": 0.001}
-    if not owns_ray:
-        options["lifetime"] = "detached"
-    actor = ray.remote(SchedulerActor).options(**options).remote(cfg.model_dump())
-    try:
-        ray.get(actor.start.remote())
-        ray.get(actor.ready.remote(ready_timeout_s), timeout=ready_timeout_s + 10)
-    except ray.exceptions.GetTimeoutError:
-        raise SchedulerNotFoundError(f"scheduler {actor_name!r} did not become ready in "
-                                     f"{ready_timeout_s} s") from None
-    return Client(actor, owns_ray, max_outstanding, name=actor_name, namespace=cfg.namespace)
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+
+    def make(shard_cfg: SchedulerConfig) -> Any:
+        # Restartable: after a crash Ray starts it again and it replays its task log.
+        options: dict[str, Any] = {
+            "name": shard_cfg.actor_name, "namespace": cfg.namespace, "get_if_exists": True,
+            "num_cpus": 0, "max_concurrency": 10_000, "max_restarts": -1, "max_task_retries": 0,
+            # On the head node, where its task log is, before and after a restart.
+            "resources": {"node:__internal_head__": 0.001}}
+        if not owns_ray:
+            options["lifetime"] = "detached"
+        return ray.remote(SchedulerActor).options(**options).remote(shard_cfg.model_dump())
+
+    def wait_ready(actors: list[Any]) -> list[dict[str, Any]]:
+        try:
+            ray.get([a.start.remote() for a in actors])
+            return ray.get([a.ready.remote(ready_timeout_s) for a in actors],
+                           timeout=ready_timeout_s + 10)
+        except ray.exceptions.GetTimeoutError:
+            raise SchedulerNotFoundError(f"scheduler {cfg.name!r} did not become ready in "
+                                         f"{ready_timeout_s} s") from None
+
+    first = make(cfg.for_shard(0))
+    # A scheduler already running keeps its own number of shards.
+    shards = wait_ready([first])[0].get("shards", 1)
+    if shards == 1:
+        return Client(first, owns_ray, max_outstanding, name=cfg.name, namespace=cfg.namespace)
+    from raysched.shards import ShardedClient
+
+    cfg = cfg.model_copy(update={"shards": shards})
+    actors = [first] + [make(cfg.for_shard(k)) for k in range(1, shards)]
+    wait_ready(actors[1:])
+    return ShardedClient([
+        Client(a, owns_ray=False, owns_actor=owns_ray, max_outstanding=max_outstanding,
+               name=shard_name(cfg.name, k), namespace=cfg.namespace)
+        for k, a in enumerate(actors)], owns_ray=owns_ray)
 
 
 def _waiting_pools(stats: Mapping[str, Any]) -> list[str]:
@@ -425,6 +450,20 @@ def find(name: str = "raysched-scheduler", namespace: str = "raysched") -> Any:
         return ray.get_actor(name, namespace=namespace)
     except ValueError:
         raise SchedulerNotFoundError(f"no scheduler {name!r} in namespace {namespace!r}") from None
+
+
+def as_completed_results(handles: list[TaskHandle], timeout: float | None = None
+                         ) -> Iterator[Result]:
+    """The Results of ``handles`` in completion order; ``TaskTimeoutError`` after ``timeout``
+    seconds for the whole lot."""
+    futures = {h._future: h for h in handles}
+    try:
+        for fut in concurrent.futures.as_completed(futures, timeout=timeout):
+            yield fut.result()
+    except concurrent.futures.TimeoutError:
+        left = sum(1 for f in futures if not f.done())
+        raise TaskTimeoutError(f"{left} of {len(handles)} tasks have no result after "
+                               f"{timeout} s") from None
 
 
 def wait_all(handles: Iterable[TaskHandle], timeout: float | None = None) -> list[Result]:

@@ -103,13 +103,30 @@ class SchedulerConfig(BaseModel):
     policy: str = "raysched"
     # How long the dispatch loop sleeps when nothing changed; new work wakes it at once.
     idle_poll_ms: float = Field(default=50.0, gt=0, le=10_000)
+    # Scheduler actors sharing the pools, for when one actor cannot carry the traffic: each
+    # shard runs its share of every pool's replicas and the tasks drivers route to it (by pool
+    # and a hash of the task id). Class order, deadlines and preemption hold within a shard.
+    shards: int = Field(default=1, ge=1, le=64)
+    # Which shard this scheduler is (0 .. shards - 1); ``connect`` sets it for each actor.
+    shard: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _unique_pools(self) -> SchedulerConfig:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique: {names}")
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} does not exist: shards={self.shards}")
         return self
+
+    @property
+    def actor_name(self) -> str:
+        """This shard's actor name: ``name`` for shard 0, ``name-shardK`` for the others."""
+        return shard_name(self.name, self.shard)
+
+    def for_shard(self, shard: int) -> SchedulerConfig:
+        """This config for the scheduler actor of ``shard``."""
+        return self.model_copy(update={"shard": shard})
 
     @field_validator("policy")
     @classmethod
@@ -134,6 +151,17 @@ class SchedulerConfig(BaseModel):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+def shard_name(name: str, shard: int) -> str:
+    """The actor name of scheduler ``shard`` of the scheduler called ``name``."""
+    return name if shard == 0 else f"{name}-shard{shard}"
+
+
+def shard_replicas(replicas: int, shards: int, shard: int) -> int:
+    """The replicas of a pool of ``replicas`` that ``shard`` of ``shards`` runs: an even split,
+    the first ``replicas % shards`` shards taking one more."""
+    return replicas // shards + (1 if shard < replicas % shards else 0)
 
 
 def default_config(time_scale: float = 1.0) -> SchedulerConfig:
@@ -176,6 +204,9 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
                   real_engines: list[str], vllm_device: str | None = None,
                   ) -> tuple[list[PoolConfig], list[str]]:
     """Fit the configured pools to the cluster; returns the pools to start and what was decided.
+
+    - With ``shards`` > 1, this scheduler's shard runs its share of each pool's replicas
+      (``shard_replicas``); a pool with no replica here is left out.
 
     - A pool whose ``cluster_resource`` the cluster has asks one unit per replica (so its actors
       land on those nodes); ``replicas="auto"`` takes every unit.
@@ -265,5 +296,12 @@ def resolve_pools(config: SchedulerConfig, cluster_resources: dict[str, float],
             notes.append(f"pool {pool.name}: {fitted.replicas} replicas of {fitted.num_gpus:g} "
                          f"GPU asked but the cluster has {gpus:g} GPUs; starting {can}")
             fitted = fitted.model_copy(update={"replicas": can})
+        if config.shards > 1:
+            share = shard_replicas(int(fitted.replicas), config.shards, config.shard)
+            if share == 0:
+                notes.append(f"pool {pool.name}: its {fitted.replicas} replicas run on other "
+                             f"shards; shard {config.shard} takes none of its tasks")
+                continue
+            fitted = fitted.model_copy(update={"replicas": share})
         pools.append(fitted)
     return pools, notes

@@ -89,7 +89,7 @@ class SchedulerActor:
         if restored:
             self.service.notes.append(f"restored {restored} learned service-time models "
                                       f"(trusted less until they see new completions)")
-        self.service.open_log(TaskLog(_session_dir() / "raysched" / f"{self.config.name}.wal",
+        self.service.open_log(TaskLog(_session_dir() / "raysched" / f"{self.config.actor_name}.wal",
                                       fsync=self.config.wal_fsync))
         loop = asyncio.get_running_loop()
         loop.create_task(self._dispatch_loop())
@@ -112,7 +112,7 @@ class SchedulerActor:
         if self._starting:
             await asyncio.wait(list(self._starting),
                                timeout=max(0.0, min(READY_GRACE_S, give_up_s - time.monotonic())))
-        return self.service.stats()
+        return self._stats()
 
     def _top_up(self) -> None:
         """Start the workers the pools are owed (at start, after a loss, after a backoff)."""
@@ -123,7 +123,8 @@ class SchedulerActor:
         from actors.cpu_actor import remote_cpu_actor
         from actors.llm_actor import LLMActor
 
-        worker_id = f"{pool.name}-{next(self._worker_seq)}"
+        shard = f"s{self.config.shard}-" if self.config.shards > 1 else ""
+        worker_id = f"{pool.name}-{shard}{next(self._worker_seq)}"
         opts = {**WORKER_OPTIONS, "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus,
                 "resources": pool.resources or None, "name": f"raysched-worker-{worker_id}"}
         handle: Any
@@ -197,7 +198,12 @@ class SchedulerActor:
     async def stats(self) -> dict[str, Any]:
         """Queues, load, result counts, notes, pool configs and learned models: a plain dict."""
         await self.start()
-        return self.service.stats()
+        return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
+        stats = self.service.stats()
+        stats["shard"], stats["shards"] = self.config.shard, self.config.shards
+        return stats
 
     def save_scorer(self) -> int:
         """Save the learned models now; returns how many were saved."""
@@ -218,7 +224,7 @@ class SchedulerActor:
         return self.core.placement.restore(json.loads(raw)) if raw else 0
 
     def _scorer_key(self) -> str:
-        return f"{self.config.name}:scorer"
+        return f"{self.config.actor_name}:scorer"
 
     async def kill_worker(self, worker_id: str) -> bool:
         """Kill a worker actor (for fault drills); the scheduler notices and replaces it."""
