@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/overhead.py [--quick] [--json PATH] [--parts abc] [--seed N]
+    python benchmarks/overhead.py [--quick] [--json PATH] [--parts abcd] [--seed N]
 
 ``--quick`` is a smoke run (under a minute); the full run takes about 2-3 minutes on a 2-core
 machine. Results print as one table per part and go to ``--json`` (default ``out/overhead.json``;
@@ -39,6 +39,11 @@ Parts
     latency, measured before and after (the mean is used) so drift from other load shows.
     Targets: raysched tasks/s >= 1.0x the pipelined direct rate, for both kinds; added latency
     p50 <= 2 ms.
+(d) The scheduler's own work per task, in process and without Ray (a real ``SchedulerService``
+    and task log, fed batches as a saturated actor is). With (c), the report's
+    ``scheduler_cost`` is what the simulator charges (``raysched bench --mode sim
+    --scheduler-cost out/overhead.json``): these in-process costs, and Ray's share, what a
+    task costs at the saturated ``client.map`` rate less them.
 """
 
 from __future__ import annotations
@@ -719,6 +724,86 @@ def part_c(quick: bool) -> dict[str, Any]:
     return out
 
 
+def part_d(quick: bool) -> dict[str, Any]:
+    """The scheduler's own work per task, in process and without Ray: a real
+    ``SchedulerService`` (the ``raysched`` core, its task log in a temporary directory) over one
+    CPU pool of 2 workers with 32 slots each, fed batches of 64 no-op tasks the way a saturated
+    actor is: submit the batch, run a dispatch pass, complete what it bound, take the results.
+    """
+    import tempfile
+
+    from raysched import Task
+    from raysched.config import PoolConfig
+    from raysched.core import build_core
+    from raysched.core.protocol import WorkerInfo
+    from raysched.service import SchedulerService
+    from raysched.wal import TaskLog
+
+    n = 20_000 if quick else 100_000
+    batch = 64
+    clock = [T0]
+    service = SchedulerService(build_core("raysched"), lambda: clock[0])
+    service.add_pool(PoolConfig(name="cpu", kind="cpu", slots=32))
+    for i in range(2):
+        service.add_worker(WorkerInfo(worker_id=f"cpu-{i}", pool="cpu", engine="cpu",
+                                      simulated=False, node_id="node-0",
+                                      prior=ServicePrior(fixed_s=1e-3)))
+    tmp = tempfile.mkdtemp(prefix="rs-overhead-")
+    service.open_log(TaskLog(Path(tmp) / "bench.wal"))
+    records = [Task(kind="noop", sla_ms=600_000, payload={"fn": _noop}).to_record()
+               for _ in range(n)]
+    spent = {"submit": 0.0, "assign": 0.0, "complete": 0.0}
+    perf = time.perf_counter
+    for i in range(0, n, batch):
+        chunk = records[i:i + batch]
+        clock[0] += 1e-3
+        t0 = perf()
+        service.submit("bench", chunk)
+        t1 = perf()
+        dispatch = service.assign()
+        service.flush()
+        t2 = perf()
+        clock[0] += 1e-3
+        service.complete([Completion(item.task_id, b.worker_id, ok=True, service_s=1e-5,
+                                     binding=item.binding)
+                          for b in dispatch.batches for item in b.items])
+        taken = service.take("bench")
+        service.ack([r.task_id for r in taken])
+        t3 = perf()
+        spent["submit"] += t1 - t0
+        spent["assign"] += t2 - t1
+        spent["complete"] += t3 - t2
+    left = service.core.queued() + service.core.running()
+    out = {f"{k}_us": v / n * 1e6 for k, v in spent.items()}
+    out.update(tasks=n, batch=batch, left_unfinished=left,
+               total_us=sum(spent.values()) / n * 1e6)
+    table = Table(title=f"(d) The scheduler's own work per task, in process, no Ray "
+                        f"({n:,} no-op tasks in batches of {batch})")
+    for col in ("submit µs", "dispatch pass µs", "complete + result µs", "total µs"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{out['submit_us']:.1f}", f"{out['assign_us']:.1f}",
+                  f"{out['complete_us']:.1f}", f"{out['total_us']:.1f}")
+    console.print(table)
+    return out
+
+
+def scheduler_cost(report: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``raysched.sim.cost.SchedulerCost.from_overhead`` reads: the in-process costs of
+    part (d) and, with part (c), Ray's share in the scheduler process: the time a task costs at
+    the saturated ``client.map`` rate less the in-process part."""
+    d = report.get("d_scheduler_work")
+    if d is None:
+        return None
+    cost: dict[str, Any] = {"submit_s": d["submit_us"] / 1e6, "assign_s": d["assign_us"] / 1e6,
+                            "complete_s": d["complete_us"] / 1e6}
+    c = report.get("c_throughput")
+    if c is not None:
+        per_task_s = 1.0 / c["raysched_map"]["per_s"]
+        cost["messaging_s"] = max(0.0, per_task_s - d["total_us"] / 1e6)
+        cost["saturated_tasks_per_s"] = c["raysched_map"]["per_s"]
+    return cost
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -726,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, well under a minute")
     parser.add_argument("--json", default="out/overhead.json", help="where to write the results")
-    parser.add_argument("--parts", default="abc", help="which parts to run (any of a, b, c)")
+    parser.add_argument("--parts", default="abcd", help="which parts to run (any of a-d)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--_memory-child", nargs=2, metavar=("N", "METHOD"),
                         help=argparse.SUPPRESS)
@@ -753,6 +838,16 @@ def main(argv: list[str] | None = None) -> int:
         report["b_core_memory"] = part_b(args.quick, args.seed)
     if "c" in args.parts:
         report["c_throughput"] = part_c(args.quick)
+    if "d" in args.parts:
+        report["d_scheduler_work"] = part_d(args.quick)
+    cost = scheduler_cost(report)
+    if cost is not None:
+        report["scheduler_cost"] = cost
+        console.print("scheduler cost per task for the simulator (raysched bench --mode sim "
+                      "--scheduler-cost PATH): " + ", ".join(
+                          f"{k} {cost[k] * 1e6:.1f} µs" for k in ("submit_s", "assign_s",
+                                                                  "complete_s", "messaging_s")
+                          if k in cost))
     report["elapsed_s"] = time.perf_counter() - t
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 

@@ -1,5 +1,8 @@
 """One exception root for raysched; "no worker can take this now" is a value, not an error."""
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class RayschedError(Exception):
     """Base of every error raysched raises on purpose."""
@@ -29,6 +32,6 @@ class SubmitError(RayschedError):
     """Some tasks of a submit call did not reach the scheduler (they could not be sent, say a
     payload Ray cannot pickle); ``submitted`` holds the handles of those that did."""
 
-    def __init__(self, message: str, submitted: list[object] | None = None) -> None:
+    def __init__(self, message: str, submitted: Sequence[Any] | None = None) -> None:
         super().__init__(message)
-        self.submitted = submitted or []
+        self.submitted: list[Any] = list(submitted or [])

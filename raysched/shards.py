@@ -78,8 +78,7 @@ class ShardedClient:
                 got = self.clients[shard].submit_many([checked[i] for i in where], block=block,
                                                       timeout=timeout)
             except SubmitError as exc:
-                got = exc.submitted
-                sent = [h for h in handles if h is not None] + got
+                sent = [h for h in handles if h is not None] + exc.submitted
                 raise SubmitError(f"shard {shard}: {exc}", submitted=sent) from exc
             except Exception as exc:
                 sent = [h for h in handles if h is not None]
@@ -98,7 +97,8 @@ class ShardedClient:
         import asyncio
 
         handle = await asyncio.to_thread(self.submit, task)
-        return await handle
+        result: Result = await handle
+        return result
 
     def cancel(self, task_ids: list[str]) -> list[bool]:
         """Cancel on the shard that holds each task (asked of every shard when this client

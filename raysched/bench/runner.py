@@ -48,6 +48,12 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--cv", type=float, default=1.0, help="inter-arrival CV (1 = Poisson)")
     b.add_argument("--scale", type=int, default=1, help="multiply every pool's worker count")
     b.add_argument("--sweep", default="", help="loads for the deadline-met vs load plot")
+    b.add_argument("--scheduler-cost", default="none",
+                   help="sim mode: charge the scheduler its own work per task: 'none', "
+                        "'reference' (figures measured on a 2-core machine) or the JSON of "
+                        "benchmarks/overhead.py --parts cd on this machine")
+    b.add_argument("--shards", type=int, default=1,
+                   help="sim mode, with --scheduler-cost: scheduler shards sharing the load")
     b.add_argument("--out", default="out/bench")
     b.add_argument("--time-scale", type=float, default=1.0,
                    help="ray mode: run this much faster than real time")

@@ -26,20 +26,23 @@ from raysched.bench.workloads import PoolSpec, build_workload
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.types import Priority, Status
 from raysched.sim import Oracle, SimTask, Simulator
+from raysched.sim.cost import SchedulerCost
 
 
 def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], seed: int = 0,
-            on_progress: Callable[[int], None] | None = None, admission: bool | None = None
-            ) -> tuple[dict[str, Any], list[Record]]:
+            on_progress: Callable[[int], None] | None = None, admission: bool | None = None,
+            cost: SchedulerCost | None = None) -> tuple[dict[str, Any], list[Record]]:
     """One policy over ``tasks`` on a simulated ``cluster``; returns its entry and records.
 
     ``admission`` overrides the policy's admission and expiry (None: the policy's own).
+    ``cost``: what the scheduler is charged per task (None: nothing); the entry's
+    ``scheduler_busy`` is then the share of the run's span it was busy.
     """
     p = POLICIES[policy]
     oracle = Oracle() if p.needs_oracle else None
     core = build_core(policy, seed=seed, oracle=oracle, admission=admission)
     workers = {wid: (pool.name, w) for pool in cluster for wid, w in pool.build(p.replica_order)}
-    sim = Simulator(core, workers)
+    sim = Simulator(core, workers, cost=cost)
     if oracle is not None:
         oracle.bind(sim)
     started = time.perf_counter()
@@ -48,6 +51,8 @@ def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], se
     span_s = run.end_s - (tasks[0].arrival_s if tasks else 0.0)
     entry = summarize(policy, records, span_s, run.busy_s, submitted=len(tasks), seed=seed,
                       wall_s=time.perf_counter() - started)
+    if cost is not None and cost.per_task_s > 0:
+        entry["scheduler_busy"] = run.scheduler_busy_s / span_s if span_s > 0 else 0.0
     return entry, records
 
 
@@ -56,7 +61,8 @@ REFUSED = (Status.REJECTED.value, Status.EXPIRED.value)
 
 def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...],
                      records: list[Record], seed: int = 0,
-                     on_progress: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+                     on_progress: Callable[[int], None] | None = None,
+                     cost: SchedulerCost | None = None) -> dict[str, Any] | None:
     """How many of the tasks ``policy`` refused (rejected or expired) would have met their
     deadline had they been run: a counterfactual replay of the same ``tasks`` with the same
     policy and seed, admission and expiry off (nothing refused), counting the refused tasks it
@@ -75,7 +81,8 @@ def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec,
     for name in refused.values():
         per_priority[name]["refused"] += 1
     if refused:
-        _, replay = run_sim(policy, tasks, cluster, seed, on_progress, admission=False)
+        _, replay = run_sim(policy, tasks, cluster, seed, on_progress, admission=False,
+                            cost=cost)
         for r in replay:
             name = refused.get(r.task_id)
             if name is not None and r.status == Status.COMPLETED.value and r.deadline_met:
@@ -95,6 +102,14 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
         return build_workload(args.workload, args.tasks, seed, load, args.cv, cluster)
 
     loads = [float(x) for x in args.sweep.split(",")] if args.sweep else []
+    cost = SchedulerCost.parse(getattr(args, "scheduler_cost", "none"),
+                               getattr(args, "shards", 1))
+    charged = cost.per_task_s > 0
+    if charged:
+        meta["scheduler_cost"] = {"source": cost.source, "shards": cost.shards,
+                                  "per_task_us": cost.per_task_s * 1e6,
+                                  "ceiling_tasks_per_s": cost.ceiling_tasks_per_s}
+    busy: dict[str, list[float]] = {}
     entries: list[dict[str, Any]] = []
     cdfs: dict[str, dict[str, list[float]]] = {}
     sweep: dict[str, dict[float, dict[str, float | None]]] = {p: {} for p in policies}
@@ -107,13 +122,14 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
                 meta.update(wmeta, tasks_per_run=len(tasks))
                 bar = progress.add_task(f"{policy} seed {seed}", total=len(tasks))
                 entry, records = run_sim(policy, tasks, cluster, seed,
-                                         lambda n, bar=bar: progress.advance(bar, n))
+                                         lambda n, bar=bar: progress.advance(bar, n), cost=cost)
+                busy.setdefault(policy, []).append(entry.get("scheduler_busy", 0.0))
                 if POLICIES[policy].admission:
                     bar = progress.add_task(f"{policy} seed {seed}, nothing refused",
                                             total=len(tasks))
                 entry["false_rejection"] = false_rejections(
                     policy, tasks, cluster, records, seed,
-                    lambda n, bar=bar: progress.advance(bar, n))
+                    lambda n, bar=bar: progress.advance(bar, n), cost=cost)
                 per_seed.append(entry)
                 if seed == seeds[0]:
                     cdfs[policy] = latencies_ms(records)
@@ -122,10 +138,15 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
                 tasks, _ = workload(seeds[0], load)
                 bar = progress.add_task(f"{policy} load {load}", total=len(tasks))
                 e, _ = run_sim(policy, tasks, cluster, seeds[0],
-                               lambda n, bar=bar: progress.advance(bar, n))
+                               lambda n, bar=bar: progress.advance(bar, n), cost=cost)
                 sweep[policy][load] = {k: v["deadline_met"] for k, v in e["per_priority"].items()}
     print_table(entries, f"raysched bench (sim): {meta['workload']}, load {args.load}, "
                          f"seeds {seeds}")
+    if charged:
+        print(f"scheduler charged ({cost.source}, {cost.shards} shard(s)): "
+              f"{cost.per_task_s * 1e6:.0f} µs a task, at most "
+              f"{cost.ceiling_tasks_per_s:,.0f} tasks/s; busy: "
+              + ", ".join(f"{p} {100 * sum(b) / len(b):.1f}%" for p, b in busy.items()))
     written = write_report(Path(args.out), entries, meta, sweep if loads else None, cdfs)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -4,6 +4,11 @@ Events are arrivals and worker completions, kept in one heap keyed ``(time_s, se
 deterministic. After every event the core gets an ``assign`` pass at that time, exactly as the
 Ray actor's dispatch loop does after a submission or a completion; a wake-up is also scheduled
 for the core's next expiry, so tasks expire on time when nothing else happens.
+
+With a ``SchedulerCost`` the scheduler is charged for its own work: it is one server, an event
+is handled once the scheduler is free (so it sees arrivals and completions late when busy), and
+the work it binds reaches the workers when the pass's cost has been paid. ``SimRun`` reports
+how busy it was.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from raysched.core.load import WorkerGroup, WorkerLoad
 from raysched.core.protocol import Completion
 from raysched.core.scheduler import SchedulerCore
 from raysched.core.types import CoreTask, Outcome, WorkerSpec
+from raysched.sim.cost import SchedulerCost
 from raysched.sim.workers import SimLLMWorker, SimTask, SimWorker
 
 _ARRIVAL, _WORKER, _WAKE, _SPEED = 0, 1, 2, 3
@@ -26,26 +32,29 @@ _TICK_S = 1e-6
 @dataclass
 class SimRun:
     """What a run produced: one Outcome per task, when the last one ended, the workers' busy
-    time."""
+    time, and the seconds the scheduler spent on its own work (0 without a cost)."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)
     end_s: float = 0.0
     busy_s: dict[str, float] = field(default_factory=dict)
     events: int = 0
+    scheduler_busy_s: float = 0.0
 
 
 class Simulator:
     """Runs a workload through ``core`` on ``workers``."""
 
     def __init__(self, core: SchedulerCore, workers: dict[str, tuple[str, SimWorker]],
-                 slots: dict[str, int] | None = None) -> None:
+                 slots: dict[str, int] | None = None, cost: SchedulerCost | None = None) -> None:
         """``workers``: worker_id -> (pool, worker). ``slots``: per worker, default concurrency.
+        ``cost``: what the scheduler spends per task (None: nothing).
 
         Simulated workers need no prefetch (there is no dispatch round trip to hide), so by
         default a worker holds exactly as many tasks as it runs at once.
         """
         self.core = core
+        self.cost = cost or SchedulerCost()
         self.workers = workers
         self._seq = itertools.count()
         self._heap: list[tuple[float, int, int, object]] = []
@@ -71,10 +80,15 @@ class Simulator:
         for at, wid, speed in speed_changes:
             heapq.heappush(self._heap, (at, next(self._seq), _SPEED, (wid, speed)))
         wake_at = float("inf")
-        core, heap, truth = self.core, self._heap, self._truth
+        core, heap, truth, cost = self.core, self._heap, self._truth, self.cost
+        charged = cost.per_task_s > 0
+        busy_until = 0.0
         while heap:
-            now, _, kind, obj = heapq.heappop(heap)
+            at, _, kind, obj = heapq.heappop(heap)
             run.events += 1
+            # The scheduler handles an event once it is free; without a cost, at once.
+            now = max(at, busy_until) if charged and kind != _SPEED else at
+            handled_s, spent_s = now, 0.0
             if kind == _ARRIVAL:
                 st: SimTask = obj  # type: ignore[assignment]
                 truth[st.task.task_id] = st
@@ -82,16 +96,20 @@ class Simulator:
                 for outcome in core.submit(st.task, now):
                     self._end(run, outcome, on_progress)
                 self._push_arrival(arrivals)
+                spent_s += cost.charge(submits=1)
             elif kind == _WORKER:
                 wid, version = obj  # type: ignore[misc]
                 if version != self._version[wid]:
                     continue
                 worker = self.workers[wid][1]
-                for f in worker.pop_finished(now):
+                for f in worker.pop_finished(at):
+                    # Its result is out once the scheduler has handled the completion.
+                    spent_s += cost.charge(completes=1)
                     outcome = core.complete(Completion(
-                        f.task_id, wid, ok=True, service_s=now - f.start_s,
+                        f.task_id, wid, ok=True, service_s=at - f.start_s,
                         num_prompt_tokens=truth[f.task_id].task.num_prompt_tokens,
-                        num_generated_tokens=f.generated, batch_size=f.batch_size), now)
+                        num_generated_tokens=f.generated, batch_size=f.batch_size),
+                        now + spent_s)
                     if outcome is not None:
                         self._end(run, outcome, on_progress)
                 self._reschedule(wid)
@@ -100,19 +118,25 @@ class Simulator:
                 self.workers[wid][1].set_speed(speed, now)
                 self._reschedule(wid)
                 continue
-            elif now != wake_at:
+            elif at != wake_at:
                 continue  # superseded by an earlier wake-up
             else:
                 wake_at = float("inf")
+            now += spent_s  # the pass runs once the event's own work is done
             decisions = core.assign(now)
             for outcome in decisions.ended:
                 self._end(run, outcome, on_progress)
+            # The pass's work reaches the workers once it is paid for.
+            sent_s = now + cost.charge(assigns=len(decisions.assignments))
+            if charged:
+                busy_until = sent_s
+                run.scheduler_busy_s += sent_s - handled_s
             touched = set()
             for p in decisions.preempted:
-                self.workers[p.worker_id][1].abort(p.task_id, now)
+                self.workers[p.worker_id][1].abort(p.task_id, sent_s)
                 touched.add(p.worker_id)
             for a in decisions.assignments:
-                self.workers[a.worker_id][1].add(truth[a.task.task_id], now)
+                self.workers[a.worker_id][1].add(truth[a.task.task_id], sent_s)
                 touched.add(a.worker_id)
             for wid in touched:
                 self._reschedule(wid)
