@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "priority", "edf", "raysched",
-                "oracle_lct")
+SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "pow2_priority", "priority",
+                "edf", "raysched", "oracle_lct")
 
 
 def main(args: argparse.Namespace) -> int:

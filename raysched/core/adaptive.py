@@ -19,12 +19,34 @@ row (a worker slowed down) start the model again from the new speed, so the chan
 within tens of completions. A (kind, worker) pair never seen starts from the kind's mean (a CPU
 callable that takes 400 ms is not a 1 ms task on a new worker). The generated length is learned
 per kind as a distribution of fractions of ``max_new_tokens`` and planned at its top (the
-longest of the recent answers). Admission's best case is the prior times the kind's fast tenth
-of factors; expiry plans with at least the prior.
+longest of the recent answers).
+
+The factor above predicts completions inside the batches workers really run, so it carries the
+contention of those batches: with chunked prefill, every step that computes another request's
+prompt chunk holds up the decodes riding in it, and on a busy pool of long prompts that makes
+measured service two or three times the idle figure. That is right for placement and wrong for
+admission, which must refuse only what an idle worker cannot do. So a second model per (kind,
+worker), the engine factor, learns from the same completions with the contention taken out:
+each worker keeps a backlog of the prior's prefill seconds placed on it and not yet computed
+(drained at the worker's learned speed), and a completion's expected service is the prior's
+own figure plus the others' prefill the backlog says the worker computed while the task was in
+its batch (what was ahead of it when it started, plus what joined after and was done before it
+finished). On identical workers the engine factor stays at the prior's 1 whatever the load; a
+worker that really is slower is slower on its own work and on the others' prefill alike, so
+its engine factor still shows it, within the same tens of completions. Admission's best case
+is the prior, with a short answer (the 5th percentile of the kind's recent lengths), times the
+engine factor of the fastest eligible worker; expiry plans at the planned answer length and
+never faster than the prior (see ``planned_idle_s``).
 
 Placement is filter -> score -> pick:
 - filter: the pool's free workers that can hold the task;
-- score: predicted finish = the worker's backlog wait + learned service;
+- score: predicted finish = the worker's backlog wait + the prefill ahead of the task there (its
+  prefill backlog at its engine speed) + learned service;
+- misses: when every eligible worker has been scored and even the confident lower bound of the
+  finish (the prefill ahead, then the task's idle service with a short answer, at the engine
+  speed less two standard deviations) is past the deadline on each, the choice says so and a
+  core that enforces deadlines expires the task rather than spend a batch slot and the others'
+  time on it: waiting cannot help, as the backlog drains no faster than time passes;
 - pick: the least loaded of the workers that finish about as early as the best (within
   ``1 - SAME_SPEED`` of a service), with two deadline-aware twists.
   * Exploration, driven by uncertainty and bounded: non-CRITICAL tasks score an uncertain worker
@@ -72,11 +94,9 @@ SURPRISES_TO_RELEARN = 3
 # points against the longest). Recomputed every NEW_TOKENS_EVERY completions over the last
 # NEW_TOKENS_KEPT: what it saves is the gap between ``max_new_tokens`` and the longest answer.
 NEW_TOKENS_QUANTILE = 1.0
-# The best case a kind's telemetry shows: the 10th percentile of its last RATIOS_KEPT ratios of
-# measured to prior service. Busy batches inflate most completions; the fast tenth ran nearly
-# alone.
-BEST_CASE_QUANTILE = 0.1
-RATIOS_KEPT = 256
+# Admission and the "misses wherever it runs" test ask the opposite question, whether the task
+# can make it at all, so they take a short answer: this quantile of the same recent fractions.
+BEST_NEW_TOKENS_QUANTILE = 0.05
 NEW_TOKENS_KEPT = 256
 NEW_TOKENS_EVERY = 16
 
@@ -123,14 +143,17 @@ class SpeedModel:
 
 
 class RecentQuantile:
-    """A quantile of the last ``kept`` values, recomputed every ``NEW_TOKENS_EVERY`` values
-    (every value while fewer have come), so a completion does not pay a sort."""
+    """A quantile of the last ``kept`` values (``value``), and optionally a second, lower one
+    (``low``), recomputed every ``NEW_TOKENS_EVERY`` values (every value while fewer have
+    come), so a completion does not pay a sort."""
 
-    def __init__(self, quantile: float, kept: int) -> None:
+    def __init__(self, quantile: float, kept: int, low_quantile: float | None = None) -> None:
         self.quantile = quantile
+        self.low_quantile = quantile if low_quantile is None else low_quantile
         self._values: deque[float] = deque(maxlen=kept)
         self._count = 0
         self.value = 1.0
+        self.low = 1.0
 
     def add(self, x: float) -> float:
         """Take ``x``; returns the quantile now."""
@@ -139,51 +162,143 @@ class RecentQuantile:
         if self._count < NEW_TOKENS_EVERY or self._count % NEW_TOKENS_EVERY == 0:
             ordered = sorted(self._values)
             self.value = ordered[int(self.quantile * (len(ordered) - 1))]
+            self.low = ordered[int(self.low_quantile * (len(ordered) - 1))]
         return self.value
 
 
-@dataclass
-class AdaptiveEstimator:
-    """Learned speed factor per (kind, worker) over each worker's engine prior."""
+class ModelSet:
+    """Speed models per (kind, worker id), and each kind's mean log factor over its workers
+    (kept up to date in O(1)): where a new (kind, worker) starts and what like workers share."""
 
-    forget: float = 0.99
-    models: dict[tuple[str, str], SpeedModel] = field(default_factory=dict)
-    priors: dict[str, ServicePrior] = field(default_factory=dict)
-    # Generated tokens as a fraction of max_new_tokens, per kind: the NEW_TOKENS_QUANTILE of
-    # the last NEW_TOKENS_KEPT completions.
-    new_ratio: dict[str, float] = field(default_factory=dict)
-    _new_ratios: dict[str, RecentQuantile] = field(default_factory=dict)
-    # Per kind, the BEST_CASE_QUANTILE of the last RATIOS_KEPT measured / prior ratios.
-    _best_factor: dict[str, RecentQuantile] = field(default_factory=dict)
-    # Per kind, the sum and count of its models' log factors: the kind's mean over its workers,
-    # where a new (kind, worker) starts and what like workers share (kept up to date in O(1)).
-    _kind_sum: dict[str, float] = field(default_factory=dict)
-    _kind_count: dict[str, int] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], SpeedModel] = {}
+        self._kind_sum: dict[str, float] = {}
+        self._kind_count: dict[str, int] = {}
 
-    def model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
-        key = (kind, worker.worker_id)
+    def get(self, key: tuple[str, str]) -> SpeedModel:
+        """The model of ``key`` (kind, worker id), started from its kind's mean if new."""
         m = self.models.get(key)
-        if m is None:
-            self.priors[worker.worker_id] = worker.spec.prior
-            m = self._new_model(key)
-        return m
+        return m if m is not None else self.add(key)
 
-    def _new_model(self, key: tuple[str, str], m: SpeedModel | None = None) -> SpeedModel:
+    def add(self, key: tuple[str, str], m: SpeedModel | None = None) -> SpeedModel:
         kind = key[0]
+        old = self.models.pop(key, None)
+        if old is not None:
+            self._kind_sum[kind] -= old.log_factor
+            self._kind_count[kind] -= 1
         if m is None:
-            count = self._kind_count.get(kind, 0)
-            m = SpeedModel(self._kind_sum.get(kind, 0.0) / count if count else 0.0)
+            m = SpeedModel(self.kind_log_factor(kind))
         self.models[key] = m
         self._kind_sum[kind] = self._kind_sum.get(kind, 0.0) + m.log_factor
         self._kind_count[kind] = self._kind_count.get(kind, 0) + 1
         return m
 
-    def _others_log_factor(self, kind: str, m: SpeedModel) -> float | None:
-        """The mean log factor of the kind's other workers (None when there are none)."""
+    def learn(self, key: tuple[str, str], ratio: float, forget: float) -> SpeedModel:
+        """Learn that a completion of ``key`` took ``ratio`` times the expected figure."""
+        m = self.get(key)
+        before = m.log_factor
+        m.update(ratio, forget)
+        self._kind_sum[key[0]] += m.log_factor - before
+        return m
+
+    def kind_log_factor(self, kind: str) -> float:
+        """The mean log factor of ``kind`` over its workers (0, the prior, when none)."""
         count = self._kind_count.get(kind, 0)
-        if count < 2:
-            return None
-        return (self._kind_sum[kind] - m.log_factor) / (count - 1)
+        return self._kind_sum[kind] / count if count else 0.0
+
+    def shared_factor(self, kind: str, m: SpeedModel) -> float:
+        """``m``'s factor, or the kind's mean over all its workers while ``m`` is within
+        ``OWN_FACTOR_RATIO`` of the mean of the others: like workers share one figure."""
+        count = self._kind_count.get(kind, 0)
+        if count >= 2:
+            others = (self._kind_sum[kind] - m.log_factor) / (count - 1)
+            if abs(m.log_factor - others) < math.log(OWN_FACTOR_RATIO):
+                return math.exp(self._kind_sum[kind] / count)
+        return m.factor
+
+    def forget_worker(self, worker_id: str) -> None:
+        for key in [k for k in self.models if k[1] == worker_id]:
+            m = self.models.pop(key)
+            self._kind_sum[key[0]] -= m.log_factor
+            self._kind_count[key[0]] -= 1
+
+
+class PrefillBacklog:
+    """The prior's prefill seconds placed on one worker and not yet computed, as a leaky
+    bucket drained at the worker's speed (``drain_factor`` seconds of the worker per prior
+    second), and the total ever placed. The prompts a continuous-batching engine has still to
+    compute are what holds up every sequence in its batch; the scheduler knows what it placed,
+    so it can tell that contention from the worker's own speed."""
+
+    __slots__ = ("at_s", "drain_factor", "pending_s", "placed_s")
+
+    def __init__(self) -> None:
+        self.pending_s = 0.0
+        self.placed_s = 0.0
+        self.at_s = 0.0
+        self.drain_factor = 1.0
+
+    def advance(self, now_s: float) -> float:
+        """Drain up to ``now_s``; returns the prefill seconds (of the prior) still pending."""
+        if now_s > self.at_s:
+            self.pending_s = max(0.0, self.pending_s - (now_s - self.at_s) / self.drain_factor)
+            self.at_s = now_s
+        return self.pending_s
+
+    def place(self, prefill_s: float, now_s: float) -> float:
+        """Add a prompt of ``prefill_s`` prior seconds; returns what was pending before it."""
+        ahead_s = self.advance(now_s)
+        self.pending_s += prefill_s
+        self.placed_s += prefill_s
+        return ahead_s
+
+
+# A task is expired before it starts when even this many standard deviations faster than its
+# engine model says, every eligible worker would finish it past its deadline.
+MISS_CONFIDENCE_SD = 2.0
+# A worker's record of the tasks it started (task id -> (prefill ahead of it, total placed
+# after its own, its own prefill), prior seconds) is pruned of tasks it no longer holds (taken
+# back, cancelled) once it holds more than this many times its concurrency.
+STARTED_KEPT_PER_SLOT = 4
+
+
+@dataclass
+class AdaptiveEstimator:
+    """Learned speed factors per (kind, worker) over each worker's engine prior: one that
+    predicts completions in the batches the worker runs (placement), one with the contention
+    of those batches taken out (admission, expiry)."""
+
+    forget: float = 0.99
+    priors: dict[str, ServicePrior] = field(default_factory=dict)
+    # Generated tokens as a fraction of max_new_tokens, per kind: the NEW_TOKENS_QUANTILE of
+    # the last NEW_TOKENS_KEPT completions.
+    new_ratio: dict[str, float] = field(default_factory=dict)
+    _new_ratios: dict[str, RecentQuantile] = field(default_factory=dict)
+    # Measured service over the prior's figure for the batch it ran in (contention included).
+    contended: ModelSet = field(default_factory=ModelSet)
+    # Measured service over the prior's figure plus the others' prefill computed meanwhile.
+    engine: ModelSet = field(default_factory=ModelSet)
+    _backlog: dict[str, PrefillBacklog] = field(default_factory=dict)
+    _started: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+
+    @property
+    def models(self) -> dict[tuple[str, str], SpeedModel]:
+        """The contended models, per (kind, worker id)."""
+        return self.contended.models
+
+    def model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
+        """The contended model of (``kind``, ``worker``), made (and the worker's prior noted)
+        when it is new."""
+        m = self.contended.models.get((kind, worker.worker_id))
+        if m is None:
+            self.priors[worker.worker_id] = worker.spec.prior
+            m = self.contended.add((kind, worker.worker_id))
+        return m
+
+    def engine_model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
+        """The contention-free model of (``kind``, ``worker``)."""
+        self.model(kind, worker)
+        return self.engine.get((kind, worker.worker_id))
 
     def expected_new_tokens(self, task: CoreTask) -> float:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
@@ -192,17 +307,28 @@ class AdaptiveEstimator:
         return prior.service_s(task.num_prompt_tokens, round(self.expected_new_tokens(task)),
                                batch)
 
+    def short_new_tokens(self, task: CoreTask) -> int:
+        """A short answer for ``task``: the ``BEST_NEW_TOKENS_QUANTILE`` of its kind's recent
+        answer lengths, as a fraction of ``max_new_tokens`` (all of it before any telemetry)."""
+        lengths = self._new_ratios.get(task.kind)
+        ratio = lengths.low if lengths is not None else self.new_ratio.get(task.kind, 1.0)
+        return round(task.max_new_tokens * ratio)
+
+    def _best_prior_s(self, task: CoreTask, prior: ServicePrior) -> float:
+        """The prior's idle figure for ``task`` alone, with a short answer."""
+        return prior.service_s(task.num_prompt_tokens, self.short_new_tokens(task), 1)
+
     def factor(self, kind: str, worker: WorkerLoad) -> float:
         """The speed factor placement uses: the kind's, over all its workers, unless this
         worker's own differs from it by more than ``OWN_FACTOR_RATIO``. Like workers then
         share one factor and are told apart by their load alone, as the prior tells them; a
         slower or faster one gets its own."""
-        m = self.model(kind, worker)
-        others = self._others_log_factor(kind, m)
-        if others is not None and abs(m.log_factor - others) < math.log(OWN_FACTOR_RATIO):
-            count = self._kind_count[kind]
-            return math.exp(self._kind_sum[kind] / count)
-        return m.factor
+        return self.contended.shared_factor(kind, self.model(kind, worker))
+
+    def idle_factor(self, kind: str, worker: WorkerLoad) -> float:
+        """The engine factor of (``kind``, ``worker``): its speed on an idle worker relative
+        to the prior, shared by like workers as ``factor`` is."""
+        return self.engine.shared_factor(kind, self.engine_model(kind, worker))
 
     def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
@@ -213,28 +339,93 @@ class AdaptiveEstimator:
         return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        """The best case on an idle worker of ``group``: the engine prior at the learned answer
-        length, times the kind's ``BEST_CASE_QUANTILE`` speed factor (1 before any telemetry).
+        """The best case on an idle worker of ``group``: the engine prior with a short answer
+        (``_best_prior_s``), alone in its batch, times the engine factor of the group's fastest
+        worker (1, the prior, before any telemetry).
 
-        Completions are measured inside busy batches, so the mean factor carries contention an
-        idle worker does not have (admitting on it would refuse tasks an idle worker meets);
-        the fast end of the kind's recent completions is what an idle worker does. It matters
-        most where the prior knows little: a CPU callable's prior is the dispatch cost, 1 ms,
-        and a 100 ms callable must not be started 1 ms before its deadline."""
-        quantile = self._best_factor.get(task.kind)
-        best = quantile.value if quantile is not None else 1.0
-        return max(best * min(self._prior_s(task, w.spec.prior, 1)
-                              for w in group.members.values()), 1e-6)
+        The engine factor has the batch's contention taken out, so a busy pool does not make
+        an idle worker look slow and admission refuses only what an idle worker cannot do. It
+        matters most where the prior knows little: a CPU callable's prior is the dispatch
+        cost, 1 ms, and a 100 ms callable must not be started 1 ms before its deadline."""
+        return max(min(self.idle_factor(task.kind, w) * self._best_prior_s(task, w.spec.prior)
+                       for w in group.members.values()), 1e-6)
 
     def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        """What expiry plans with: the prior, unless the kind's best case is slower still (the
-        prior does not know the work: a CPU callable). Never below the prior, so a fast tenth
-        of completions does not let tasks start later than they can finish."""
-        return max(self.idle_service_s(task, group),
-                   min(self._prior_s(task, w.spec.prior, 1) for w in group.members.values()))
+        """What expiry plans with: the idle figure at the planned answer length (the top of
+        the recent ones, ``NEW_TOKENS_QUANTILE``), at the engine factor of the group's fastest
+        worker but never faster than the prior.
+
+        Not the short answer admission takes: a task started so late that only a short answer
+        makes it mostly misses, and the batch slot it took delays the next task (planning
+        expiry at the 5th percentile of answer lengths cost LOW work 9 points of deadlines on
+        the conversation trace at full load and HIGH work 2 points on the bursty financial
+        mix). Not faster than the prior: the engine factor is a mean, and where the work itself
+        varies (a CPU callable of 10-20 ms) a task started later than the prior allows mostly
+        misses (CRITICAL work on the CPU pool met fewer deadlines so)."""
+        return max(min(max(self.idle_factor(task.kind, w), 1.0)
+                       * self._prior_s(task, w.spec.prior, 1) for w in group.members.values()),
+                   self.idle_service_s(task, group))
+
+    def started(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
+        """Note that ``task`` was placed on ``worker`` at ``now_s``: its prompt joins the
+        worker's prefill backlog, and what was ahead of it is kept for its completion."""
+        prior = worker.spec.prior
+        if not prior.prefill_s_per_token:
+            return  # no prompt to compute: the batch's contention is the prior's batch model
+        wid = worker.worker_id
+        backlog = self._backlog.get(wid)
+        if backlog is None:
+            backlog = self._backlog[wid] = PrefillBacklog()
+        own_s = task.num_prompt_tokens * prior.prefill_s_per_token
+        ahead_s = backlog.place(own_s, now_s)
+        started = self._started.setdefault(wid, {})
+        if len(started) >= STARTED_KEPT_PER_SLOT * worker.spec.concurrency:
+            for tid in [t for t in started if t not in worker.in_flight]:
+                del started[tid]
+        started[task.task_id] = (ahead_s, backlog.placed_s, own_s)
+
+    def ahead_s(self, worker: WorkerLoad, now_s: float) -> float:
+        """Prior seconds of prefill placed on ``worker`` and not yet computed: what a task
+        placed there now waits behind (the engine computes prompts in the order they joined).
+        Tasks it no longer holds without a completion (taken back, cancelled, expired) leave
+        the backlog first, their whole prompt at most."""
+        backlog = self._backlog.get(worker.worker_id)
+        if backlog is None:
+            return 0.0
+        started = self._started[worker.worker_id]
+        if len(started) > len(worker.in_flight):
+            for tid in [t for t in started if t not in worker.in_flight]:
+                backlog.pending_s = max(0.0, backlog.pending_s - started.pop(tid)[2])
+        return backlog.advance(now_s)
+
+    def earliest_finish_s(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> float:
+        """A confident lower bound of when ``task`` finishes if placed on ``worker`` now: the
+        prefill ahead of it, then its own idle service, at the worker's engine speed lowered
+        by ``MISS_CONFIDENCE_SD`` standard deviations of that speed's estimate, with a short
+        answer (``_best_prior_s``); plus the wait
+        for a slot when the worker has none to run it at once."""
+        m = self.engine_model(task.kind, worker)
+        factor = self.idle_factor(task.kind, worker) * math.exp(-MISS_CONFIDENCE_SD * m.sd())
+        work_s = self.ahead_s(worker, now_s) + self._best_prior_s(task, worker.spec.prior)
+        return now_s + worker.wait_s() + factor * work_s
+
+    def _others_prefill_s(self, task_id: str, worker_id: str, now_s: float) -> float:
+        """Prior seconds of other requests' prefill the worker computed while ``task_id`` was
+        in its batch: what was ahead of it, plus what was placed after it and is no longer
+        pending (0 for a task whose start was not seen)."""
+        start = self._started.get(worker_id, {}).pop(task_id, None)
+        if start is None:
+            return 0.0
+        ahead_s, placed_s, own_s = start
+        backlog = self._backlog[worker_id]
+        after_s = backlog.placed_s - placed_s
+        # The task's own prompt was computed before it finished, and so was all that was ahead
+        # of it: what is pending now joined after it.
+        return max(0.0, ahead_s + after_s - min(backlog.advance(now_s), after_s))
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
+        others_s = self._others_prefill_s(task.task_id, completion.worker_id, now_s)
         if prior is None:
             return  # a worker never scored (already gone)
         new = completion.num_generated_tokens if task.max_new_tokens else 0
@@ -242,37 +433,41 @@ class AdaptiveEstimator:
         if expected_s <= 0 or completion.service_s <= 0:
             return
         key = (task.kind, completion.worker_id)
-        m = self.models.get(key) or self._new_model(key)
-        before = m.log_factor
-        ratio = completion.service_s / expected_s
-        m.update(ratio, self.forget)
-        self._kind_sum[task.kind] += m.log_factor - before
-        self._best_factor.setdefault(
-            task.kind, RecentQuantile(BEST_CASE_QUANTILE, RATIOS_KEPT)).add(ratio)
+        self.contended.learn(key, completion.service_s / expected_s, self.forget)
+        engine = self.engine.learn(key, completion.service_s / (expected_s + others_s),
+                                   self.forget)
+        backlog = self._backlog.get(completion.worker_id)
+        if backlog is not None:
+            backlog.advance(now_s)
+            backlog.drain_factor = engine.factor
         if task.max_new_tokens:
             lengths = self._new_ratios.setdefault(
-                task.kind, RecentQuantile(NEW_TOKENS_QUANTILE, NEW_TOKENS_KEPT))
+                task.kind, RecentQuantile(NEW_TOKENS_QUANTILE, NEW_TOKENS_KEPT,
+                                          BEST_NEW_TOKENS_QUANTILE))
             self.new_ratio[task.kind] = lengths.add(min(1.0, new / task.max_new_tokens))
 
     def forget_worker(self, worker_id: str) -> None:
-        for key in [k for k in self.models if k[1] == worker_id]:
-            m = self.models.pop(key)
-            self._kind_sum[key[0]] -= m.log_factor
-            self._kind_count[key[0]] -= 1
+        self.contended.forget_worker(worker_id)
+        self.engine.forget_worker(worker_id)
         self.priors.pop(worker_id, None)
+        self._backlog.pop(worker_id, None)
+        self._started.pop(worker_id, None)
 
     def table(self) -> list[dict[str, Any]]:
         """Per (worker, kind): the learned time of a typical task (500 prompt tokens, 100 new
-        at the learned length ratio, alone), the prior's, observations, uncertainty."""
+        at the learned length ratio, alone) in a busy batch and on an idle worker, the
+        prior's, observations, uncertainty."""
         rows = []
         for (kind, wid), m in sorted(self.models.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             prior = self.priors[wid]
             typical_new = (round(100 * self.new_ratio.get(kind, 1.0))
                            if prior.decode_s_per_step else 0)
             prior_s = prior.service_s(500 if prior.prefill_s_per_token else 0, typical_new, 1)
+            idle = self.engine.get((kind, wid)).factor
             rows.append({"worker": wid, "kind": kind, "predicted_ms": 1e3 * m.factor * prior_s,
+                         "idle_ms": 1e3 * idle * prior_s,
                          "prior_ms": 1e3 * prior_s, "speed_factor": m.factor,
-                         "observations": m.n,
+                         "idle_speed_factor": idle, "observations": m.n,
                          "uncertainty_ms": 1e3 * m.factor * prior_s * (math.exp(m.sd()) - 1)})
         return rows
 
@@ -280,23 +475,28 @@ class AdaptiveEstimator:
         return {"forget": self.forget, "new_ratio": dict(self.new_ratio),
                 "priors": {w: asdict(p) for w, p in self.priors.items()},
                 "models": [{"kind": k, "worker": w, **asdict(m)}
-                           for (k, w), m in self.models.items()]}
+                           for (k, w), m in self.models.items()],
+                "engine_models": [{"kind": k, "worker": w, **asdict(m)}
+                                  for (k, w), m in self.engine.models.items()]}
 
     def restore(self, state: dict[str, Any], trust: float = 0.25) -> None:
         """Load a saved state. Restored models are trusted less (their spread is widened by
         ``1 / trust``): a restarted worker may not be the machine it was."""
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
-        for row in state.get("models", []):
-            if row["worker"] not in self.priors or "log_factor" not in row:
-                continue  # a worker not known here, or a model of another kind
-            key = (row["kind"], row["worker"])
-            old = self.models.pop(key, None)
-            if old is not None:
-                self._kind_sum[key[0]] -= old.log_factor
-                self._kind_count[key[0]] -= 1
-            self._new_model(key, SpeedModel(float(row["log_factor"]),
-                                            float(row["log_var"]) / trust, int(row["n"])))
+        contended_rows = state.get("models", [])
+        # A state saved before engine models were kept: a worker without prompts to compute
+        # (a CPU worker) has no contention to take out, so its model is its engine model.
+        engine_rows = state.get("engine_models", [
+            r for r in contended_rows if r.get("worker") in self.priors
+            and not self.priors[r["worker"]].prefill_s_per_token])
+        for models, rows in ((self.contended, contended_rows), (self.engine, engine_rows)):
+            for row in rows:
+                if row["worker"] not in self.priors or "log_factor" not in row:
+                    continue  # a worker not known here, or a model of another kind
+                models.add((row["kind"], row["worker"]),
+                           SpeedModel(float(row["log_factor"]), float(row["log_var"]) / trust,
+                                      int(row["n"])))
 
 
 class AdaptivePlacement(EstimatorPlacement):
@@ -326,6 +526,21 @@ class AdaptivePlacement(EstimatorPlacement):
                 found[w.worker_id] = w
         return list(found.values())
 
+    def _misses_everywhere(self, task: CoreTask, table: LoadTable,
+                           candidates: list[WorkerLoad], now_s: float) -> bool:
+        """Whether every worker that could hold ``task`` would, by the estimator's confident
+        lower bound, finish it past its deadline. Decided only where every such worker has been
+        scored (free, and the pool small enough to score exactly): a worker not looked at may
+        be the one that makes it."""
+        if not math.isfinite(task.deadline_s):
+            return False
+        est = self.estimator
+        if any(est.earliest_finish_s(task, w, now_s) <= task.deadline_s for w in candidates):
+            return False
+        looked = {id(w) for w in candidates}
+        return all(id(w) in looked for g in table.groups(task.pool) if eligible(task, g)
+                   for w in g.members.values())
+
     def state(self) -> dict[str, Any] | None:
         return self.estimator.state()
 
@@ -337,13 +552,28 @@ class AdaptivePlacement(EstimatorPlacement):
         return self.estimator.table()
 
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
+        # Every choice returned is bound by the core, so the worker's prefill backlog takes the
+        # task's prompt here.
+        choice = self._choose(task, table, now_s)
+        if choice is not None:
+            self.estimator.started(task, choice.worker, now_s)
+        return choice
+
+    def _choose(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         est = self.estimator
         scored = []
-        for w in self._candidates(task, table):
+        candidates = self._candidates(task, table)
+        for w in candidates:
             service = est.service_s(task, w)
-            scored.append((now_s + w.wait_s() + service, service, w))
+            # The prompts placed on the worker and not yet computed hold up this one's start:
+            # like workers with the same learned speed differ by that first.
+            ahead_s = est.idle_factor(task.kind, w) * est.ahead_s(w, now_s)
+            scored.append((now_s + w.wait_s() + ahead_s + service, service, w))
         if not scored:
             return None
+        if self._misses_everywhere(task, table, candidates, now_s):
+            f, svc, w = min(scored, key=lambda s: (s[0], s[2].worker_id))
+            return Choice(w, svc, f, misses=True)
         if task.priority is Priority.CRITICAL:
             meets = [s for s in scored if s[0] <= task.deadline_s]
             return _least_loaded_of_the_fastest(meets or scored)

@@ -58,9 +58,17 @@ class PriorEstimator:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """Where to run a task: the worker, its predicted service and finish (seconds).
+
+    ``misses``: the placement is confident that no eligible worker can finish the task by its
+    deadline, counting the work already queued ahead of it there (placements that cannot tell
+    leave it False); a core that enforces deadlines expires the task instead of running it.
+    """
+
     worker: WorkerLoad
     service_s: float
     finish_s: float
+    misses: bool = False
 
 
 def context_need(task: CoreTask) -> int:

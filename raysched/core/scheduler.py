@@ -14,7 +14,13 @@ import heapq
 from dataclasses import dataclass, field, replace
 
 from raysched.core.load import LoadTable, WorkerLoad
-from raysched.core.placement import LeastCompletionTime, Placement, context_need, fits_context
+from raysched.core.placement import (
+    Choice,
+    LeastCompletionTime,
+    Placement,
+    context_need,
+    fits_context,
+)
 from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
 from raysched.core.types import (
@@ -331,6 +337,9 @@ class SchedulerCore:
                         continue
                     skipped.append(task)
                     continue
+                if self._misses(rec, choice):
+                    decisions.ended.append(self._finish_missed(rec, now_s))
+                    continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
                            decisions, now_s)
             for task in skipped:
@@ -383,8 +392,25 @@ class SchedulerCore:
         if choice is None:
             queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
+        if self._misses(rec, choice):
+            decisions.ended.append(self._finish_missed(rec, now_s))
+            return
         self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s, decisions,
                    now_s)
+
+    def _misses(self, rec: _Record, choice: Choice) -> bool:
+        """Whether ``rec`` is to end now because placement is confident that it misses its
+        deadline wherever it runs: running it would only delay the tasks that can still meet
+        theirs (the work queued ahead of it on every worker is too much; waiting cannot help,
+        as that work drains no faster than time passes)."""
+        return (choice.misses and self.config.admission and not rec.task.best_effort
+                and rec.latest_start_s != float("inf"))
+
+    def _finish_missed(self, rec: _Record, now_s: float) -> Outcome:
+        return self._finish(rec, Status.EXPIRED, now_s,
+                            f"deadline can no longer be met: the work queued ahead of it on "
+                            f"every eligible {rec.task.pool} worker is predicted to take past "
+                            f"its deadline ({(rec.task.deadline_s - now_s) * 1e3:.1f} ms away)")
 
     def _bind(self, rec: _Record, worker_id: str, service_s: float, finish_s: float,
               decisions: Decisions, now_s: float, alone: bool = False) -> None:

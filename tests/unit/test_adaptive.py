@@ -9,7 +9,7 @@ import pytest
 from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
 from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.policies import build_core
-from raysched.core.types import CoreTask, Priority, ServicePrior, WorkerSpec
+from raysched.core.types import CoreTask, Priority, ServicePrior, TaskState, WorkerSpec
 from raysched.sim import SimLLMWorker, SimTask, Simulator
 from tests.builders import make_task, make_worker, ok
 
@@ -155,3 +155,28 @@ def test_a_slowed_worker_gets_fewer_placements():
     assert learned_before > 0.25
     assert learned_after < 0.25 * learned_before
     assert learned_after < 0.5 * balanced_after
+
+
+def test_a_task_the_prefill_ahead_makes_miss_everywhere_expires_at_once() -> None:
+    # One 7B worker (batch 16) given 10 prompts of 7,000 tokens: about 6.5 s of prefill ahead
+    # of anything placed next. A short task due in 1 s is feasible on an idle worker (admitted)
+    # but misses behind that backlog, so it ends expired at once instead of taking a slot;
+    # with admission off (the counterfactual replay) it runs.
+    prior = SimLLMWorker("probe", "7b", 16).prior
+    for admission, expect in ((True, "expired"), (False, "running")):
+        core = build_core("raysched", admission=admission)
+        core.add_worker(make_worker(worker_id="w", slots=16, concurrency=16, prior=prior,
+                                    max_context_tokens=32_768), 0.0)
+        for i in range(10):
+            core.submit(make_task(task_id=f"long{i}", deadline_s=600.0,
+                                  num_prompt_tokens=7_000, max_new_tokens=16), 0.0)
+        assert len(core.assign(0.0).assignments) == 10
+        short = make_task(task_id="short", priority=Priority.HIGH, deadline_s=1.0,
+                          num_prompt_tokens=100, max_new_tokens=16)
+        assert core.submit(short, 0.01) == []
+        ended = core.assign(0.01).ended
+        if expect == "expired":
+            assert [(o.task_id, o.status.value) for o in ended] == [("short", "expired")]
+            assert "queued ahead" in ended[0].reason
+        else:
+            assert ended == [] and core.state_of("short") is TaskState.RUNNING
