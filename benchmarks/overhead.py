@@ -596,7 +596,7 @@ def part_c(quick: bool) -> dict[str, Any]:
         payload = WorkPayload(fn=_noop)
 
         def one_run(i: int) -> None:
-            done_ref, _ = worker.run.remote([WorkItem(f"x{i}", "noop", 3, T0, payload)])
+            done_ref, _ = worker.run.remote([WorkItem(f"x{i}", "noop", 3, T0, payload).to_wire()])
             ray.get(done_ref)
 
         for i in range(20):

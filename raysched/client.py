@@ -158,7 +158,7 @@ class Client:
         for i in range(0, len(records), SUBMIT_CHUNK):
             chunk = records[i:i + SUBMIT_CHUNK]
             try:
-                replies = self._call("submit", self.client_id, chunk)
+                replies = self._call("submit", self.client_id, [r.to_wire() for r in chunk])
             except Exception as exc:
                 # Nothing from here on reached the scheduler: forget those handles, so no task
                 # is left waiting for a Result that cannot come, and say what was sent.
@@ -168,7 +168,7 @@ class Client:
                                   submitted=handles[:i]) from exc
             for result in replies:
                 if result is not None:
-                    self._resolve(Result.from_record(result))
+                    self._resolve(Result.from_record(ResultRecord.from_wire(result)))
         return handles
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
@@ -311,7 +311,11 @@ class Client:
                                    f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
                     return
                 continue
-            ack = self._deliver(results)
+            ack = self._deliver([ResultRecord.from_wire(r) for r in results])
+            if results:
+                # Let a thread waiting on one of these results run before this one sends the
+                # next poll (which holds the GIL for a while).
+                time.sleep(0)
 
     def _reconnect(self) -> bool:
         """Wait for the scheduler to come back (Ray restarts it; it replays its task log).
@@ -344,11 +348,11 @@ class Client:
         with self._lock:
             records = list(self._by_ref.values())
         for i in range(0, len(records), SUBMIT_CHUNK):
-            replies = ray.get(self.actor.submit.remote(self.client_id,
-                                                       records[i:i + SUBMIT_CHUNK]))
+            replies = ray.get(self.actor.submit.remote(
+                self.client_id, [r.to_wire() for r in records[i:i + SUBMIT_CHUNK]]))
             for result in replies:
                 if result is not None:
-                    self._resolve(Result.from_record(result))
+                    self._resolve(Result.from_record(ResultRecord.from_wire(result)))
 
     def _forget(self, task_ids: list[str]) -> None:
         with self._room:

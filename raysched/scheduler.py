@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
-from raysched.core.protocol import ByRef, Completion, ResultRecord, TaskRecord, WorkerInfo, WorkItem
+from raysched.core.protocol import ByRef, Completion, TaskRecord, WorkerInfo, WorkItem
 from raysched.metrics import SchedulerMetrics
 from raysched.service import SchedulerService
 from raysched.wal import TaskLog
@@ -62,11 +61,13 @@ class SchedulerActor:
                                         max_start_failures=self.config.max_start_failures)
         self.core = self.service.core
         self.workers: dict[str, Any] = {}  # worker_id -> actor handle
-        self._results_ready: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        # A waiting long poll per driver, woken when a result lands in its mailbox.
+        self._waiters: dict[str, asyncio.Future[None]] = {}
         self._worker_seq = itertools.count()
         self._starting: set[asyncio.Task[Any]] = set()
         self._started = False
-        self._wake: asyncio.Event | None = None
+        # Set when there is something new to dispatch: the dispatch loop waits on it.
+        self._wake: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -75,7 +76,6 @@ class SchedulerActor:
         if self._started:
             return self.service.notes
         self._started = True
-        self._wake = asyncio.Event()
         from actors.engines import real_engines_available
 
         pools, notes = resolve_pools(self.config, ray.cluster_resources(), real_engines_available())
@@ -160,20 +160,23 @@ class SchedulerActor:
 
     # -- driver API --------------------------------------------------------------------------
 
-    async def submit(self, client_id: str, tasks: list[TaskRecord]) -> list[ResultRecord | None]:
-        """Admit a batch of validated tasks. Returns, per task, a rejection record or None.
+    async def submit(self, client_id: str, tasks: list[tuple[Any, ...]]
+                     ) -> list[tuple[Any, ...] | None]:
+        """Admit a batch of validated tasks (``TaskRecord.to_wire``). Returns, per task, a
+        rejection (``ResultRecord.to_wire``) or None.
 
         Accepted tasks are in the task log before this returns, so a scheduler restart from here
         on runs or reports every one of them.
         """
         await self.start()
-        out = self.service.submit(client_id, tasks)
-        self._kick()
-        return out
+        out = self.service.submit(client_id, [TaskRecord.from_wire(t) for t in tasks])
+        asyncio.get_running_loop().call_soon(self._dispatch_now)
+        return [None if r is None else r.to_wire() for r in out]
 
     async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000,
-                   ack: list[str] | None = None) -> list[ResultRecord]:
-        """Results finished for ``client_id`` since the last poll; waits up to ``timeout_s``.
+                   ack: list[str] | None = None) -> list[tuple[Any, ...]]:
+        """Results finished for ``client_id`` since the last poll (``ResultRecord.to_wire``);
+        waits up to ``timeout_s``.
 
         ``ack``: ids of results the driver has received; until acknowledged, a result is
         delivered again after a scheduler restart.
@@ -181,13 +184,16 @@ class SchedulerActor:
         await self.start()
         self.service.ack(ack or [])
         if not self.service.has_results(client_id):
-            ready = self._results_ready[client_id]
-            ready.clear()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[client_id] = waiter
             try:
-                await asyncio.wait_for(ready.wait(), timeout_s)
+                await asyncio.wait_for(waiter, timeout_s)
             except asyncio.TimeoutError:
                 return []
-        return self.service.take(client_id, max_results)
+            finally:
+                if self._waiters.get(client_id) is waiter:
+                    del self._waiters[client_id]
+        return [r.to_wire() for r in self.service.take(client_id, max_results)]
 
     async def cancel(self, task_ids: list[str]) -> list[bool]:
         """Cancel queued or running tasks; True for each task this call ended."""
@@ -241,17 +247,20 @@ class SchedulerActor:
     # -- loops -------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def _wake_client(self, client_id: str) -> None:
-        self._results_ready[client_id].set()
+        waiter = self._waiters.pop(client_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _dispatch_loop(self) -> None:
-        assert self._wake is not None
         idle_s = self.config.idle_poll_ms / 1e3
+        loop = asyncio.get_running_loop()
         while True:
-            self._wake.clear()
+            # A fresh future before the pass, so a kick during the pass is not lost.
+            self._wake = wake = loop.create_future()
             try:
                 self._dispatch_once()
             except Exception:  # keep dispatching: one bad pass must not stop the scheduler
@@ -260,10 +269,11 @@ class SchedulerActor:
             timeout_s = self.service.sleep_s(idle_s)
             self.service.flush()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout_s)
+                await asyncio.wait_for(wake, timeout_s)
 
     def _dispatch_once(self) -> None:
-        """Expire, take back, assign, and send each worker its batch in one streaming call."""
+        """Expire, take back, assign, and send each worker its batch in one call, issued here
+        (not when the task that waits for its answer first runs)."""
         dispatch = self.service.assign()
         self._abort(dispatch.take_back)
         loop = asyncio.get_running_loop()
@@ -274,8 +284,21 @@ class SchedulerActor:
             # group, more than the wait for the batch's last task.
             plain = (pool is not None and pool.kind == "cpu"
                      and batch.expected_s <= PLAIN_CALL_MAX_S)
-            loop.create_task(self._run_batch(batch.worker_id, batch.items, timeout_s,
-                                             measure_round_trip=batch.idle, plain=plain))
+            handle = self.workers.get(batch.worker_id)
+            call: Any = None
+            if handle is not None:
+                call = (handle.run.remote([i.to_wire() for i in batch.items]) if plain
+                        else handle.execute.remote(batch.items))
+            loop.create_task(self._run_batch(batch.worker_id, batch.items, call, timeout_s,
+                                             time.monotonic() if batch.idle else None, plain))
+
+    def _dispatch_now(self) -> None:
+        """A dispatch pass at once (after a submit), not when the loop next runs."""
+        try:
+            self._dispatch_once()
+        except Exception:  # the dispatch loop tries again; the tasks are accepted either way
+            log.exception("dispatch pass after a submit failed")
+            self._kick()
 
     def _abort(self, task_ids_by_worker: dict[str, list[str]]) -> None:
         """Ask workers to drop tasks the core no longer wants from them. An LLM worker stops the
@@ -286,50 +309,49 @@ class SchedulerActor:
             if handle is not None:
                 handle.abort.remote(ids)
 
-    async def _run_batch(self, worker_id: str, items: list[WorkItem], timeout_s: float,
-                         measure_round_trip: bool = False, plain: bool = False) -> None:
-        """One call carries a batch to a worker: a stream whose completions come back as they
-        end, or with ``plain`` one answer with all of them (``CPUActor.run``).
+    async def _run_batch(self, worker_id: str, items: list[WorkItem], call: Any,
+                         timeout_s: float, sent_s: float | None, plain: bool) -> None:
+        """Take a worker's answers to one call carrying a batch (``call``: None when the worker
+        is gone): a stream whose completions come back as they end, or with ``plain`` the
+        refs of one answer with all of them (``CPUActor.run``).
 
         A worker that sends nothing for ``timeout_s`` is taken as hung, not waited on: it is
-        killed, and its tasks are retried elsewhere like those of any lost worker. When the
-        worker was idle, the wait for its first report less that report's work is its round
-        trip, which sets how deep its prefetch goes. Large outputs stay in the object store
-        (this actor owns them, as the caller): the completions carry refs to them.
+        killed, and its tasks are retried elsewhere like those of any lost worker. ``sent_s``
+        (the call's time, when the worker was idle): the wait for its first report less that
+        report's work is its round trip, which sets how deep its prefetch goes. Large outputs
+        stay in the object store (this actor owns them, as the caller): the completions carry
+        refs to them.
         """
-        handle = self.workers.get(worker_id)
         unfinished = {item.task_id for item in items}
-        sent_s = time.monotonic()
         try:
-            if handle is None:
+            if call is None:
                 raise RayActorError()
             if plain:
-                done_ref, outputs_ref = handle.run.remote(items)
-                stream: Any = _answer(done_ref, outputs_ref)
-            else:
-                stream = handle.execute.remote(items).__aiter__()
+                done_ref, outputs_ref = call
+                # A future, not the ref itself: waiting on it starts no task of its own.
+                completions = [Completion(*t) for t in await asyncio.wait_for(
+                    asyncio.wrap_future(done_ref.future()), timeout_s)]
+                if any(isinstance(c.output, ByRef) for c in completions):
+                    completions = _with_output_refs(completions, outputs_ref)
+                self._completed(worker_id, completions, sent_s)
+                return
+            stream = call.__aiter__()
             while True:
-                try:
-                    ref = await asyncio.wait_for(stream.__anext__(), timeout_s)
-                    completions: list[Completion] = await asyncio.wait_for(ref, timeout_s)
-                    if any(isinstance(c.output, ByRef) for c in completions):
-                        completions = _with_output_refs(
-                            completions, await asyncio.wait_for(stream.__anext__(), timeout_s))
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    ray.kill(handle, no_restart=True)
-                    self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
-                    return
-                if measure_round_trip:
-                    measure_round_trip = False
-                    self.service.round_trip(worker_id, time.monotonic() - sent_s
-                                            - sum(c.service_s for c in completions))
+                ref = await asyncio.wait_for(stream.__anext__(), timeout_s)
+                completions = await ref
+                if any(isinstance(c.output, ByRef) for c in completions):
+                    completions = _with_output_refs(
+                        completions, await asyncio.wait_for(stream.__anext__(), timeout_s))
+                self._completed(worker_id, completions, sent_s)
+                sent_s = None
                 unfinished.difference_update(c.task_id for c in completions)
-                self.service.complete(completions)
-                self._kick()
-                if plain:
-                    break  # its one answer is in
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            handle = self.workers.get(worker_id)
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
+            self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
         except RayActorError as exc:
             self._worker_lost(worker_id, f"worker died: {type(exc).__name__}")
         except Exception as exc:  # the call failed without killing the worker
@@ -337,6 +359,16 @@ class SchedulerActor:
                         len(unfinished), exc_info=True)
             self.service.fail(worker_id, unfinished, f"worker call failed: {exc!r}")
             self._kick()
+
+    def _completed(self, worker_id: str, completions: list[Completion],
+                   sent_s: float | None) -> None:
+        """Hand a worker's report to the service. ``sent_s``: when the batch went to an idle
+        worker (its first report, less that report's work, measures the round trip)."""
+        if sent_s is not None:
+            self.service.round_trip(worker_id, time.monotonic() - sent_s
+                                    - sum(c.service_s for c in completions))
+        self.service.complete(completions)
+        self._kick()
 
     def _worker_lost(self, worker_id: str, reason: str) -> None:
         if self.workers.pop(worker_id, None) is None:
@@ -376,23 +408,6 @@ class SchedulerActor:
                     self.save_scorer()
                 except Exception:  # saving is best effort: the scheduler keeps serving
                     log.exception("could not save the learned models")
-
-
-class _answer:
-    """A plain call's two answers as a stream of refs: the completions, then the list of
-    large outputs (taken only when a completion points into it; the caller stops after the
-    completions)."""
-
-    def __init__(self, *refs: Any) -> None:
-        self._refs = list(refs)
-
-    def __aiter__(self) -> _answer:
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._refs:
-            raise StopAsyncIteration
-        return self._refs.pop(0)
 
 
 def _with_output_refs(completions: list[Completion], outputs_ref: Any) -> list[Completion]:

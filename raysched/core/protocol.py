@@ -8,6 +8,11 @@ core's types.
 
 A payload (or an output) larger than ``INLINE_PAYLOAD_BYTES`` travels by reference: the record
 holds a Ray object ref to it, so the scheduler passes the ref on and never copies the bytes.
+
+Between a driver and the scheduler the records travel as plain tuples (``to_wire`` and
+``from_wire``): Ray sends tuples of numbers and strings as msgpack, which costs it less, per
+message, than pickling dataclasses (about 0.15 ms a hop on a 2-core machine,
+``benchmarks/overhead.py`` part (c)).
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class WorkPayload:
                 + sum(map(value_size_bytes, self.args))
                 + sum(map(value_size_bytes, self.kwargs.values())))
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """The fields as a plain tuple, in order (``WorkPayload(*t)`` rebuilds it)."""
+        return (self.prompt, self.max_new_tokens, self.features, self.fn, self.args, self.kwargs)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
@@ -82,6 +91,20 @@ class TaskRecord:
     max_new_tokens: int = 0
     min_context_tokens: int = 0
     tenant: str = "default"
+
+    def to_wire(self) -> tuple[Any, ...]:
+        """This record as a plain tuple, as it crosses between a driver and the scheduler."""
+        p = self.payload
+        return (self.task_id, self.kind, self.priority, self.pool,
+                p.to_wire() if isinstance(p, WorkPayload) else p, self.deadline_s, self.sla_s,
+                self.best_effort, self.num_prompt_tokens, self.max_new_tokens,
+                self.min_context_tokens, self.tenant)
+
+    @classmethod
+    def from_wire(cls, t: tuple[Any, ...]) -> TaskRecord:
+        p = t[4]
+        return cls(t[0], t[1], t[2], t[3], WorkPayload(*p) if isinstance(p, tuple) else p,
+                   *t[5:])
 
     def to_core(self, now_s: float) -> CoreTask:
         """The core's view of this task, its deadline made absolute at ``now_s``."""
@@ -123,6 +146,16 @@ class ResultRecord:
     def ok(self) -> bool:
         return self.status is Status.COMPLETED
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """This record as a plain tuple, as it crosses between a driver and the scheduler."""
+        return (self.task_id, self.status.value, self.output, self.reason, self.worker_id,
+                self.kind, self.priority, self.pool, self.queue_s, self.service_s, self.total_s,
+                self.deadline_met, self.attempts)
+
+    @classmethod
+    def from_wire(cls, t: tuple[Any, ...]) -> ResultRecord:
+        return cls(t[0], Status(t[1]), *t[2:])
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:
@@ -156,6 +189,10 @@ class Completion:
     tpot_s: float | None = None
     engine_batch_size: float | None = None
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """The fields as a plain tuple, in order (``Completion(*t)`` rebuilds it)."""
+        return tuple(getattr(self, name) for name in self.__slots__)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
@@ -172,6 +209,19 @@ class WorkItem:
     latest_start_s: float = float("inf")
     # Which binding of the task this is (``Assignment.binding``); echoed in the Completion.
     binding: int = 0
+
+    def to_wire(self) -> tuple[Any, ...]:
+        """This item as a plain tuple, as the scheduler sends it in a plain call."""
+        p = self.payload
+        return (self.task_id, self.kind, self.priority, self.deadline_s,
+                p.to_wire() if isinstance(p, WorkPayload) else p, self.latest_start_s,
+                self.binding)
+
+    @classmethod
+    def from_wire(cls, t: tuple[Any, ...]) -> WorkItem:
+        p = t[4]
+        return cls(t[0], t[1], t[2], t[3], WorkPayload(*p) if isinstance(p, tuple) else p,
+                   t[5], t[6])
 
 
 @dataclass(frozen=True, slots=True)
