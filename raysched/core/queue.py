@@ -132,15 +132,16 @@ class DeadlineQueue:
             del self._tenant_depth[entry.task.tenant]
         members = self._members[cls]
         del members[task_id]
-        # Dead entries leave a heap only when they reach its head; rebuild a class whose heaps
-        # are mostly dead so removals cannot grow memory without bound. The rebuild costs the
-        # class's size and happens once per that many removals: amortised O(1).
-        garbage = max(len(self._heaps[cls]), len(self._by_arrival[cls])) - len(members)
-        if garbage > len(members) + 64:
-            live = list(members.values())
-            self._heaps[cls] = [(e.key_s, e.seq, e) for e in live]
-            self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in live]
+        # Dead entries leave a heap only when they reach its head; rebuild a heap that is
+        # mostly dead so removals cannot grow memory without bound. A rebuild costs the class's
+        # size and happens once per that many removals: amortised O(1). Each heap is rebuilt on
+        # its own: tasks leave by deadline, so the arrival heap gathers the dead ones.
+        live = len(members) + 64
+        if len(self._heaps[cls]) > 2 * live:
+            self._heaps[cls] = [(e.key_s, e.seq, e) for e in members.values()]
             heapq.heapify(self._heaps[cls])
+        if len(self._by_arrival[cls]) > 2 * live:
+            self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in members.values()]
             heapq.heapify(self._by_arrival[cls])
         return entry.task
 
