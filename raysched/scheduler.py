@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from raysched import _gc
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
 from raysched.core.protocol import ByRef, Completion, TaskRecord, WorkerInfo, WorkItem
 from raysched.metrics import SchedulerMetrics
@@ -400,9 +401,12 @@ class SchedulerActor:
 
     async def _metrics_loop(self) -> None:
         save_every = max(1, round(SCORER_SAVE_PERIOD_S / METRICS_PERIOD_S))
+        freeze_every = max(1, round(_gc.FREEZE_PERIOD_S / METRICS_PERIOD_S))
         for tick in itertools.count(1):
             await asyncio.sleep(METRICS_PERIOD_S)
             self.metrics.publish(self.service.load())
+            if tick % freeze_every == 0:
+                _gc.freeze()  # full collections skip what is long-lived (raysched._gc)
             if tick % save_every == 0:
                 try:
                     self.save_scorer()

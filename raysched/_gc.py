@@ -1,0 +1,26 @@
+"""Garbage-collector settings for the scheduler's process.
+
+A scheduler holding 10^5 queued tasks tracks about a million objects, and CPython's full
+(generation 2) collection walks all of them: about 100 ms with every task waiting
+(``benchmarks/overhead.py`` part (a) saw 122 ms at 10^5 queued). The tasks themselves are freed
+by reference counting when they end; the collector is only needed for cycles, which the
+tasks' objects do not form. So the process collects its young generations as usual and
+now and then moves everything that has survived them into the permanent generation
+(``gc.freeze``), which full collections skip: they then walk only what arrived since.
+"""
+
+from __future__ import annotations
+
+import gc
+
+# Seconds between freezes in a long-running scheduler (its metrics loop calls ``freeze``).
+FREEZE_PERIOD_S = 10.0
+
+
+def freeze() -> int:
+    """Collect the young generations, then freeze what is left; returns how many objects the
+    permanent generation now holds. Cycles among frozen objects are never collected: the young
+    collection just before keeps those to ones that lived through it."""
+    gc.collect(1)
+    gc.freeze()
+    return gc.get_freeze_count()
