@@ -31,6 +31,9 @@ class WorkerLoad:
     version: int = 0
     # A task that must run alone (quarantined): while it is in flight, nothing else is placed.
     alone_task: str = ""
+    # The group it belongs to, set when the table adds it; kept here so the hot path does not
+    # hash the group key on every start and finish.
+    group: WorkerGroup = None  # type: ignore[assignment]
 
     @property
     def worker_id(self) -> str:
@@ -38,9 +41,8 @@ class WorkerLoad:
 
     @property
     def free_slots(self) -> int:
-        if self.alone_task:
-            return 0
-        return max(self.spec.slots - len(self.in_flight), 0)
+        free = self.spec.slots - len(self.in_flight)
+        return free if free > 0 and not self.alone_task else 0
 
     def wait_s(self) -> float:
         """Predicted time before a newly placed task starts running."""
@@ -70,7 +72,12 @@ class WorkerGroup:
         """(Re)publish a worker's current load; older entries of it become stale."""
         w.version += 1
         if w.free_slots > 0:
-            heapq.heappush(self._heap, _key(w))
+            in_flight = len(w.in_flight)
+            concurrency = w.spec.concurrency
+            # _key(w), inlined: this runs on every start and finish.
+            wait_s = 0.0 if in_flight < concurrency else w.backlog_s / concurrency
+            heapq.heappush(self._heap, (wait_s, in_flight, w.backlog_s, w.spec.worker_id,
+                                        w.version))
         if len(self._heap) > 4 * len(self.members) + 64:
             self._heap = [_key(m) for m in self.members.values() if m.free_slots > 0]
             heapq.heapify(self._heap)
@@ -107,7 +114,7 @@ class LoadTable:
         self.workers[spec.worker_id] = w
         self._free_by_pool[spec.pool] = self._free_by_pool.get(spec.pool, 0) + spec.slots
         self._pool_order.setdefault(spec.pool, []).append(w)
-        group = self._group_of(spec)
+        group = w.group = self._group_of(spec)
         group.members[spec.worker_id] = w
         group.offer(w)
         return w
@@ -132,18 +139,19 @@ class LoadTable:
         """Bind ``task_id`` to a free slot of ``worker_id``; ``alone``: the worker must be idle
         and takes nothing else until this task finishes."""
         w = self.workers[worker_id]
-        assert w.free_slots > 0, f"worker {worker_id} has no free slot"
-        assert not alone or not w.in_flight, f"worker {worker_id} is not idle"
         before = w.free_slots
+        assert before > 0, f"worker {worker_id} has no free slot"
+        assert not alone or not w.in_flight, f"worker {worker_id} is not idle"
         if not w.in_flight:
             w.busy_since_s = now_s
         w.in_flight[task_id] = service_s
         w.backlog_s += service_s
         if alone:
             w.alone_task = task_id
-        self._free_by_pool[w.spec.pool] += w.free_slots - before
+        # One slot fewer; all of them when it must run alone.
+        self._free_by_pool[w.spec.pool] -= before if alone else 1
         self._task_worker[task_id] = worker_id
-        self._group_of(w.spec).offer(w)
+        w.group.offer(w)
 
     def finish(self, task_id: str, now_s: float, completed: bool = True) -> WorkerLoad | None:
         """Free the slot ``task_id`` held; None when it held none (already freed or unknown).
@@ -155,7 +163,8 @@ class LoadTable:
             return None
         w = self.workers[worker_id]
         before = w.free_slots
-        w.backlog_s = max(0.0, w.backlog_s - w.in_flight.pop(task_id))
+        backlog_s = w.backlog_s - w.in_flight.pop(task_id)
+        w.backlog_s = backlog_s if backlog_s > 0.0 else 0.0
         if w.alone_task == task_id:
             w.alone_task = ""
         w.completed += completed
@@ -163,7 +172,7 @@ class LoadTable:
         if not w.in_flight:
             self._close_busy(w, now_s)
             w.backlog_s = 0.0  # clear float residue
-        self._group_of(w.spec).offer(w)
+        w.group.offer(w)
         return w
 
     def set_slots(self, worker_id: str, slots: int) -> None:

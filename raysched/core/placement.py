@@ -56,7 +56,7 @@ class PriorEstimator:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ``types.Assignment``: one per decision
 class Choice:
     """Where to run a task: the worker, its predicted service and finish (seconds).
 
@@ -99,6 +99,10 @@ class Placement(Protocol):
         """The service expiry plans with on the best idle eligible worker; None when none."""
         ...
 
+    def cases_s(self, task: CoreTask, table: LoadTable) -> tuple[float, float] | None:
+        """``(best_case_s, planned_case_s)`` in one pass; None when no worker is eligible."""
+        ...
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
     def state(self) -> dict[str, Any] | None:
@@ -125,6 +129,16 @@ class EstimatorPlacement:
     def planned_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
         return _min_over_eligible(task, table, self.estimator.planned_idle_s)
 
+    def cases_s(self, task: CoreTask, table: LoadTable) -> tuple[float, float] | None:
+        # Admission asks for both on every submit: one walk over the groups, not two.
+        best_s = planned_s = float("inf")
+        idle, planned = self.estimator.idle_service_s, self.estimator.planned_idle_s
+        for g in table.groups(task.pool):
+            if fits_context(task, g.max_context_tokens):
+                best_s = min(best_s, idle(task, g))
+                planned_s = min(planned_s, planned(task, g))
+        return None if best_s == float("inf") else (best_s, planned_s)
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
 
@@ -142,8 +156,13 @@ class EstimatorPlacement:
 def _min_over_eligible(task: CoreTask, table: LoadTable,
                        idle_s: Callable[[CoreTask, WorkerGroup], float]) -> float | None:
     """The least ``idle_s`` over the pool's groups that can hold ``task``; None when none can."""
-    times = [idle_s(task, g) for g in table.groups(task.pool) if eligible(task, g)]
-    return min(times) if times else None
+    best: float | None = None
+    for g in table.groups(task.pool):
+        if fits_context(task, g.max_context_tokens):
+            t = idle_s(task, g)
+            if best is None or t < best:
+                best = t
+    return best
 
 
 class LeastCompletionTime(EstimatorPlacement):

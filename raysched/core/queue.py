@@ -85,7 +85,6 @@ class DeadlineQueue:
         self.aging_s = aging_s if self._by_class else None
         # Per real class in arrival order (for shedding the newest low-class task), and per
         # tenant (for the per-tenant cap), whatever the ordering.
-        self._by_real: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
         self._tenant_depth: dict[str, int] = {}
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
         self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {
@@ -93,6 +92,9 @@ class DeadlineQueue:
         self._live: dict[str, _Entry] = {}
         # Live entries per class, so rebuilding one class's heaps touches only that class.
         self._members: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
+        # By a class order the class ordered in is the real one: the same dicts serve.
+        self._by_real = (self._members if self._by_class
+                         else {c: {} for c in _CLASSES})
 
     def __len__(self) -> int:
         return len(self._live)
@@ -113,7 +115,8 @@ class DeadlineQueue:
         entry = _Entry(task, seq, arrival_s, cls, key_s, latest_start_s)
         self._live[task.task_id] = entry
         self._members[cls][task.task_id] = entry
-        self._by_real[task.priority][task.task_id] = entry
+        if not self._by_class:
+            self._by_real[task.priority][task.task_id] = entry
         self._tenant_depth[task.tenant] = self._tenant_depth.get(task.tenant, 0) + 1
         heapq.heappush(self._heaps[cls], (key_s, seq, entry))
         heapq.heappush(self._by_arrival[cls], (arrival_s, seq, entry))
@@ -124,7 +127,8 @@ class DeadlineQueue:
         if entry is None:
             return None
         cls = entry.cls
-        del self._by_real[entry.task.priority][task_id]
+        if not self._by_class:
+            del self._by_real[entry.task.priority][task_id]
         left = self._tenant_depth[entry.task.tenant] - 1
         if left:
             self._tenant_depth[entry.task.tenant] = left
@@ -159,10 +163,13 @@ class DeadlineQueue:
         for cls in _CLASSES:
             if not self._members[cls]:
                 continue
-            head = self._head(self._heaps[cls])
-            key: QueueKey = (int(cls), head.key_s, head.seq)
-            if best is None or key < best[0]:
-                best = (key, head)
+            if best is None:
+                # Classes come in order, so a later class's own head never goes first; only
+                # an aged task of a later class can, and none ages past _AGING_CEILING.
+                head = self._head(self._heaps[cls])
+                best = ((int(cls), head.key_s, head.seq), head)
+                if self.aging_s is None or cls < _AGING_CEILING:
+                    break
             if self.aging_s is not None and cls > _AGING_CEILING:
                 oldest = self._head(self._by_arrival[cls])
                 steps = int((now_s - oldest.arrival_s) // self.aging_s)

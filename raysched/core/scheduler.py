@@ -253,14 +253,15 @@ class SchedulerCore:
             return [self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
                                              f"{self.config.max_queued_per_tenant} tasks queued "
                                              f"for {task.pool}")]
-        best_case_s = self.placement.best_case_s(task, self.table)
-        if best_case_s is None:
+        cases = self.placement.cases_s(task, self.table)
+        if cases is None:
             if not any(True for _ in self.table.groups(task.pool)):
                 # The pool is empty for now but a worker is coming (one is being started or
                 # replaced; the driver calls ``pool_down`` when none is): wait for it.
-                best_case_s = 0.0
+                cases = (0.0, 0.0)
             else:
                 return [self._reject(rec, now_s, self._context_refusal(task))]
+        best_case_s, planned_s = cases
         slack_s = task.deadline_s - now_s
         if self.config.admission and not task.best_effort:
             if best_case_s > slack_s:
@@ -270,7 +271,6 @@ class SchedulerCore:
                                                  f"{slack_s * 1e3:.1f} ms")]
             # Admission refuses on the best case; expiry plans with what the task will take at
             # least (never less than the best case), so it is not started too late to finish.
-            planned_s = self.placement.planned_case_s(task, self.table) or 0.0
             rec.latest_start_s = task.deadline_s - max(best_case_s, planned_s)
         shed: list[Outcome] = []
         if len(queue) >= self.config.max_queued_per_pool:
@@ -314,18 +314,20 @@ class SchedulerCore:
         place and does not block work that can run elsewhere.
         """
         decisions = Decisions(ended=self._expire(now_s))
+        # Locals for what the loop reads on every task.
+        table, place, records = self.table, self.placement.place, self._records
+        max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
-            max_skips = self.config.max_skips
-            while queue and self.table.free_slots(pool) > 0 and len(skipped) < max_skips:
+            while len(skipped) < max_skips and table.free_slots(pool) > 0 and queue:
                 task = queue.pop(now_s)
                 assert task is not None
-                rec = self._records[task.task_id]
-                if rec.kills >= self.config.quarantine_after:
+                rec = records[task.task_id]
+                if rec.kills >= quarantine_after:
                     if not self._start_alone(rec, decisions, now_s):
                         skipped.append(task)
                     continue
-                choice = self.placement.place(task, self.table, now_s)
+                choice = place(task, table, now_s)
                 if choice is None:
                     if self.placement.best_case_s(task, self.table) is None:
                         # It arrived while the pool was empty, or the workers that could hold it

@@ -75,7 +75,9 @@ class ServicePrior:
     batch_slowdown: float = 0.0
 
     def service_s(self, num_prompt_tokens: int, max_new_tokens: int, batch_size: int = 1) -> float:
-        step_s = self.decode_s_per_step * (1.0 + self.batch_slowdown * max(batch_size - 1, 0))
+        step_s = self.decode_s_per_step
+        if batch_size > 1:
+            step_s *= 1.0 + self.batch_slowdown * (batch_size - 1)
         return self.fixed_s + num_prompt_tokens * self.prefill_s_per_token + max_new_tokens * step_s
 
 
@@ -103,7 +105,9 @@ class WorkerSpec:
         assert self.slots >= self.concurrency >= 1, "a worker needs slots >= concurrency >= 1"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per task on the hot path, and a frozen dataclass's __init__ (one
+# object.__setattr__ per field) costs about three times as much. Treat it as a value.
+@dataclass(slots=True)
 class Assignment:
     """The core's decision: run ``task`` on ``worker_id`` now."""
 
@@ -130,7 +134,7 @@ class Preemption:
     for_task_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ``Assignment``: one per task on the hot path
 class Outcome:
     """The end of one task inside the core; the drivers turn it into a user ``Result``."""
 
