@@ -5,9 +5,13 @@ one deployment:
 
 - ``num_replicas = pool.count``, no autoscaling, and Serve's default request router (power of
   two choices over the replicas' queue lengths).
-- ``max_ongoing_requests`` as raysched's worker slots: 1 on the CPU pool, ``max_batch_size`` on
-  an LLM pool. ``max_queued_requests`` stays at Serve's default (no limit): requests beyond the
-  replicas' capacity wait in the caller's queue, and nothing is ever rejected or expired.
+- ``max_ongoing_requests``: Serve's default, 5 (since Ray 2.32; "Configure Ray Serve
+  deployments" in Ray's docs), on the CPU pool, so a few requests wait at each replica rather
+  than in the router; a replica still runs one at a time (a CPU-bound task holds its core), as
+  raysched's CPU workers do. ``max_batch_size`` on an LLM pool, where the batch is what a
+  replica runs at once. ``max_queued_requests`` stays at Serve's default (no limit): requests
+  beyond the replicas' capacity wait in the caller's queue, and nothing is ever rejected or
+  expired.
 - The same CPU share per replica as raysched's workers (``replay.CPU_WORKER_CPUS``, 0.25 CPU,
   on the CPU pool; ``replay.LLM_WORKER_CPUS``, 0.1, on an LLM pool).
 - A CPU replica sleeps for the task's service time (``replay.simulated_cpu_work``, a sync
@@ -46,6 +50,8 @@ from raysched.sim.workers import SimTask
 
 log = logging.getLogger(__name__)
 
+# Serve's default max_ongoing_requests (Ray 2.32 and later), used on the CPU pool.
+SERVE_DEFAULT_ONGOING = 5
 APP_PREFIX = "raysched-peer-"
 SERVE_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
@@ -57,13 +63,19 @@ def _replica_id() -> str:
 
 
 class CPUReplica:
-    """One CPU worker: holds the replica for the task's (scaled) service time."""
+    """One CPU worker: holds the replica for the task's (scaled) service time, one task at a
+    time (Serve runs a sync method in a thread pool, up to ``max_ongoing_requests`` at once;
+    a sleep would overlap where CPU work could not)."""
 
     def __init__(self) -> None:
+        import threading
+
         self.replica = _replica_id()
+        self._core = threading.Lock()
 
     def __call__(self, seconds: float) -> str:
-        simulated_cpu_work(seconds)
+        with self._core:
+            simulated_cpu_work(seconds)
         return self.replica
 
 
@@ -100,7 +112,7 @@ def _deploy(cluster: tuple[PoolSpec, ...], time_scale: float) -> dict[str, Any]:
     for p in cluster:
         if p.preset == "cpu":
             app = serve.deployment(
-                name=p.name, num_replicas=p.count, max_ongoing_requests=1,
+                name=p.name, num_replicas=p.count, max_ongoing_requests=SERVE_DEFAULT_ONGOING,
                 ray_actor_options={"num_cpus": CPU_WORKER_CPUS})(CPUReplica).bind()
         else:
             app = serve.deployment(
