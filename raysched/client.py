@@ -102,12 +102,11 @@ class Client:
         """A ``Task`` checked against this scheduler's pools (raises ``ValidationError``).
 
         A ``Task`` built without a context was already checked against the default pools'
-        kinds; when its pool exists here with that same kind, every check has been made and
+        kinds; when its pools exist here with those same kinds, every check has been made and
         it is taken as it is (validated once, at the edge). Otherwise it is checked again.
         """
         if isinstance(task, Task):
-            kind = self.pools.get(task.pool)
-            if kind is not None and kind == DEFAULT_POOL_KINDS.get(task.pool):
+            if all(self.pools.get(p) == DEFAULT_POOL_KINDS.get(p, "") for p in task.pools):
                 return task
             return Task.model_validate(task.model_dump(), context={"pools": self.pools})
         return Task.model_validate(task, context={"pools": self.pools})

@@ -99,11 +99,15 @@ class Payload(BaseModel):
 
 
 class Requirements(BaseModel):
-    """Where the task may run. ``pool`` defaults from the task's kind."""
+    """Where the task may run. ``pool`` defaults from the task's kind; ``pools`` instead lists
+    every pool that may run it, in order of preference (the cheaper first): the scheduler
+    takes the first predicted to meet the deadline with room to spare, else the one predicted
+    to finish first."""
 
     model_config = ConfigDict(extra="forbid")
 
     pool: str | None = None
+    pools: list[str] | None = Field(default=None, min_length=1, max_length=8)
     num_gpus: float = Field(default=0.0, ge=0, le=64)
     context_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
 
@@ -146,12 +150,25 @@ class Task(BaseModel):
         if self.sla_ms is None and self.deadline_s is None and not self.best_effort:
             raise ValueError("a deadline is required: set sla_ms or deadline_s "
                              "(or best_effort=True)")
-        pool = self.pool
+        r = self.requirements
+        if r.pools is not None:
+            if r.pool is not None:
+                raise ValueError("give requirements.pool or requirements.pools, not both")
+            if len(set(r.pools)) != len(r.pools):
+                raise ValueError(f"requirements.pools names a pool twice: {r.pools}")
         known = (info.context or {}).get("pools") if info is not None else None
+        for pool in self.pools:
+            self._check_pool(pool, known)
+        return self
+
+    def _check_pool(self, pool: str, known: Any) -> None:
+        """That ``pool`` is a pool (of the scheduler's, when ``known`` lists them) whose kind
+        can run this task's payload."""
+        field_name = "requirements.pools" if self.requirements.pools else "requirements.pool"
         if not _NAME.fullmatch(pool):
-            raise ValueError(f"requirements.pool {pool!r} is not a pool name")
+            raise ValueError(f"{field_name} {pool!r} is not a pool name")
         if known is not None and pool not in known:
-            raise ValueError(f"requirements.pool: unknown pool {pool!r}; known: {sorted(known)}")
+            raise ValueError(f"{field_name}: unknown pool {pool!r}; known: {sorted(known)}")
         # The pool's kind decides what the payload must carry: the scheduler's pools when the
         # caller knows them (a mapping name -> kind), else the default pools' kinds.
         kinds = known if isinstance(known, Mapping) else DEFAULT_POOL_KINDS
@@ -160,7 +177,7 @@ class Task(BaseModel):
         if pool_kind is None:
             # A pool this check does not know (no context, not a default pool): what its
             # payload needs is checked where its kind is known, against the scheduler's pools.
-            return self
+            return
         if pool_kind == "llm":
             if p.prompt is None:
                 raise ValueError(f"payload.prompt is required for {self.kind} on {pool}")
@@ -175,13 +192,21 @@ class Task(BaseModel):
         elif self.kind != "classification" and p.fn is None:
             raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} "
                              f"on {pool}")
-        return self
 
     @property
     def pool(self) -> str:
-        if self.requirements.pool is not None:
-            return self.requirements.pool
-        return DEFAULT_POOL_BY_KIND.get(self.kind, "cpu")
+        """The pool it runs on, or the first it may run on (see ``pools``)."""
+        return self.pools[0]
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        """Every pool that may run it, in order of preference."""
+        r = self.requirements
+        if r.pools is not None:
+            return tuple(r.pools)
+        if r.pool is not None:
+            return (r.pool,)
+        return (DEFAULT_POOL_BY_KIND.get(self.kind, "cpu"),)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -198,7 +223,7 @@ class Task(BaseModel):
                           num_prompt_tokens=self.num_prompt_tokens,
                           max_new_tokens=self.payload.max_new_tokens or 0,
                           min_context_tokens=self.requirements.context_tokens or 0,
-                          tenant=self.tenant)
+                          tenant=self.tenant, alternatives=self.pools[1:])
 
     def to_core(self, now_s: float) -> CoreTask:
         """The scheduler's view of this task, with the deadline made absolute at ``now_s``."""

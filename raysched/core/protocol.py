@@ -91,6 +91,8 @@ class TaskRecord:
     max_new_tokens: int = 0
     min_context_tokens: int = 0
     tenant: str = "default"
+    # Other pools that may run it, after ``pool``, in order of preference.
+    alternatives: tuple[str, ...] = ()
 
     def to_wire(self) -> tuple[Any, ...]:
         """This record as a plain tuple, as it crosses between a driver and the scheduler."""
@@ -98,7 +100,7 @@ class TaskRecord:
         return (self.task_id, self.kind, self.priority, self.pool,
                 p.to_wire() if isinstance(p, WorkPayload) else p, self.deadline_s, self.sla_s,
                 self.best_effort, self.num_prompt_tokens, self.max_new_tokens,
-                self.min_context_tokens, self.tenant)
+                self.min_context_tokens, self.tenant, self.alternatives)
 
     @classmethod
     def from_wire(cls, t: tuple[Any, ...]) -> TaskRecord:
@@ -118,7 +120,8 @@ class TaskRecord:
                         deadline_s=deadline_s, pool=self.pool,
                         num_prompt_tokens=self.num_prompt_tokens,
                         max_new_tokens=self.max_new_tokens, best_effort=self.best_effort,
-                        min_context_tokens=self.min_context_tokens, tenant=self.tenant)
+                        min_context_tokens=self.min_context_tokens, tenant=self.tenant,
+                        alternatives=self.alternatives)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,11 @@ PREEMPT_MARGIN = 0.0
 VICTIM_SLACK_FACTOR = 2.0
 # How deep a worker's own queue may grow under early binding: deep enough never to push back.
 EARLY_BINDING_SLOTS = 1024
+# A task that may run on several pools goes to the first, in its driver's order (the cheaper
+# first), predicted to finish with this share of its slack to spare: the prediction is rough (a
+# queue's work ahead is counted at this task's own best case), so a pool that would only just
+# make it is passed over for the next.
+ROUTE_RESERVE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,8 @@ class SchedulerCore:
         """
         if task.task_id in self._records:
             raise ValueError(f"task id {task.task_id!r} is already in the scheduler")
+        if task.alternatives:
+            task = self._route(task, now_s)
         queue = self._queues.get(task.pool)
         rec = _Record(task, now_s, self._next_seq(), float("inf"))
         if queue is None:
@@ -288,6 +295,42 @@ class SchedulerCore:
         self._records[task.task_id] = rec
         self._push(rec)
         return shed
+
+    def _route(self, task: CoreTask, now_s: float) -> CoreTask:
+        """``task`` bound to one of its pools (``pool``, then ``alternatives``): the first
+        predicted to finish with ``ROUTE_RESERVE`` of its slack to spare, else the one predicted
+        to finish first; its first pool when none can serve (admission then says why)."""
+        slack_s = task.deadline_s - now_s
+        best: tuple[float, CoreTask] | None = None
+        for pool in (task.pool, *task.alternatives):
+            if pool not in self._queues or pool in self._down:
+                continue
+            candidate = replace(task, pool=pool, alternatives=())
+            cases = self.placement.cases_s(candidate, self.table)
+            if cases is None:
+                continue
+            service_s = max(cases)
+            finish_s = now_s + self._predicted_wait_s(candidate, service_s) + service_s
+            if finish_s <= task.deadline_s - ROUTE_RESERVE * slack_s:
+                return candidate
+            if best is None or finish_s < best[0]:
+                best = (finish_s, candidate)
+        return best[1] if best is not None else replace(task, alternatives=())
+
+    def _predicted_wait_s(self, task: CoreTask, service_s: float) -> float:
+        """A rough wait before ``task`` would start in its pool: nothing when a worker has room
+        to run it and no task of its class or higher waits; else the work in flight plus the
+        queued work of its class and higher (each counted at ``service_s``), over the tasks the
+        pool's workers run at once. O(workers): for routing only."""
+        workers = list(self.table.pool_workers(task.pool))
+        capacity = sum(w.spec.concurrency for w in workers)
+        if not capacity:
+            return float("inf")
+        queue = self._queues[task.pool]
+        ahead = sum(queue.depth(c) for c in Priority if c <= task.priority)
+        if not ahead and any(len(w.in_flight) < w.spec.concurrency for w in workers):
+            return 0.0
+        return (sum(w.backlog_s for w in workers) + ahead * service_s) / capacity
 
     def cancel(self, task_id: str, now_s: float,
                reason: str = "cancelled by the caller") -> Outcome | None:

@@ -56,6 +56,9 @@ class CoreTask:
     best_effort: bool = False
     min_context_tokens: int = 0
     tenant: str = "default"
+    # Other pools that may run it, in the driver's order of preference after ``pool`` (the
+    # cheaper first); the core routes it to one of them when it is submitted.
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
