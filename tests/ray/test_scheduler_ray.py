@@ -123,6 +123,19 @@ def test_critical_overtakes_queued_low_work(make_client):
     assert all(h.result(10).ok for h in low)
 
 
+def test_a_task_for_several_pools_runs_on_the_one_routing_picks(make_client):
+    client = make_client()
+    both = {"pools": ["llm-7b", "llm-70b"]}
+    idle = client.submit(Task(kind="summarization", sla_ms=60_000, requirements=both,
+                              payload={"prompt": "p" * 200, "max_new_tokens": 4}))
+    r = idle.result(60)
+    assert r.status is Status.COMPLETED and r.pool == "llm-7b"  # the first named, when it can
+    with pytest.raises(ValidationError, match="unknown pool 'llm-13b'"):
+        client.submit({"kind": "summarization", "sla_ms": 60_000,
+                       "requirements": {"pools": ["llm-7b", "llm-13b"]},
+                       "payload": {"prompt": "p", "max_new_tokens": 4}})
+
+
 def test_expired_tasks_never_run(make_client, tmp_path):
     client = make_client(cpu={"replicas": 1, "slots": 1})
     blocker = client.submit(cpu_task(_sleep, 1.0, priority="CRITICAL"))
