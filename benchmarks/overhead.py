@@ -27,7 +27,7 @@ Parts
     each time: the RSS growth over the submissions (what the process really pays, allocator slack
     included) and, at 10^5 tasks, the live Python heap from ``tracemalloc`` (exact bytes, but too
     slow to run on 10^6 within the time budget; it is extrapolated linearly and says so).
-    ``--quick`` measures 10^5 tasks only and extrapolates to 10^6. Target: <= 2 GiB.
+    ``--quick`` measures 10^5 tasks only and extrapolates to 10^6. Target: <= 1 GiB.
 (c) Tasks per second through the scheduler actor vs direct Ray actor calls, in one embedded Ray
     (``raysched.connect`` with one CPU pool of 2 actors, ``num_cpus=4``). Baselines: plain
     actors' ``noop(x)`` and fraud ``score(features)`` called pipelined over 2 actors (all refs,
@@ -73,7 +73,7 @@ from raysched.core.protocol import Completion
 T0 = 1_000_000.0  # the core's clock starts here (an arbitrary epoch; the core never reads a clock)
 CLASSES = list(Priority)
 TARGET_DECISION_US = 20.0
-TARGET_MEMORY_GIB = 2.0
+TARGET_MEMORY_GIB = 1.0
 TARGET_RATE_RATIO = 1.0
 TARGET_ADDED_LATENCY_MS = 2.0
 # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80 there).

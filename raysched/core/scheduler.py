@@ -246,7 +246,8 @@ class SchedulerCore:
         if task.alternatives:
             task = self._route(task, now_s)
         queue = self._queues.get(task.pool)
-        rec = _Record(task, now_s, self._next_seq(), float("inf"))
+        self._seq += 1
+        rec = _Record(task, now_s, self._seq, float("inf"))
         if queue is None:
             return [self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")]
         if task.pool in self._down:
@@ -356,7 +357,7 @@ class SchedulerCore:
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
         place and does not block work that can run elsewhere.
         """
-        decisions = Decisions(ended=self._expire(now_s))
+        decisions = Decisions([], self._expire(now_s), [])
         # Locals for what the loop reads on every task.
         table, place, records = self.table, self.placement.place, self._records
         max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
@@ -559,10 +560,6 @@ class SchedulerCore:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _push(self, rec: _Record) -> None:
         rec.state = QUEUED
         self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s, rec.latest_start_s)
@@ -613,10 +610,10 @@ class SchedulerCore:
     @staticmethod
     def _outcome(rec: _Record, status: Status, now_s: float, reason: str,
                  output: object = None) -> Outcome:
-        return Outcome(task_id=rec.task.task_id, status=status, reason=reason,
-                       worker_id=rec.worker_id, submit_s=rec.submit_s, start_s=rec.start_s,
-                       end_s=now_s, deadline_s=rec.task.deadline_s, attempts=rec.attempts,
-                       output=output, priority=rec.task.priority, pool=rec.task.pool)
+        task = rec.task
+        # Positional, in Outcome's field order: one is built per task.
+        return Outcome(task.task_id, status, reason, rec.worker_id, rec.submit_s, rec.start_s,
+                       now_s, task.deadline_s, rec.attempts, output, task.priority, task.pool)
 
 
 def _can_wait(rec: _Record, now_s: float) -> bool:
