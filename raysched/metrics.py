@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ray.util import metrics
 
 from raysched.core.types import CoreStats, Outcome, Priority, Status
@@ -26,15 +28,33 @@ class SchedulerMetrics:
         self.utilization = metrics.Gauge(
             "raysched_worker_utilization", "Fraction of time a worker had work in flight.",
             tag_keys=("pool", "worker"))
+        self._ended: list[Outcome] = []
 
     def record(self, outcome: Outcome) -> None:
-        prio = outcome.priority.name
-        self.results.inc(1, {"priority": prio, "status": outcome.status.value})
-        if outcome.status is Status.COMPLETED:
-            self.latency.observe((outcome.end_s - outcome.submit_s) * 1e3,
-                                 {"pool": outcome.pool, "priority": prio})
-        if not outcome.deadline_met:
-            self.deadline_misses.inc(1, {"priority": prio})
+        """Note a task that ended; exported at the next ``flush`` (once per dispatch pass, so
+        the calls into Ray's metrics are not on the way from a result to its driver)."""
+        self._ended.append(outcome)
+
+    def flush(self) -> None:
+        """Export what ended since the last flush: the counters once per tag set, with the
+        pass's counts; each completed task's latency in the histogram."""
+        if not self._ended:
+            return
+        ended, self._ended = self._ended, []
+        results: Counter[tuple[str, str]] = Counter()
+        misses: Counter[str] = Counter()
+        for o in ended:
+            prio = o.priority.name
+            results[prio, o.status.value] += 1
+            if o.status is Status.COMPLETED:
+                self.latency.observe((o.end_s - o.submit_s) * 1e3, {"pool": o.pool,
+                                                                    "priority": prio})
+            if not o.deadline_met:
+                misses[prio] += 1
+        for (prio, status), n in results.items():
+            self.results.inc(n, {"priority": prio, "status": status})
+        for prio, n in misses.items():
+            self.deadline_misses.inc(n, {"priority": prio})
 
     def publish(self, stats: CoreStats) -> None:
         for pool, p in stats.pools.items():

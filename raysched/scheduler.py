@@ -269,6 +269,7 @@ class SchedulerActor:
             # Sleep until new work, a completion, or the next expiry, whichever comes first.
             timeout_s = self.service.sleep_s(idle_s)
             self.service.flush()
+            self.metrics.flush()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake, timeout_s)
 
