@@ -212,15 +212,18 @@ class SchedulerActor:
         stats["shard"], stats["shards"] = self.config.shard, self.config.shards
         return stats
 
-    def save_scorer(self) -> int:
-        """Save the learned models now; returns how many were saved."""
+    async def save_scorer(self) -> int:
+        """Save the learned models now; returns how many were saved. The models are read here,
+        the put (a round trip to the GCS) waits on a thread, not in the dispatch loop's."""
         from ray.experimental.internal_kv import _internal_kv_put
 
         state = self.core.placement.state()
         if state is None:
             return 0
-        _internal_kv_put(self._scorer_key(), json.dumps(state), namespace=KV_NAMESPACE)
-        return len(self.core.placement.learned())  # one row per learned model
+        saved = len(self.core.placement.learned())  # one row per learned model
+        await asyncio.to_thread(_internal_kv_put, self._scorer_key(), json.dumps(state),
+                                namespace=KV_NAMESPACE)
+        return saved
 
     def _restore_scorer(self) -> int:
         from ray.experimental.internal_kv import _internal_kv_get
@@ -410,7 +413,7 @@ class SchedulerActor:
                 _gc.freeze()  # full collections skip what is long-lived (raysched._gc)
             if tick % save_every == 0:
                 try:
-                    self.save_scorer()
+                    await self.save_scorer()
                 except Exception:  # saving is best effort: the scheduler keeps serving
                     log.exception("could not save the learned models")
 
