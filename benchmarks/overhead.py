@@ -356,14 +356,17 @@ def part_a(quick: bool, seed: int) -> dict[str, Any]:
                 fill_s = time.perf_counter() - t
                 st = _State(core, running, T0 + 1.0, 0.01 / w)
                 _steady_loop(st, _Arrivals(scenario, rng, warmup), warmup)
-                _gc.freeze()  # as the scheduler actor does every few seconds
                 per_task = []
                 for _ in range(repeats):
-                    secs, assigned = _steady_loop(st, _Arrivals(scenario, rng, iters), iters)
+                    arrivals = _Arrivals(scenario, rng, iters)
+                    _gc.freeze()  # as the scheduler actor does each second (raysched._gc)
+                    secs, assigned = _steady_loop(st, arrivals, iters)
                     assert assigned == iters, f"expected one assignment per pass, got {assigned}"
                     assert core.queued() == q, core.queued()
                     per_task.append(secs / iters * 1e6)
-                detail = _instrumented_loop(st, _Arrivals(scenario, rng, iters), iters)
+                arrivals = _Arrivals(scenario, rng, iters)
+                _gc.freeze()
+                detail = _instrumented_loop(st, arrivals, iters)
                 row = {"queued": q, "workers": w, "slots": 4 * w, "scenario": scenario,
                        "iterations": iters, "repeats": repeats, "warmup": warmup,
                        "fill_s": fill_s, "core_clock_dt_s": st.dt,
@@ -404,7 +407,8 @@ def part_a(quick: bool, seed: int) -> dict[str, Any]:
         "each repeat, in order). The other columns come from one more pass of the same length\n"
         "  with a clock around each call (adds ~0.3 µs). queue rebuilds: times the deadline queue "
         "rebuilt its heaps in that pass. Python GC is on, set as in the scheduler actor (what\n"
-        "  survives the fill and warm-up is frozen, raysched._gc); its pauses are in the numbers.\n"
+        "  has survived is frozen before each run, as the actor does each second, raysched._gc);\n"
+        "  its pauses are in the numbers.\n"
         "  The core's clock advances 0.01/W s per task (W workers at 10 ms each), so aging (30 s) "
         "never fires. Task objects are built before the clock starts.")
     return {"iterations": iters, "repeats": repeats, "warmup": warmup, "scenarios": SCENARIOS,

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import gc
 
-# Seconds between freezes in a long-running scheduler (its metrics loop calls ``freeze``).
-FREEZE_PERIOD_S = 10.0
+# Seconds between freezes in a long-running scheduler (its metrics loop calls ``freeze``). A
+# freeze costs a young collection (about a millisecond) and stops a full collection from ever
+# finding more than a second's worth of new objects; at 10 s, 10^5 tasks a second would leave
+# enough for a 100 ms pause (``benchmarks/overhead.py`` part (a)).
+FREEZE_PERIOD_S = 1.0
 
 
 def freeze() -> int:
