@@ -291,12 +291,13 @@ class SchedulerActor:
             plain = (pool is not None and pool.kind == "cpu"
                      and batch.expected_s <= PLAIN_CALL_MAX_S)
             handle = self.workers.get(batch.worker_id)
+            sent_s = time.monotonic() if batch.idle else None
             call: Any = None
             if handle is not None:
                 call = (handle.run.remote([i.to_wire() for i in batch.items]) if plain
                         else handle.execute.remote(batch.items))
             loop.create_task(self._run_batch(batch.worker_id, batch.items, call, timeout_s,
-                                             time.monotonic() if batch.idle else None, plain))
+                                             sent_s, plain))
 
     def _dispatch_now(self) -> None:
         """A dispatch pass at once (after a submit), not when the loop next runs."""
