@@ -571,12 +571,12 @@ class AdaptivePlacement(EstimatorPlacement):
         return self.estimator.table()
 
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
-        # Every choice returned is bound by the core, so the worker's prefill backlog takes the
-        # task's prompt here.
-        choice = self._choose(task, table, now_s)
-        if choice is not None:
-            self.estimator.started(task, choice.worker, now_s)
-        return choice
+        return self._choose(task, table, now_s)
+
+    def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
+        # The worker's prefill backlog takes the task's prompt once the core has bound it (a
+        # choice the core ends as a miss never reaches the worker).
+        self.estimator.started(task, worker, now_s)
 
     def _choose(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         est = self.estimator

@@ -105,6 +105,11 @@ class Placement(Protocol):
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
+    def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
+        """The core has bound ``task`` to ``worker`` (what ``place`` chose, or a quarantined
+        task's idle worker)."""
+        ...
+
     def state(self) -> dict[str, Any] | None:
         """What this placement has learned, JSON-friendly; None when it learns nothing."""
         ...
@@ -141,6 +146,9 @@ class EstimatorPlacement:
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
+
+    def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
+        return None
 
     # A placement over fixed priors learns nothing to save; learning ones override these.
     def state(self) -> dict[str, Any] | None:

@@ -301,7 +301,9 @@ class SchedulerCore:
         """``task`` bound to one of its pools (``pool``, then ``alternatives``): the first
         predicted to finish with ``ROUTE_RESERVE`` of its slack to spare, else the one predicted
         to finish first; its first pool when none can serve (admission then says why)."""
-        slack_s = task.deadline_s - now_s
+        # Without a deadline any pool that can serve will do: the cheapest, the first.
+        margin_s = (ROUTE_RESERVE * (task.deadline_s - now_s) if task.deadline_s != float("inf")
+                    else 0.0)
         best: tuple[float, CoreTask] | None = None
         for pool in (task.pool, *task.alternatives):
             if pool not in self._queues or pool in self._down:
@@ -312,7 +314,7 @@ class SchedulerCore:
                 continue
             service_s = max(cases)
             finish_s = now_s + self._predicted_wait_s(candidate, service_s) + service_s
-            if finish_s <= task.deadline_s - ROUTE_RESERVE * slack_s:
+            if finish_s <= task.deadline_s - margin_s:
                 return candidate
             if best is None or finish_s < best[0]:
                 best = (finish_s, candidate)
@@ -464,6 +466,7 @@ class SchedulerCore:
         rec.attempts += 1
         rec.bindings += 1
         self.table.start(rec.task.task_id, worker_id, service_s, now_s, alone=alone)
+        self.placement.bound(rec.task, self.table.workers[worker_id], now_s)
         decisions.assignments.append(Assignment(rec.task, worker_id, rec.attempts, service_s,
                                                 finish_s, rec.latest_start_s, rec.bindings))
 

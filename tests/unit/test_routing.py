@@ -36,6 +36,13 @@ def test_the_cheaper_pool_takes_the_task_when_it_meets_the_deadline_with_room() 
     assert _pool_of(core, t.task_id) == "cheap"
 
 
+def test_a_task_without_a_deadline_goes_to_the_cheaper_pool() -> None:
+    core = _core()
+    t = _task(deadline_s=float("inf"), best_effort=True)
+    assert admit(core, t, 0.0) is None
+    assert _pool_of(core, t.task_id) == "cheap"
+
+
 def test_a_deadline_only_the_faster_pool_meets_goes_there() -> None:
     core = _core()
     t = _task(deadline_s=0.4)  # 0.5 s on the cheap pool cannot make it
