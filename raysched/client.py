@@ -152,7 +152,6 @@ class Client:
                                  f"has no result yet; nothing submitted")
             for h in handles:
                 self._handles[h.task_id] = h
-            self._by_ref.update((r.task_id, r) for r in records if isinstance(r.payload, ByRef))
         self._ensure_poller()
         for i in range(0, len(records), SUBMIT_CHUNK):
             chunk = records[i:i + SUBMIT_CHUNK]
@@ -165,15 +164,17 @@ class Client:
                 raise SubmitError(f"{len(checked) - i} of {len(checked)} tasks were not "
                                   f"submitted: {type(exc).__name__}: {str(exc)[:500]}",
                                   submitted=handles[:i]) from exc
-            for result in replies:
-                if result is not None:
-                    self._resolve(Result.from_record(ResultRecord.from_wire(result)))
+            # In the scheduler now: a restarted one gets these payloads from here again.
+            with self._lock:
+                self._by_ref.update((r.task_id, r) for r in chunk if isinstance(r.payload, ByRef))
+            self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
         return handles
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
             ) -> Iterator[Result]:
-        """Submit ``tasks`` and yield their Results in completion order."""
-        return as_completed_results(self.submit_many(tasks), timeout)
+        """Submit ``tasks`` (on the first ``next``) and yield their Results in completion
+        order."""
+        yield from as_completed_results(self.submit_many(tasks), timeout)
 
     async def submit_async(self, task: Task | Mapping[str, Any]) -> Result:
         """Submit from asyncio and await the Result."""
@@ -349,9 +350,7 @@ class Client:
         for i in range(0, len(records), SUBMIT_CHUNK):
             replies = ray.get(self.actor.submit.remote(
                 self.client_id, [r.to_wire() for r in records[i:i + SUBMIT_CHUNK]]))
-            for result in replies:
-                if result is not None:
-                    self._resolve(Result.from_record(ResultRecord.from_wire(result)))
+            self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
 
     def _forget(self, task_ids: list[str]) -> None:
         with self._room:

@@ -272,8 +272,11 @@ class SchedulerActor:
                 log.exception("dispatch pass failed")
             # Sleep until new work, a completion, or the next expiry, whichever comes first.
             timeout_s = self.service.sleep_s(idle_s)
-            self.service.flush()
-            self.metrics.flush()
+            try:
+                self.service.flush()
+                self.metrics.flush()
+            except Exception:  # a full disk or a metrics error must not stop dispatching
+                log.exception("flushing the task log or the metrics failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake, timeout_s)
 
@@ -300,12 +303,13 @@ class SchedulerActor:
                                              sent_s, plain))
 
     def _dispatch_now(self) -> None:
-        """A dispatch pass at once (after a submit), not when the loop next runs."""
+        """A dispatch pass at once (after a submit), not when the loop next runs; the loop is
+        woken too, to sleep again only until the new tasks' expiry and to flush."""
         try:
             self._dispatch_once()
         except Exception:  # the dispatch loop tries again; the tasks are accepted either way
             log.exception("dispatch pass after a submit failed")
-            self._kick()
+        self._kick()
 
     def _abort(self, task_ids_by_worker: dict[str, list[str]]) -> None:
         """Ask workers to drop tasks the core no longer wants from them. An LLM worker stops the
@@ -353,7 +357,10 @@ class SchedulerActor:
                 sent_s = None
                 unfinished.difference_update(c.task_id for c in completions)
         except StopAsyncIteration:
-            return
+            if unfinished:  # the stream ended without a report for these: they end here
+                self.service.fail(worker_id, unfinished,
+                                  "the worker's stream ended without a report for it")
+                self._kick()
         except asyncio.TimeoutError:
             handle = self.workers.get(worker_id)
             if handle is not None:

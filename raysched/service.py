@@ -180,6 +180,9 @@ class SchedulerService:
         # ``PAYLOAD_RESEND_S``. task_id -> (client_id, task, deadline_s, since_s).
         self._awaiting: dict[str, tuple[str, TaskRecord, float, float]] = {}
         self.by_reference = ByReferenceCounts()
+        # Results whose outputs went by reference, not yet acknowledged: task_id -> the task's
+        # log entry (client_id, task, deadline_s), kept through compaction of the log.
+        self._rerun: Pending = {}
 
     # -- the task log ------------------------------------------------------------------------
 
@@ -245,6 +248,7 @@ class SchedulerService:
                             for tid, p in self._pending.items()}
         pending.update({tid: (client_id, task, deadline_s) for tid, (client_id, task, deadline_s, _)
                         in self._awaiting.items()})
+        pending.update(self._rerun)
         self.task_log.compact(pending, dict(self._unacked))
 
     # -- drivers -----------------------------------------------------------------------------
@@ -286,12 +290,23 @@ class SchedulerService:
             if deadline_s is not None:
                 core_task = replace(core_task, deadline_s=deadline_s)
             refusal: ResultRecord | None = None
+            ended_here = False
             for outcome in self.core.submit(core_task, now):
-                if outcome.task_id == task.task_id:
+                if outcome.task_id == task.task_id and deadline_s is not None:
+                    # Accepted before the restart, so in the log: it ends there too, and its
+                    # result comes through the mailbox like any accepted task's.
+                    self._pending[task.task_id] = _Pending(task, client_id)
+                    self.end([replace(outcome,
+                                      reason=f"after a scheduler restart: {outcome.reason}")])
+                    ended_here = True
+                elif outcome.task_id == task.task_id:
                     refusal = self._result(outcome, task.kind)
                     self._record(outcome)
                 else:  # a lower-class task shed from a full queue to make room
                     self.end([outcome])
+            if ended_here:
+                out.append(None)
+                continue
             if refusal is None:
                 self._pending[task.task_id] = _Pending(task, client_id)
                 if isinstance(task.payload, ByRef):
@@ -327,6 +342,7 @@ class SchedulerService:
             return
         for task_id in task_ids:
             self._unacked.pop(task_id, None)
+            self._rerun.pop(task_id, None)
         if self.task_log is not None:
             self.task_log.acked(task_ids)
 
@@ -340,6 +356,15 @@ class SchedulerService:
         ended: list[bool] = []
         running_on: dict[str, list[str]] = defaultdict(list)
         for task_id in task_ids:
+            awaited = self._awaiting.pop(task_id, None)
+            if awaited is not None:  # waiting for its payload after a restart: it ends here
+                client_id, task, deadline_s, since_s = awaited
+                self._pending[task_id] = _Pending(task, client_id)
+                self.end([Outcome(task_id, Status.CANCELLED, "cancelled by the caller",
+                                  submit_s=since_s, end_s=now, deadline_s=deadline_s,
+                                  priority=Priority(task.priority), pool=task.pool)])
+                ended.append(True)
+                continue
             worker_id = self.core.table.worker_of(task_id)
             outcome = self.core.cancel(task_id, now)
             ended.append(outcome is not None)
@@ -511,6 +536,11 @@ class SchedulerService:
             self._record(outcome)
             result = self._result(outcome, pending.task.kind)
             self._unacked[outcome.task_id] = (pending.client_id, result)
+            if isinstance(result.output, ByRef):
+                # Its output lives in this process only: should it restart before the driver
+                # has it, the task runs again, so its record stays in the log until then.
+                self._rerun[outcome.task_id] = (pending.client_id, pending.task,
+                                                outcome.deadline_s)
             if self.task_log is not None:
                 self.task_log.ended([(pending.client_id, result)])
             self._post(pending.client_id, result)

@@ -50,7 +50,7 @@ class ShardedClient:
 
     def validate(self, task: Task | Mapping[str, Any]) -> Task:
         """A ``Task`` checked against the pools of all the shards (raises ``ValidationError``)."""
-        if isinstance(task, Task) and task.pool in self.pools:
+        if isinstance(task, Task) and len(task.pools) == 1 and task.pool in self.pools:
             return self.clients[self._serving[task.pool][0]].validate(task)
         return Task.model_validate(task.model_dump() if isinstance(task, Task) else task,
                                    context={"pools": self.pools})
@@ -71,7 +71,7 @@ class ShardedClient:
             raise ValueError(f"task ids given twice in one call: {twice[:5]}; nothing submitted")
         by_shard: dict[int, list[int]] = defaultdict(list)
         for i, t in enumerate(checked):
-            by_shard[shard_for(t.id, self._serving[t.pool])].append(i)
+            by_shard[shard_for(t.id, self._shards_for(t))].append(i)
         handles: list[TaskHandle | None] = [None] * len(checked)
         for shard, where in by_shard.items():
             try:
@@ -88,10 +88,21 @@ class ShardedClient:
                 handles[i] = h
         return [h for h in handles if h is not None]
 
+    def _shards_for(self, task: Task) -> list[int]:
+        """The shards that run every pool ``task`` may run on (routing across pools happens
+        inside one shard); ``ValueError`` when no shard runs them all."""
+        serving = [k for k in self._serving[task.pool]
+                   if all(k in self._serving[p] for p in task.pools)]
+        if not serving:
+            where = {p: self._serving[p] for p in task.pools}
+            raise ValueError(f"task {task.id!r}: no shard runs all of requirements.pools "
+                             f"{list(task.pools)} (shards by pool: {where}); nothing submitted")
+        return serving
+
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
             ) -> Iterator[Result]:
         """Submit ``tasks`` and yield their Results in completion order."""
-        return as_completed_results(self.submit_many(tasks), timeout)
+        yield from as_completed_results(self.submit_many(tasks), timeout)
 
     async def submit_async(self, task: Task | Mapping[str, Any]) -> Result:
         import asyncio

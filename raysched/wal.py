@@ -143,6 +143,9 @@ class TaskLog:
             elif rec[0] == "K":
                 for task_id in rec[1]:
                     unacked.pop(task_id, None)
+                    # Its driver has the result: a task whose output went by reference (its
+                    # result skipped above) does not run again either.
+                    pending.pop(task_id, None)
         return pending, unacked
 
     def needs_compaction(self) -> bool:

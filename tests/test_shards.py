@@ -78,3 +78,24 @@ def test_stats_of_the_shards_add_up() -> None:
     assert merged["pool_config"]["cpu"]["replicas"] == 4
     single = _shard_stats(0, 1, 0.1)
     assert merge_stats([single]) is single
+
+
+def test_a_task_for_several_pools_goes_to_a_shard_that_runs_them_all() -> None:
+    from types import SimpleNamespace
+
+    from raysched.models import Task
+    from raysched.shards import ShardedClient
+
+    # What ShardedClient reads of each shard's client: its pools and notes (no Ray here).
+    shards = [SimpleNamespace(pools={"cpu": "cpu", "llm-7b": "llm", "llm-70b": "llm"}, notes=[]),
+              SimpleNamespace(pools={"cpu": "cpu", "llm-7b": "llm"}, notes=[])]
+    client = ShardedClient(shards)  # type: ignore[arg-type]
+    both = Task(kind="summarization", sla_ms=5_000, requirements={"pools": ["llm-7b", "llm-70b"]},
+                payload={"prompt": "p", "max_new_tokens": 4})
+    assert client._shards_for(both) == [0]
+    one = both.model_copy(update={"requirements": both.requirements.model_copy(
+        update={"pools": None, "pool": "llm-7b"})})
+    assert client._shards_for(one) == [0, 1]
+    client._serving["llm-70b"] = []
+    with pytest.raises(ValueError, match="no shard runs all of requirements.pools"):
+        client._shards_for(both)

@@ -385,6 +385,45 @@ def test_a_result_whose_output_went_by_reference_runs_again_after_a_restart(
     assert after.unacked() == {} and set(after.pending()) == {"t1"}
 
 
+def test_an_output_by_reference_reruns_after_compaction_but_not_once_acknowledged(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [task("t1"), task("t2")])
+    big = ByRef(FakeRef(), 500_000, 0)
+    first = run_one(before, clock, output=big)
+    second = run_one(before, clock, output=big)
+    assert {r.task_id for r in before.take("a")} == {first, second}
+    before.compact()  # the log is rewritten while both results are still owed
+    before.ack([second])
+    before.flush()
+    after, _ = restart(clock, path)
+    # The unacknowledged one runs again (its output died with the old process); the one its
+    # driver has does not.
+    assert set(after.pending()) == {first} and after.unacked() == {}
+
+
+def test_a_resent_payload_the_core_now_refuses_ends_in_the_log_and_the_mailbox(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path)
+    before.submit("a", [by_ref(task("late", sla_ms=200.0)), by_ref(task("gone"))])
+    before.flush()
+    clock.now_s += 1.0  # "late"'s deadline passes while the scheduler is down
+    after, _ = restart(clock, path)
+    assert after.submit("a", [by_ref(task("late", sla_ms=200.0))]) == [None]
+    assert after.cancel(["gone"]).ended == [True]  # waiting for its payload: cancel holds
+    results = {r.task_id: r for r in after.take("a")}
+    assert results["late"].status is Status.REJECTED
+    assert results["late"].reason.startswith("after a scheduler restart:")
+    assert results["gone"].status is Status.CANCELLED
+    after.flush()
+    again, _ = restart(clock, path)  # both ended in the log: neither is taken up again
+    assert again.pending() == {} and set(again.unacked()) == {"late", "gone"}
+
+
 def test_acknowledged_results_are_not_redelivered_after_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "sched.wal"
     clock = FakeClock()
