@@ -125,7 +125,7 @@ class LoadTable:
         self._close_busy(w, now_s)
         self._free_by_pool[w.spec.pool] -= w.free_slots
         self._pool_order[w.spec.pool].remove(w)
-        group = self._group_of(w.spec)
+        group = w.group
         del group.members[worker_id]
         if not group.members:
             del self._groups[w.spec.pool][(w.spec.prior, w.spec.max_context_tokens)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raysched.core.load import WorkerGroup, WorkerLoad
 from raysched.core.protocol import Completion
@@ -161,9 +161,13 @@ class Simulator:
 
     def _end(self, run: SimRun, outcome: Outcome,
              on_progress: Callable[[int], None] | None) -> None:
+        st = self._truth.pop(outcome.task_id, None)
+        if st is not None and st.arrival_s < outcome.submit_s:
+            # It waited for a busy scheduler before the core saw it: its latency runs from
+            # its arrival, that wait included.
+            outcome = replace(outcome, submit_s=st.arrival_s)
         run.outcomes.append(outcome)
         run.end_s = max(run.end_s, outcome.end_s)
-        self._truth.pop(outcome.task_id, None)
         if on_progress is not None:
             on_progress(1)
 
