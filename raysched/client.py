@@ -138,7 +138,6 @@ class Client:
             twice = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"task ids given twice in one call: {twice[:5]}; nothing submitted")
         handles = [TaskHandle(self, t.id) for t in checked]
-        records = [self._to_record(t) for t in checked]
         with self._room:
             room = self._room.wait_for(
                 lambda: len(self._handles) + len(handles) <= self.max_outstanding,
@@ -152,6 +151,12 @@ class Client:
                                  f"has no result yet; nothing submitted")
             for h in handles:
                 self._handles[h.task_id] = h
+        try:
+            # Large payloads go to the object store only once the call is sure to be sent.
+            records = [self._to_record(t) for t in checked]
+        except BaseException:
+            self._forget([t.id for t in checked])
+            raise
         self._ensure_poller()
         for i in range(0, len(records), SUBMIT_CHUNK):
             chunk = records[i:i + SUBMIT_CHUNK]

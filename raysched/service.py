@@ -356,13 +356,8 @@ class SchedulerService:
         ended: list[bool] = []
         running_on: dict[str, list[str]] = defaultdict(list)
         for task_id in task_ids:
-            awaited = self._awaiting.pop(task_id, None)
-            if awaited is not None:  # waiting for its payload after a restart: it ends here
-                client_id, task, deadline_s, since_s = awaited
-                self._pending[task_id] = _Pending(task, client_id)
-                self.end([Outcome(task_id, Status.CANCELLED, "cancelled by the caller",
-                                  submit_s=since_s, end_s=now, deadline_s=deadline_s,
-                                  priority=Priority(task.priority), pool=task.pool)])
+            if task_id in self._awaiting:  # waiting for its payload after a restart
+                self._end_awaiting(task_id, Status.CANCELLED, "cancelled by the caller", now)
                 ended.append(True)
                 continue
             worker_id = self.core.table.worker_of(task_id)
@@ -499,7 +494,7 @@ class SchedulerService:
     def _end_unsent(self, now_s: float) -> None:
         """End the tasks still waiting for their payloads once their deadline has passed
         (expired) or their driver has had ``PAYLOAD_RESEND_S`` to send them (failed)."""
-        for task_id, (client_id, task, deadline_s, since_s) in list(self._awaiting.items()):
+        for task_id, (_, task, deadline_s, since_s) in list(self._awaiting.items()):
             if now_s > deadline_s:
                 status, reason = Status.EXPIRED, "its deadline passed"
             elif now_s - since_s > PAYLOAD_RESEND_S:
@@ -507,12 +502,18 @@ class SchedulerService:
                 reason = f"its driver did not send it in {PAYLOAD_RESEND_S:.0f} s"
             else:
                 continue
-            del self._awaiting[task_id]
-            self._pending[task_id] = _Pending(task, client_id)
-            self.end([Outcome(task_id, status, pool=task.pool, submit_s=since_s, end_s=now_s,
-                              deadline_s=deadline_s, priority=Priority(task.priority),
-                              reason=f"after a scheduler restart, waiting for its payload "
-                                     f"({task.payload.size_bytes} bytes by reference): {reason}")])
+            self._end_awaiting(task_id, status, f"after a scheduler restart, waiting for its "
+                                                f"payload ({task.payload.size_bytes} bytes by "
+                                                f"reference): {reason}", now_s)
+
+    def _end_awaiting(self, task_id: str, status: Status, reason: str, now_s: float) -> None:
+        """End a task taken up from the log that still waits for its payload, like any
+        accepted task (its result in the log and its driver's mailbox)."""
+        client_id, task, deadline_s, since_s = self._awaiting.pop(task_id)
+        self._pending[task_id] = _Pending(task, client_id)
+        self.end([Outcome(task_id, status, reason, submit_s=since_s, end_s=now_s,
+                          deadline_s=deadline_s, priority=Priority(task.priority),
+                          pool=task.pool)])
 
     def sleep_s(self, at_most_s: float) -> float:
         """How long the dispatch loop may sleep with nothing new to do: until the earliest

@@ -115,9 +115,15 @@ class ShardedClient:
         """Cancel on the shard that holds each task (asked of every shard when this client
         did not submit it); True for each task a call ended."""
         ended = [False] * len(task_ids)
+        asks: dict[int, list[int]] = defaultdict(list)  # shard -> positions in task_ids
         for i, task_id in enumerate(task_ids):
-            owners = [c for c in self.clients if c.holds(task_id)] or self.clients
-            ended[i] = any(c.cancel([task_id])[0] for c in owners)
+            owners = [k for k, c in enumerate(self.clients) if c.holds(task_id)]
+            for k in owners or range(len(self.clients)):
+                asks[k].append(i)
+        for k, where in asks.items():  # one call per shard
+            for i, done in zip(where, self.clients[k].cancel([task_ids[i] for i in where]),
+                               strict=True):
+                ended[i] = ended[i] or done
         return ended
 
     def stats(self) -> dict[str, Any]:

@@ -244,7 +244,9 @@ class SchedulerCore:
         if task.task_id in self._records:
             raise ValueError(f"task id {task.task_id!r} is already in the scheduler")
         if task.alternatives:
-            task = self._route(task, now_s)
+            task, cases = self._route(task, now_s)
+        else:
+            cases = None
         queue = self._queues.get(task.pool)
         self._seq += 1
         rec = _Record(task, now_s, self._seq, float("inf"))
@@ -261,7 +263,8 @@ class SchedulerCore:
             return [self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
                                              f"{self.config.max_queued_per_tenant} tasks queued "
                                              f"for {task.pool}")]
-        cases = self.placement.cases_s(task, self.table)
+        if cases is None:
+            cases = self.placement.cases_s(task, self.table)
         if cases is None:
             if not any(True for _ in self.table.groups(task.pool)):
                 # The pool is empty for now but a worker is coming (one is being started or
@@ -297,14 +300,16 @@ class SchedulerCore:
         self._push(rec)
         return shed
 
-    def _route(self, task: CoreTask, now_s: float) -> CoreTask:
+    def _route(self, task: CoreTask, now_s: float
+               ) -> tuple[CoreTask, tuple[float, float] | None]:
         """``task`` bound to one of its pools (``pool``, then ``alternatives``): the first
         predicted to finish with ``ROUTE_RESERVE`` of its slack to spare, else the one predicted
-        to finish first; its first pool when none can serve (admission then says why)."""
+        to finish first; its first pool when none can serve (admission then says why). With it,
+        the pool's ``cases_s``, which admission reads (None when no pool could serve)."""
         # Without a deadline any pool that can serve will do: the cheapest, the first.
         margin_s = (ROUTE_RESERVE * (task.deadline_s - now_s) if task.deadline_s != float("inf")
                     else 0.0)
-        best: tuple[float, CoreTask] | None = None
+        best: tuple[float, CoreTask, tuple[float, float]] | None = None
         for pool in (task.pool, *task.alternatives):
             if pool not in self._queues or pool in self._down:
                 continue
@@ -315,10 +320,12 @@ class SchedulerCore:
             service_s = max(cases)
             finish_s = now_s + self._predicted_wait_s(candidate, service_s) + service_s
             if finish_s <= task.deadline_s - margin_s:
-                return candidate
+                return candidate, cases
             if best is None or finish_s < best[0]:
-                best = (finish_s, candidate)
-        return best[1] if best is not None else replace(task, alternatives=())
+                best = (finish_s, candidate, cases)
+        if best is None:
+            return replace(task, alternatives=()), None
+        return best[1], best[2]
 
     def _predicted_wait_s(self, task: CoreTask, service_s: float) -> float:
         """A rough wait before ``task`` would start in its pool: nothing when a worker has room
