@@ -20,10 +20,14 @@ def loopback_env() -> None:
 
 def init_local(num_cpus: int | None = None, namespace: str = "raysched",
                include_dashboard: bool = False, object_store_mb: int = 128) -> None:
-    """Start an embedded single-node Ray on loopback."""
+    """Start an embedded single-node Ray on loopback: a new one, always. Without an address,
+    ``ray.init`` joins the latest Ray started on the machine (``/tmp/ray/ray_current_cluster``),
+    which on a shared machine can be another user's, or one already gone; ``address="local"``
+    starts our own (Ray's documented choice for that)."""
     loopback_env()
     import ray
 
-    ray.init(num_cpus=num_cpus, namespace=namespace, include_dashboard=include_dashboard,
+    ray.init(address="local", num_cpus=num_cpus, namespace=namespace,
+             include_dashboard=include_dashboard,
              object_store_memory=object_store_mb * 1024 * 1024, _node_ip_address=LOOPBACK,
              log_to_driver=False, logging_level=logging.WARNING)

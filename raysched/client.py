@@ -397,7 +397,7 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
            else SchedulerConfig.model_validate(config) if config is not None else default_config())
     owns_ray = False
     if not ray.is_initialized():
-        if address is None and "RAY_ADDRESS" not in os.environ:
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # an empty one is unset
             init_local(num_cpus=num_cpus, namespace=cfg.namespace)
             owns_ray = True
         else:
