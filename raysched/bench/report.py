@@ -169,11 +169,11 @@ def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any]
         return None
     refused = sum(p["refused"] for p in given)
     would_meet = sum(p["would_meet"] for p in given)
-    names = given[0]["per_priority"]
     return {"refused": refused, "would_meet": would_meet,
             "rate": would_meet / refused if refused else 0.0,
-            "per_priority": {n: {k: sum(p["per_priority"][n][k] for p in given)
-                                 for k in ("refused", "would_meet")} for n in names}}
+            **{part: {n: {k: sum(p[part][n][k] for p in given) for k in ("refused", "would_meet")}
+                      for n in given[0][part]}
+               for part in ("per_priority", "per_status") if part in given[0]}}
 
 
 def false_rejection_cell(entry: dict[str, Any]) -> str:

@@ -146,6 +146,10 @@ class SchedulerCore:
         # Pools that cannot serve (no worker and none coming), with the reason: their tasks
         # are refused at once instead of waiting for a worker that will not come.
         self._down: dict[str, str] = {}
+        # Task ids never refused for their deadline, though planned as usual: the benchmark's
+        # counterfactual replay of the tasks a run refused (would they have met their deadline
+        # had they been run?).
+        self.spared: frozenset[str] = frozenset()
 
     # -- pools and workers -------------------------------------------------------------------
 
@@ -275,7 +279,7 @@ class SchedulerCore:
         best_case_s, planned_s = cases
         slack_s = task.deadline_s - now_s
         if self.config.admission and not task.best_effort:
-            if best_case_s > slack_s:
+            if best_case_s > slack_s and task.task_id not in self.spared:
                 return [self._reject(rec, now_s, f"infeasible deadline: needs at least "
                                                  f"{best_case_s * 1e3:.1f} ms on an idle "
                                                  f"{task.pool} worker, has "
@@ -459,7 +463,7 @@ class SchedulerCore:
         theirs (the work queued ahead of it on every worker is too much; waiting cannot help,
         as that work drains no faster than time passes)."""
         return (choice.misses and self.config.admission and not rec.task.best_effort
-                and rec.latest_start_s != float("inf"))
+                and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared)
 
     def _finish_missed(self, rec: _Record, now_s: float) -> Outcome:
         return self._finish(rec, Status.EXPIRED, now_s,
@@ -593,7 +597,7 @@ class SchedulerCore:
         while self._expiry and self._expiry[0][0] < now_s:
             latest_start_s, _, task_id = heapq.heappop(self._expiry)
             rec = self._records.get(task_id)
-            if rec is None or rec.state != QUEUED:
+            if rec is None or rec.state != QUEUED or task_id in self.spared:
                 continue
             self._queues[rec.task.pool].remove(task_id)
             out.append(self._finish(rec, Status.EXPIRED, now_s,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from raysched.bench.report import merge_false_rejections
 from raysched.bench.sim_mode import false_rejections, run_sim
 from raysched.bench.workloads import DEFAULT_CLUSTER, PoolSpec, bursty, financial_mix
-from raysched.core.policies import POLICIES
-from raysched.core.types import CoreTask, Priority
+from raysched.core.policies import POLICIES, build_core
+from raysched.core.types import CoreTask, Priority, ServicePrior, Status, WorkerSpec
 from raysched.sim import SimTask
 
 
@@ -44,9 +44,27 @@ def test_false_rejections_count_refused_tasks_that_would_have_made_it():
     assert 0 <= fr["would_meet"] <= fr["refused"]
     assert fr["rate"] == fr["would_meet"] / fr["refused"]
     assert sum(c["refused"] for c in fr["per_priority"].values()) == refused
-    # The replay runs the same tasks with nothing refused: its met tasks include them.
-    _, replay = run_sim("edf", tasks, DEFAULT_CLUSTER, admission=False)
-    assert not any(r.status in ("rejected", "expired") for r in replay)
+    assert sum(c["refused"] for c in fr["per_status"].values()) == refused
+    # The replay runs the refused tasks instead (everything else as before): none of them is
+    # refused there, and what the replay completed in time is what the count says.
+    spared = frozenset(r.task_id for r in records if r.status in ("rejected", "expired"))
+    _, replay = run_sim("edf", tasks, DEFAULT_CLUSTER, spared=spared)
+    again = {r.task_id: r for r in replay if r.task_id in spared}
+    assert len(again) == len(spared)
+    assert not any(r.status in ("rejected", "expired") for r in again.values())
+    assert sum(r.deadline_met for r in again.values()) == fr["would_meet"]
+
+
+def test_a_spared_task_is_planned_as_usual_but_never_refused():
+    core = build_core("edf")
+    core.add_worker(WorkerSpec("w0", "cpu", slots=1, concurrency=1,
+                               prior=ServicePrior(fixed_s=1.0)), 0.0)
+    core.spared = frozenset({"late"})
+    hopeless = [CoreTask("late", "classify", Priority.HIGH, 0.5, "cpu"),
+                CoreTask("other", "classify", Priority.HIGH, 0.5, "cpu")]
+    outcomes = [o for t in hopeless for o in core.submit(t, 0.0)]
+    assert [(o.task_id, o.status) for o in outcomes] == [("other", Status.REJECTED)]
+    assert [a.task.task_id for a in core.assign(0.0).assignments] == ["late"]
 
 
 def test_policies_that_refuse_nothing_have_no_false_rejections():
@@ -63,4 +81,5 @@ def test_seeds_merge_by_counts():
     merged = merge_false_rejections([a, b])
     assert merged is not None
     assert merged["refused"] == 10 and merged["would_meet"] == 1 and merged["rate"] == 0.1
+    assert merged["per_priority"]["HIGH"] == {"refused": 10, "would_meet": 1}
     assert merge_false_rejections([None, None]) is None
