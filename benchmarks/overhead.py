@@ -270,11 +270,13 @@ def _steady_loop(st: _State, arrivals: _Arrivals, n: int) -> tuple[float, int]:
 
 
 def _heap_ids(core: SchedulerCore) -> tuple[int, ...]:
-    """Identity of the deadline queue's heap lists: a rebuild replaces them (a read-only probe of
-    private state, for the diagnostics column only; empty if the layout changed)."""
+    """Identity of the deadline queue's heaps and arrival orders: a rebuild replaces them (a
+    read-only probe of private state, for the diagnostics column only; empty if the layout
+    changed)."""
     try:
         q = core._queues["cpu"]
-        return tuple(id(h) for h in (*q._heaps.values(), *q._by_arrival.values()))
+        return tuple(id(h) for h in (*q._heaps.values(),
+                                     *(a.fifo for a in q._by_arrival.values())))
     except (AttributeError, KeyError):
         return ()
 
@@ -347,6 +349,8 @@ def part_a(quick: bool, seed: int) -> dict[str, Any]:
     repeats = 2 if quick else 3
     warmup = 2_000
     rows = []
+    thresholds = gc.get_threshold()
+    _gc.configure()  # the collector as the scheduler actor sets it (raysched._gc)
     for q in (1_000, 100_000):
         for w in (100, 1_000):
             for scenario in SCENARIOS:
@@ -379,6 +383,7 @@ def part_a(quick: bool, seed: int) -> dict[str, Any]:
                 del core, running, st
                 gc.unfreeze()
                 gc.collect()
+    gc.set_threshold(*thresholds)
 
     table = Table(title="(a) Core decision cost per task: submit + complete + assign "
                         f"(steady loop, {iters:,} iterations x {repeats}, median)")
@@ -406,8 +411,9 @@ def part_a(quick: bool, seed: int) -> dict[str, Any]:
         f"  µs/task: the un-instrumented loop after {warmup:,} warm-up iterations ('runs' shows "
         "each repeat, in order). The other columns come from one more pass of the same length\n"
         "  with a clock around each call (adds ~0.3 µs). queue rebuilds: times the deadline queue "
-        "rebuilt its heaps in that pass. Python GC is on, set as in the scheduler actor (what\n"
-        "  has survived is frozen before each run, as the actor does each second, raysched._gc);\n"
+        "rebuilt its heaps in that pass. Python GC is on, set as in the scheduler actor (young\n"
+        "  collections every 20,000 allocations; what has survived is frozen before each run,\n"
+        "  as the actor does each second, raysched._gc);\n"
         "  its pauses are in the numbers.\n"
         "  The core's clock advances 0.01/W s per task (W workers at 10 ms each), so aging (30 s) "
         "never fires. Task objects are built before the clock starts.")

@@ -4,9 +4,10 @@ A scheduler holding 10^5 queued tasks tracks about a million objects, and CPytho
 (generation 2) collection walks all of them: about 100 ms with every task waiting
 (``benchmarks/overhead.py`` part (a) saw 122 ms at 10^5 queued). The tasks themselves are freed
 by reference counting when they end; the collector is only needed for cycles, which the
-tasks' objects do not form. So the process collects its young generations as usual and
-now and then moves everything that has survived them into the permanent generation
-(``gc.freeze``), which full collections skip: they then walk only what arrived since.
+tasks' objects do not form. So the process collects its young generations less often than
+CPython's default (``YOUNG_THRESHOLD``) and now and then moves everything that has survived
+them into the permanent generation (``gc.freeze``), which full collections skip: they then
+walk only what arrived since.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ import gc
 # finding more than a second's worth of new objects; at 10 s, 10^5 tasks a second would leave
 # enough for a 100 ms pause (``benchmarks/overhead.py`` part (a)).
 FREEZE_PERIOD_S = 1.0
+# Allocations (less deallocations) between young collections; CPython's default is 700. Every
+# task's objects live for a while (queued, then in flight), so at 700 a young collection runs
+# every few tasks and walks the objects of the tasks decided since the last: at 10^5 queued x
+# 1,000 workers that cost about 1.5 µs of a decision's 23 (``benchmarks/overhead.py`` part (a);
+# 10^5 gave 2 µs back but pauses of several milliseconds). At 20,000 one young collection walks
+# at most that many objects, well under a millisecond.
+YOUNG_THRESHOLD = 20_000
+
+
+def configure() -> None:
+    """Set the collector's thresholds for a scheduler process (its older generations keep
+    CPython's defaults), then freeze what exists."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+    freeze()
 
 
 def freeze() -> int:

@@ -96,7 +96,7 @@ class SchedulerActor:
         loop.create_task(self._dispatch_loop())
         loop.create_task(self._metrics_loop())
         loop.create_task(self._health_loop())
-        _gc.freeze()  # what start-up made (Ray, the modules, the pools) is long-lived
+        _gc.configure()  # and freeze what start-up made (Ray, the modules, the pools)
         return self.service.notes
 
     async def ready(self, timeout_s: float = 60.0) -> dict[str, Any]:

@@ -205,7 +205,8 @@ class LoadTable:
         return self._pool_order.get(pool, [])
 
     def groups(self, pool: str) -> Iterable[WorkerGroup]:
-        return self._groups.get(pool, {}).values()
+        groups = self._groups.get(pool)
+        return groups.values() if groups is not None else ()
 
     def pool_workers(self, pool: str) -> Iterator[WorkerLoad]:
         for group in self.groups(pool):

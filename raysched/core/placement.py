@@ -136,13 +136,16 @@ class EstimatorPlacement:
 
     def cases_s(self, task: CoreTask, table: LoadTable) -> tuple[float, float] | None:
         # Admission asks for both on every submit: one walk over the groups, not two.
-        best_s = planned_s = float("inf")
+        cases: tuple[float, float] | None = None
         idle, planned = self.estimator.idle_service_s, self.estimator.planned_idle_s
         for g in table.groups(task.pool):
             if fits_context(task, g.max_context_tokens):
-                best_s = min(best_s, idle(task, g))
-                planned_s = min(planned_s, planned(task, g))
-        return None if best_s == float("inf") else (best_s, planned_s)
+                best_s, planned_s = idle(task, g), planned(task, g)
+                if cases is None:
+                    cases = (best_s, planned_s)
+                elif best_s < cases[0] or planned_s < cases[1]:
+                    cases = (min(best_s, cases[0]), min(planned_s, cases[1]))
+        return cases
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)

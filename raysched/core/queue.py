@@ -23,15 +23,17 @@ deadlines.
 Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
 priority classes, FIFO inside), ``deadline`` (plain EDF, classes ignored) and ``arrival`` (FIFO).
 
-Structure: per class, one heap keyed by ``(deadline_s, seq)`` and one keyed by ``(arrival_s, seq)``
-for aging.
-Removal (pop, cancel, expiry) is lazy: an entry is live while ``_live[task_id]`` is that entry, so
+Structure: per class, one heap keyed by ``(deadline_s, seq)``, and the class's tasks in arrival
+order for aging (``_ArrivalOrder``: a deque, as tasks arrive in clock order, so a push and the
+oldest task cost O(1) rather than a second heap's O(log n)).
+Removal (pop, cancel, expiry) is lazy: an entry is marked dead and left where it is, so
 push, pop and remove are O(log n) amortised and a decision looks at a constant number of heads.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterator
 
 from raysched.core.types import CoreTask, Priority
@@ -50,7 +52,7 @@ ORDERINGS = ("class_deadline", "guarded_class", "class_arrival", "deadline", "ar
 
 
 class _Entry:
-    __slots__ = ("arrival_s", "cls", "key_s", "latest_start_s", "seq", "task")
+    __slots__ = ("arrival_s", "cls", "dead", "key_s", "latest_start_s", "seq", "task")
 
     # A requeued task's new entry has the same (deadline, seq) as its dead old one; heap ties
     # then fall through to the entries, which are never ordered among themselves.
@@ -65,9 +67,56 @@ class _Entry:
         self.arrival_s = arrival_s
         self.cls = cls  # the class it is ordered in (one class for class-blind orderings)
         self.key_s = key_s  # deadline or arrival, by the ordering
+        # Removed from the queue; its heap and arrival-order places go when they are reached.
+        self.dead = False
 
 
 QueueKey = tuple[int, float, int]
+
+
+class _ArrivalOrder:
+    """One class's entries by ``(arrival_s, seq)``: a deque in push order, which is arrival order
+    for fresh tasks (the clock does not go back), beside a heap for the few pushed out of order
+    (a requeued task keeps its first arrival). Removal is lazy, as in the queue's heaps."""
+
+    __slots__ = ("fifo", "out_of_order")
+
+    def __init__(self) -> None:
+        self.fifo: deque[_Entry] = deque()
+        self.out_of_order: list[tuple[float, int, _Entry]] = []
+
+    def __len__(self) -> int:
+        return len(self.fifo) + len(self.out_of_order)
+
+    def push(self, e: _Entry) -> None:
+        fifo = self.fifo
+        if fifo:
+            last = fifo[-1]
+            if last.arrival_s > e.arrival_s or (last.arrival_s == e.arrival_s
+                                                and last.seq > e.seq):
+                heapq.heappush(self.out_of_order, (e.arrival_s, e.seq, e))
+                return
+        fifo.append(e)
+
+    def oldest(self) -> _Entry:
+        """The first live entry; the class must have one."""
+        fifo, heap = self.fifo, self.out_of_order
+        while fifo and fifo[0].dead:
+            fifo.popleft()
+        while heap and heap[0][2].dead:
+            heapq.heappop(heap)
+        if not heap:
+            return fifo[0]
+        if not fifo:
+            return heap[0][2]
+        a, b = fifo[0], heap[0][2]
+        return a if (a.arrival_s, a.seq) < (b.arrival_s, b.seq) else b
+
+    def compact(self) -> None:
+        """Drop the dead entries (order kept): O(entries)."""
+        self.fifo = deque(e for e in self.fifo if not e.dead)
+        self.out_of_order = [t for t in self.out_of_order if not t[2].dead]
+        heapq.heapify(self.out_of_order)
 
 
 class DeadlineQueue:
@@ -87,8 +136,7 @@ class DeadlineQueue:
         # tenant (for the per-tenant cap), whatever the ordering.
         self._tenant_depth: dict[str, int] = {}
         self._heaps: dict[Priority, list[tuple[float, int, _Entry]]] = {c: [] for c in _CLASSES}
-        self._by_arrival: dict[Priority, list[tuple[float, int, _Entry]]] = {
-            c: [] for c in _CLASSES}
+        self._by_arrival: dict[Priority, _ArrivalOrder] = {c: _ArrivalOrder() for c in _CLASSES}
         self._live: dict[str, _Entry] = {}
         # Live entries per class, so rebuilding one class's heaps touches only that class.
         self._members: dict[Priority, dict[str, _Entry]] = {c: {} for c in _CLASSES}
@@ -119,13 +167,14 @@ class DeadlineQueue:
             self._by_real[task.priority][task.task_id] = entry
         self._tenant_depth[task.tenant] = self._tenant_depth.get(task.tenant, 0) + 1
         heapq.heappush(self._heaps[cls], (key_s, seq, entry))
-        heapq.heappush(self._by_arrival[cls], (arrival_s, seq, entry))
+        self._by_arrival[cls].push(entry)
 
     def remove(self, task_id: str) -> CoreTask | None:
         """Take a task out wherever it is (cancel, expiry); None when it is not queued."""
         entry = self._live.pop(task_id, None)
         if entry is None:
             return None
+        entry.dead = True
         cls = entry.cls
         if not self._by_class:
             del self._by_real[entry.task.priority][task_id]
@@ -139,14 +188,14 @@ class DeadlineQueue:
         # Dead entries leave a heap only when they reach its head; rebuild a heap that is
         # mostly dead so removals cannot grow memory without bound. A rebuild costs the class's
         # size and happens once per that many removals: amortised O(1). Each heap is rebuilt on
-        # its own: tasks leave by deadline, so the arrival heap gathers the dead ones.
+        # its own: tasks leave by deadline, so the arrival order gathers the dead ones.
         live = len(members) + 64
         if len(self._heaps[cls]) > 2 * live:
             self._heaps[cls] = [(e.key_s, e.seq, e) for e in members.values()]
             heapq.heapify(self._heaps[cls])
-        if len(self._by_arrival[cls]) > 2 * live:
-            self._by_arrival[cls] = [(e.arrival_s, e.seq, e) for e in members.values()]
-            heapq.heapify(self._by_arrival[cls])
+        arrivals = self._by_arrival[cls]
+        if len(arrivals.fifo) + len(arrivals.out_of_order) > 2 * live:
+            arrivals.compact()
         return entry.task
 
     def peek(self, now_s: float) -> tuple[QueueKey, CoreTask] | None:
@@ -171,7 +220,7 @@ class DeadlineQueue:
                 if self.aging_s is None or cls < _AGING_CEILING:
                     break
             if self.aging_s is not None and cls > _AGING_CEILING:
-                oldest = self._head(self._by_arrival[cls])
+                oldest = self._by_arrival[cls].oldest()
                 steps = int((now_s - oldest.arrival_s) // self.aging_s)
                 if steps > 0:
                     aged = max(int(_AGING_CEILING), int(cls) - steps)
@@ -230,13 +279,14 @@ class DeadlineQueue:
         """Arrival of the longest-waiting task of ``cls`` (of any class, for class-blind orders)."""
         if not self._by_real[cls]:
             return None
-        return self._head(self._by_arrival[cls if self._by_class else Priority.CRITICAL]).arrival_s
+        by_arrival = self._by_arrival[cls if self._by_class else Priority.CRITICAL]
+        return by_arrival.oldest().arrival_s
 
     def tasks(self) -> Iterator[CoreTask]:
         return (e.task for e in self._live.values())
 
     def _head(self, heap: list[tuple[float, int, _Entry]]) -> _Entry:
         """The first live entry of a non-empty class heap, dropping dead ones on the way."""
-        while self._live.get(heap[0][2].task.task_id) is not heap[0][2]:
+        while heap[0][2].dead:
             heapq.heappop(heap)
         return heap[0][2]

@@ -38,6 +38,7 @@ from raysched.core.types import (
 )
 
 QUEUED, RUNNING, CANCELLING = TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLING
+_INF = float("inf")
 # Preempt when waiting for the first slot to free would leave the first queued task less than
 # this many best-case services before its latest start. Taking work back costs its batch-mates
 # a prefill; measured on the financial mix (Poisson and bursty), 0 (preempt only a task that
@@ -253,19 +254,20 @@ class SchedulerCore:
             cases = None
         queue = self._queues.get(task.pool)
         self._seq += 1
-        rec = _Record(task, now_s, self._seq, float("inf"))
+        rec = _Record(task, now_s, self._seq, _INF)
         if queue is None:
             return [self._reject(rec, now_s, f"unknown pool {task.pool!r}; pools: {self.pools}")]
         if task.pool in self._down:
             return [self._reject(rec, now_s, f"pool {task.pool} cannot serve: "
                                              f"{self._down[task.pool]}")]
-        if queue.depth(task.priority) >= self.config.max_queued_per_class:
-            return [self._reject(rec, now_s, f"queue full: {self.config.max_queued_per_class} "
+        config = self.config
+        if queue.depth(task.priority) >= config.max_queued_per_class:
+            return [self._reject(rec, now_s, f"queue full: {config.max_queued_per_class} "
                                              f"{task.priority.name} tasks already wait for "
                                              f"{task.pool}")]
-        if queue.tenant_depth(task.tenant) >= self.config.max_queued_per_tenant:
+        if queue.tenant_depth(task.tenant) >= config.max_queued_per_tenant:
             return [self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
-                                             f"{self.config.max_queued_per_tenant} tasks queued "
+                                             f"{config.max_queued_per_tenant} tasks queued "
                                              f"for {task.pool}")]
         if cases is None:
             cases = self.placement.cases_s(task, self.table)
@@ -278,7 +280,7 @@ class SchedulerCore:
                 return [self._reject(rec, now_s, self._context_refusal(task))]
         best_case_s, planned_s = cases
         slack_s = task.deadline_s - now_s
-        if self.config.admission and not task.best_effort:
+        if config.admission and not task.best_effort:
             if best_case_s > slack_s and task.task_id not in self.spared:
                 return [self._reject(rec, now_s, f"infeasible deadline: needs at least "
                                                  f"{best_case_s * 1e3:.1f} ms on an idle "
@@ -288,7 +290,7 @@ class SchedulerCore:
             # least (never less than the best case), so it is not started too late to finish.
             rec.latest_start_s = task.deadline_s - max(best_case_s, planned_s)
         shed: list[Outcome] = []
-        if len(queue) >= self.config.max_queued_per_pool:
+        if len(queue) >= config.max_queued_per_pool:
             victim = next((v for c in reversed(Priority) if c > task.priority
                            and (v := queue.newest(c)) is not None), None)
             if victim is None:
@@ -370,7 +372,9 @@ class SchedulerCore:
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
         place and does not block work that can run elsewhere.
         """
-        decisions = Decisions([], self._expire(now_s), [])
+        expiry = self._expiry
+        decisions = Decisions([], self._expire(now_s) if expiry and expiry[0][0] < now_s else [],
+                              [])
         # Locals for what the loop reads on every task.
         table, place, records = self.table, self.placement.place, self._records
         max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
@@ -396,7 +400,7 @@ class SchedulerCore:
                         continue
                     skipped.append(task)
                     continue
-                if self._misses(rec, choice):
+                if choice.misses and self._misses(rec, choice):
                     decisions.ended.append(self._finish_missed(rec, now_s))
                     continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
@@ -577,11 +581,13 @@ class SchedulerCore:
     def _push(self, rec: _Record) -> None:
         rec.state = QUEUED
         self._queues[rec.task.pool].push(rec.task, rec.seq, rec.submit_s, rec.latest_start_s)
-        if rec.latest_start_s != float("inf"):
+        if rec.latest_start_s != _INF:
             heapq.heappush(self._expiry, (rec.latest_start_s, rec.seq, rec.task.task_id))
             # Entries of tasks that have started stay until their time comes; drop them when
-            # they outnumber the queued tasks, so the heap tracks the queue, not the history.
-            if len(self._expiry) > 2 * len(self._records) + 1024:
+            # they outnumber the tasks in flight or queued four to one, so the heap tracks the
+            # queue, not the history (a rebuild walks every task: at 2 to 1 it cost 1 µs a
+            # task at 10^5 queued, benchmarks/overhead.py part (a)).
+            if len(self._expiry) > 4 * len(self._records) + 1024:
                 self._expiry = [(r.latest_start_s, r.seq, r.task.task_id)
                                 for r in self._records.values()
                                 if r.state == QUEUED and r.latest_start_s != float("inf")]
