@@ -24,7 +24,14 @@ from ray.exceptions import RayActorError
 
 from raysched import _gc
 from raysched.config import PoolConfig, SchedulerConfig, resolve_pools
-from raysched.core.protocol import ByRef, Completion, TaskRecord, WorkerInfo, WorkItem
+from raysched.core.protocol import (
+    ByRef,
+    Completion,
+    ResultRecord,
+    TaskRecord,
+    WorkerInfo,
+    WorkItem,
+)
 from raysched.metrics import SchedulerMetrics
 from raysched.service import SchedulerService
 from raysched.wal import TaskLog
@@ -174,6 +181,36 @@ class SchedulerActor:
         out = self.service.submit(client_id, [TaskRecord.from_wire(t) for t in tasks])
         asyncio.get_running_loop().call_soon(self._dispatch_now)
         return [None if r is None else r.to_wire() for r in out]
+
+    async def run(self, client_id: str, task: tuple[Any, ...], wait_s: float
+                  ) -> tuple[Any, ...] | None:
+        """``submit`` of one task that waits up to ``wait_s`` for it to end and answers with
+        its Result (``ResultRecord.to_wire``), or with its rejection; None when it has not ended
+        by then, and its Result then goes to the driver's mailbox as any other's. The pass
+        that starts the task runs before the wait, so the worker's call is on its way."""
+        await self.start()
+        record = TaskRecord.from_wire(task)
+        refusal = self.service.submit(client_id, [record])[0]
+        if refusal is not None:
+            return refusal.to_wire()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[ResultRecord | None] = loop.create_future()
+
+        def receive(result: ResultRecord | None) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        if not self.service.claim(record.task_id, receive):
+            return None  # it ended within the submit: its Result is in the mailbox
+        self._dispatch_now()
+        timer = loop.call_later(wait_s, receive, None)
+        result = await answer
+        timer.cancel()
+        if result is None:
+            self.service.unclaim(record.task_id)
+            return None
+        self.service.flush()  # what a driver is told is on record
+        return result.to_wire()
 
     async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000,
                    ack: list[str] | None = None) -> list[tuple[Any, ...]]:

@@ -183,6 +183,8 @@ class SchedulerService:
         # Results whose outputs went by reference, not yet acknowledged: task_id -> the task's
         # log entry (client_id, task, deadline_s), kept through compaction of the log.
         self._rerun: Pending = {}
+        # Results a waiting call takes instead of the mailbox (``claim``): task_id -> receiver.
+        self._claims: dict[str, Callable[[ResultRecord], None]] = {}
 
     # -- the task log ------------------------------------------------------------------------
 
@@ -335,6 +337,20 @@ class SchedulerService:
         if self.task_log is not None:
             self.task_log.flush()
         return taken
+
+    def claim(self, task_id: str, receive: Callable[[ResultRecord], None]) -> bool:
+        """Hand ``task_id``'s result to ``receive`` when it ends, instead of to its driver's
+        mailbox (a call that waits for it answers with it). The result is owed until
+        acknowledged, as any. False, and nothing claimed, when the task is not running here (it
+        has ended: its result is in the mailbox already)."""
+        if task_id not in self._pending:
+            return False
+        self._claims[task_id] = receive
+        return True
+
+    def unclaim(self, task_id: str) -> None:
+        """The waiting call gave up: ``task_id``'s result goes to the mailbox after all."""
+        self._claims.pop(task_id, None)
 
     def ack(self, task_ids: list[str]) -> None:
         """The driver has received these results: they are no longer owed."""
@@ -570,6 +586,7 @@ class SchedulerService:
         stats["uptime_s"] = now - self.started_s
         stats["queued"] = self.core.queued()
         stats["running"] = self.core.running()
+        stats["owed"] = len(self._unacked)  # results not yet acknowledged by their drivers
         for worker_id, w in stats["workers"].items():
             info = self.worker_info.get(worker_id)
             if info is not None:
@@ -584,6 +601,10 @@ class SchedulerService:
     # -- internals ---------------------------------------------------------------------------
 
     def _post(self, client_id: str, result: ResultRecord) -> None:
+        receive = self._claims.pop(result.task_id, None)
+        if receive is not None:
+            receive(result)
+            return
         self._mailboxes[client_id].append(result)
         if self.on_result is not None:
             self.on_result(client_id)

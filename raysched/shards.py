@@ -59,6 +59,12 @@ class ShardedClient:
                timeout: float | None = None) -> TaskHandle:
         return self.submit_many([task], block=block, timeout=timeout)[0]
 
+    def run(self, task: Task | Mapping[str, Any], timeout: float | None = None) -> Result:
+        """``Client.run`` on the shard the task goes to."""
+        checked = self.validate(task)
+        return self.clients[shard_for(checked.id, self._shards_for(checked))].run(checked,
+                                                                                  timeout)
+
     def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]], *, block: bool = True,
                     timeout: float | None = None) -> list[TaskHandle]:
         """``Client.submit_many`` over the shards: every task is validated first, then each
@@ -163,6 +169,7 @@ def merge_stats(shards: list[dict[str, Any]]) -> dict[str, Any]:
         "uptime_s": max(s["uptime_s"] for s in shards),
         "queued": sum(s["queued"] for s in shards),
         "running": sum(s["running"] for s in shards),
+        "owed": sum(s.get("owed", 0) for s in shards),
         "results": _add(s["results"] for s in shards),
         "by_reference": _add(s.get("by_reference", {}) for s in shards),
         "workers": {w: row for s in shards for w, row in s["workers"].items()},

@@ -109,6 +109,25 @@ def test_infeasible_deadline_rejected_at_once_with_reason(make_client):
     assert r.status is Status.COMPLETED and not r.deadline_met
 
 
+def test_run_answers_with_the_result_in_one_call_or_through_the_poll(make_client, monkeypatch):
+    client = make_client()
+    r = client.run(cpu_task(_sleep, 0.0, priority="CRITICAL", sla_ms=5_000), timeout=30)
+    assert r.status is Status.COMPLETED and r.output == 0.0
+    r = client.run(Task(kind="reasoning", priority="HIGH", sla_ms=5,
+                        payload={"prompt": "think " * 400, "max_new_tokens": 200}), timeout=5)
+    assert r.status is Status.REJECTED and "infeasible deadline" in r.reason
+    # A task that outlasts the call's wait gets its Result through the poll instead.
+    monkeypatch.setattr(raysched.client, "RUN_WAIT_S", 0.05)
+    r = client.run(cpu_task(_sleep, 0.3), timeout=30)
+    assert r.status is Status.COMPLETED and r.output == 0.3
+    assert client.outstanding() == 0
+    # Results that came in a call's answer are acknowledged too: nothing stays owed.
+    deadline = time.monotonic() + 10
+    while client.stats()["owed"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.stats()["owed"] == 0
+
+
 def test_critical_overtakes_queued_low_work(make_client):
     # One CPU worker holding one task at a time: everything else waits in the central heap.
     client = make_client(cpu={"replicas": 1, "slots": 1})

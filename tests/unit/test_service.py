@@ -169,6 +169,27 @@ def test_a_result_is_delivered_to_its_own_clients_mailbox() -> None:
     assert list(service.pending()) == ["ta"]
 
 
+def test_a_claimed_result_goes_to_the_waiting_call_and_stays_owed() -> None:
+    clock = FakeClock()
+    woken: list[str] = []
+    service = make_service(clock, workers=2, on_result=woken.append)
+    service.submit("a", [task("t1"), task("t2")])
+    received = []
+    assert service.claim("t1", received.append) and service.claim("t2", received.append)
+    service.unclaim("t2")  # its call stopped waiting: the mailbox gets it after all
+    assert not service.claim("nope", received.append)  # not running here
+    worker_of = {i.task_id: b.worker_id for b in service.assign().batches for i in b.items}
+    clock.now_s += 0.25
+    service.complete([Completion(t, worker_of[t], ok=True, service_s=0.25, output=t)
+                      for t in ("t1", "t2")])
+    assert [(r.task_id, r.output) for r in received] == [("t1", "t1")]
+    assert [r.task_id for r in service.take("a")] == ["t2"] and woken == ["a"]
+    assert set(service.unacked()) == {"t1", "t2"}  # both owed until the driver acknowledges
+    assert service.stats()["owed"] == 2
+    service.ack(["t1", "t2"])
+    assert service.unacked() == {} and service.stats()["owed"] == 0
+
+
 def test_assign_sends_each_worker_its_tasks_with_their_payloads() -> None:
     clock = FakeClock()
     service = make_service(clock)
