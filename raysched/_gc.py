@@ -29,8 +29,8 @@ YOUNG_THRESHOLD = 20_000
 
 
 def configure() -> None:
-    """Set the collector's thresholds for a scheduler process (its older generations keep
-    CPython's defaults), then freeze what exists."""
+    """Set the young generation's threshold for a scheduler process (the older generations'
+    stay as they are), then freeze what exists."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     freeze()

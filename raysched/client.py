@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -128,8 +129,11 @@ class Client:
         the Result, with no poll in between: the lowest latency for a single urgent task),
         else the Result comes as a submitted task's does. Raises as ``submit`` does, and
         ``TaskTimeoutError`` after ``timeout`` seconds without a Result (the task goes on)."""
-        wait_s = RUN_WAIT_S if timeout is None else max(0.0, min(timeout, RUN_WAIT_S))
-        return self._submit([task], True, timeout, wait_s)[0].result(timeout)
+        if timeout is None:
+            return self._submit([task], True, None, RUN_WAIT_S)[0].result()
+        end_s = time.monotonic() + timeout
+        handle = self._submit([task], True, timeout, max(0.0, min(timeout, RUN_WAIT_S)))[0]
+        return handle.result(max(0.0, end_s - time.monotonic()))
 
     def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]], *, block: bool = True,
                     timeout: float | None = None) -> list[TaskHandle]:
@@ -172,6 +176,11 @@ class Client:
                                  f"has no result yet; nothing submitted")
             for h in handles:
                 self._handles[h.task_id] = h
+            if self._acks:
+                # An id submitted again: an acknowledgement of its earlier Result not yet sent
+                # must not acknowledge the new one.
+                again = set(ids)
+                self._acks = [a for a in self._acks if a not in again]
         try:
             # Large payloads go to the object store only once the call is sure to be sent.
             records = [self._to_record(t) for t in checked]
@@ -328,6 +337,23 @@ class Client:
 
     def _poll_loop(self) -> None:
         ack: list[str] = []
+        try:
+            self._poll_until_closed(ack)
+        finally:
+            # The last results received are acknowledged before the client goes, so they are
+            # not owed (and kept in the scheduler's log) for ever.
+            with self._lock:
+                ack, self._acks = ack + self._acks, []
+            if ack:
+                import ray
+
+                # Bounded: a scheduler that is gone or restarting owes them to no one.
+                with contextlib.suppress(Exception):
+                    ray.get(self.actor.ack.remote(self.client_id, ack), timeout=POLL_TIMEOUT_S * 2)
+
+    def _poll_until_closed(self, ack: list[str]) -> None:
+        """Poll until the client closes; ``ack`` holds, in place, the ids received and not yet
+        acknowledged."""
         while not self._closed.is_set():
             try:
                 results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
@@ -343,10 +369,11 @@ class Client:
                                    f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
                     return
                 continue
-            ack = self._deliver([ResultRecord.from_wire(r) for r in results])
+            ack[:] = self._deliver([ResultRecord.from_wire(r) for r in results])
             if self._acks:
                 with self._lock:
-                    ack, self._acks = ack + self._acks, []
+                    ack += self._acks
+                    self._acks = []
             if results:
                 # Let a thread waiting on one of these results run before this one sends the
                 # next poll (which holds the GIL for a while).

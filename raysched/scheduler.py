@@ -185,9 +185,13 @@ class SchedulerActor:
     async def run(self, client_id: str, task: tuple[Any, ...], wait_s: float
                   ) -> tuple[Any, ...] | None:
         """``submit`` of one task that waits up to ``wait_s`` for it to end and answers with
-        its Result (``ResultRecord.to_wire``), or with its rejection; None when it has not ended
-        by then, and its Result then goes to the driver's mailbox as any other's. The pass
-        that starts the task runs before the wait, so the worker's call is on its way."""
+        its Result (``ResultRecord.to_wire``): its refusal, the Result it already had (a call
+        repeated), or the one it ends with; None when it has not ended by then, and its
+        Result then goes to the driver's mailbox as any other's. The pass that starts the task
+        runs before the wait, so the worker's call is on its way.
+
+        A Result the call cannot answer with (it stopped waiting the moment the task ended, or
+        it was cancelled or failed) goes to the mailbox, so none is lost."""
         await self.start()
         record = TaskRecord.from_wire(task)
         refusal = self.service.submit(client_id, [record])[0]
@@ -196,21 +200,41 @@ class SchedulerActor:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[ResultRecord | None] = loop.create_future()
 
-        def receive(result: ResultRecord | None) -> None:
-            if not answer.done():
+        def receive(result: ResultRecord) -> None:
+            if answer.done():
+                self.service.post(client_id, result)
+            else:
                 answer.set_result(result)
+
+        def give_up() -> None:
+            self.service.unclaim(record.task_id, receive)
+            if not answer.done():
+                answer.set_result(None)
 
         if not self.service.claim(record.task_id, receive):
             return None  # it ended within the submit: its Result is in the mailbox
-        self._dispatch_now()
-        timer = loop.call_later(wait_s, receive, None)
-        result = await answer
-        timer.cancel()
-        if result is None:
-            self.service.unclaim(record.task_id)
-            return None
-        self.service.flush()  # what a driver is told is on record
-        return result.to_wire()
+        timer = loop.call_later(wait_s, give_up)
+        answered = False
+        try:
+            self._dispatch_now()
+            result = await answer
+            if result is None:
+                return None
+            self.service.flush()  # what a driver is told is on record
+            wire = result.to_wire()
+            answered = True
+            return wire
+        finally:
+            timer.cancel()
+            self.service.unclaim(record.task_id, receive)
+            if (not answered and answer.done() and not answer.cancelled()
+                    and (got := answer.result()) is not None):
+                self.service.post(client_id, got)
+
+    async def ack(self, client_id: str, task_ids: list[str]) -> None:
+        """The driver ``client_id`` has received these results (see ``poll``)."""
+        await self.start()
+        self.service.ack(task_ids, client_id)
 
     async def poll(self, client_id: str, timeout_s: float = 1.0, max_results: int = 10_000,
                    ack: list[str] | None = None) -> list[tuple[Any, ...]]:
@@ -221,7 +245,7 @@ class SchedulerActor:
         delivered again after a scheduler restart.
         """
         await self.start()
-        self.service.ack(ack or [])
+        self.service.ack(ack or [], client_id)
         if not self.service.has_results(client_id):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[client_id] = waiter

@@ -145,9 +145,10 @@ class SchedulerService:
     """Accepted tasks, mailboxes, acknowledgements and the task log around a ``SchedulerCore``.
 
     Every task a driver submits ends in exactly one result in that driver's mailbox (or, when
-    it is refused at once, in the reply to ``submit``). A result stays owed, and in the task log,
-    until the driver acknowledges it; a scheduler restarted over the same log runs the accepted
-    tasks again and delivers the owed results again.
+    it is refused at once, in the reply to ``submit``; or, when a call waits for it, ``claim``,
+    in that call's answer). A result stays owed, and in the task log, until the driver
+    acknowledges it; a scheduler restarted over the same log runs the accepted tasks again and
+    delivers the owed results again.
 
     ``clock`` gives the time in seconds on the scheduler's clock (the one ``deadline_s`` is on).
     ``on_result(client_id)`` is called whenever a result lands in that driver's mailbox, so a
@@ -348,19 +349,33 @@ class SchedulerService:
         self._claims[task_id] = receive
         return True
 
-    def unclaim(self, task_id: str) -> None:
-        """The waiting call gave up: ``task_id``'s result goes to the mailbox after all."""
-        self._claims.pop(task_id, None)
+    def unclaim(self, task_id: str, receive: Callable[[ResultRecord], None]) -> None:
+        """The call that claimed ``task_id`` with ``receive`` stopped waiting: its result goes
+        to the mailbox after all (a later claim by another call stays)."""
+        if self._claims.get(task_id) is receive:
+            del self._claims[task_id]
 
-    def ack(self, task_ids: list[str]) -> None:
-        """The driver has received these results: they are no longer owed."""
-        if not task_ids:
-            return
+    def post(self, client_id: str, result: ResultRecord) -> None:
+        """Put ``result`` in ``client_id``'s mailbox (a claimed result its call could not
+        answer with: it stopped waiting, or failed)."""
+        self._mailboxes[client_id].append(result)
+        if self.on_result is not None:
+            self.on_result(client_id)
+
+    def ack(self, task_ids: list[str], client_id: str | None = None) -> None:
+        """The driver has received these results: they are no longer owed. With ``client_id``,
+        only results owed to that driver count: an id it was refused at submit (another
+        driver's, say) or one it submitted again since acknowledges nothing."""
+        done = []
         for task_id in task_ids:
+            owed = self._unacked.get(task_id) or self._rerun.get(task_id)
+            if owed is None or (client_id is not None and owed[0] != client_id):
+                continue
             self._unacked.pop(task_id, None)
             self._rerun.pop(task_id, None)
-        if self.task_log is not None:
-            self.task_log.acked(task_ids)
+            done.append(task_id)
+        if done and self.task_log is not None:
+            self.task_log.acked(done)
 
     def cancel(self, task_ids: list[str]) -> Cancellation:
         """Cancel queued or running tasks; each one ended gets a ``cancelled`` Result.
@@ -604,10 +619,8 @@ class SchedulerService:
         receive = self._claims.pop(result.task_id, None)
         if receive is not None:
             receive(result)
-            return
-        self._mailboxes[client_id].append(result)
-        if self.on_result is not None:
-            self.on_result(client_id)
+        else:
+            self.post(client_id, result)
 
     def _record(self, outcome: Outcome) -> None:
         if self.on_outcome is not None:

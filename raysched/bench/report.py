@@ -171,6 +171,7 @@ def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any]
     would_meet = sum(p["would_meet"] for p in given)
     return {"refused": refused, "would_meet": would_meet,
             "rate": would_meet / refused if refused else 0.0,
+            "displaced": sum(p.get("displaced", 0) for p in given),
             **{part: {n: {k: sum(p[part][n][k] for p in given) for k in ("refused", "would_meet")}
                       for n in given[0][part]}
                for part in ("per_priority", "per_status") if part in given[0]}}

@@ -68,18 +68,22 @@ def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec,
                      cost: SchedulerCost | None = None) -> dict[str, Any] | None:
     """How many of the tasks ``policy`` refused (rejected or expired) would have met their
     deadline had they been run: a counterfactual replay of the same ``tasks`` with the same
-    policy and seed in which the refused tasks are spared (admitted and never expired, planned
-    and ordered as before) and everything else is refused as the policy refuses it, counting
-    the spared tasks it completed within their deadline. None for a policy that never refuses.
+    policy and seed in which the refused tasks are spared (``SchedulerCore.spared``: never
+    refused for their deadline; queued, planned and ordered by the policy as any task, one past
+    its latest start first in its class), counting the spared tasks it completed within their
+    deadline. The other tasks are left to the policy, which in the replay may refuse or delay
+    ones it did not before: ``displaced`` counts the tasks that met their deadline in the run
+    and not in the replay, what running the refused ones would have cost. None for a policy
+    that never refuses.
 
-    Returns ``{"refused", "would_meet", "rate", "per_priority": {class: {"refused",
-    "would_meet"}}, "per_status": {"rejected" | "expired": {"refused", "would_meet"}}}``; the
-    rate is 0 when nothing was refused (and no replay is run). The spared tasks run beside each
-    other, so the replay is a little more crowded than a one-task counterfactual would be (a
-    bias towards "would have missed" of at most what the refused tasks' own work adds). A
-    replay with admission and expiry off for every task answers another question, what the
-    policy would do without them: under overload every class then collapses and the tasks
-    that happen to be served early count as "would meet".
+    Returns ``{"refused", "would_meet", "rate", "displaced", "per_priority": {class:
+    {"refused", "would_meet"}}, "per_status": {"rejected" | "expired": {"refused",
+    "would_meet"}}}``; the rate is 0 when nothing was refused (and no replay is run). Tasks
+    refused for capacity (a full queue, a tenant's cap, no worker that can hold them) are not
+    spared: they count as refused, and the replay may refuse them again. A replay with
+    admission and expiry off for every task answers another question, what the policy would do
+    without them: under overload every class then collapses and the tasks that happen to be
+    served early count as "would meet".
     """
     if not POLICIES[policy].admission:
         return None
@@ -90,17 +94,20 @@ def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec,
     for name, status in refused.values():
         per_priority[name]["refused"] += 1
         per_status[status]["refused"] += 1
+    displaced = 0
     if refused:
         _, replay = run_sim(policy, tasks, cluster, seed, on_progress, cost=cost,
                             spared=frozenset(refused))
+        met = {r.task_id for r in records if r.deadline_met}
         for r in replay:
             was = refused.get(r.task_id)
             if was is not None and r.status == Status.COMPLETED.value and r.deadline_met:
                 per_priority[was[0]]["would_meet"] += 1
                 per_status[was[1]]["would_meet"] += 1
+            displaced += r.task_id in met and not r.deadline_met
     would_meet = sum(c["would_meet"] for c in per_priority.values())
     return {"refused": len(refused), "would_meet": would_meet,
-            "rate": would_meet / len(refused) if refused else 0.0,
+            "rate": would_meet / len(refused) if refused else 0.0, "displaced": displaced,
             "per_priority": per_priority, "per_status": per_status}
 
 

@@ -76,8 +76,9 @@ QueueKey = tuple[int, float, int]
 
 class _ArrivalOrder:
     """One class's entries by ``(arrival_s, seq)``: a deque in push order, which is arrival order
-    for fresh tasks (the clock does not go back), beside a heap for the few pushed out of order
-    (a requeued task keeps its first arrival). Removal is lazy, as in the queue's heaps."""
+    for fresh tasks (each arrives at the clock's time, which moves on), beside a heap for the few
+    pushed out of order (a requeued task keeps its first arrival; a wall clock stepped back).
+    Removal is lazy, as in the queue's heaps."""
 
     __slots__ = ("fifo", "out_of_order")
 

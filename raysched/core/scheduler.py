@@ -421,7 +421,10 @@ class SchedulerCore:
         task = top[1]
         rec = self._records[task.task_id]
         best_case_s = task.deadline_s - rec.latest_start_s
-        if rec.latest_start_s == float("inf") or rec.kills >= self.config.quarantine_after:
+        # Past its latest start (only a task spared from expiry, ``spared``, is still queued
+        # then): taking work back cannot make it meet its deadline.
+        if (rec.latest_start_s == _INF or rec.latest_start_s < now_s
+                or rec.kills >= self.config.quarantine_after):
             return
         # Waiting is fine if some eligible slot frees early enough; stop at the first one.
         victim: tuple[tuple[int, float], _Record, WorkerLoad] | None = None

@@ -174,10 +174,12 @@ def test_a_claimed_result_goes_to_the_waiting_call_and_stays_owed() -> None:
     woken: list[str] = []
     service = make_service(clock, workers=2, on_result=woken.append)
     service.submit("a", [task("t1"), task("t2")])
-    received = []
-    assert service.claim("t1", received.append) and service.claim("t2", received.append)
-    service.unclaim("t2")  # its call stopped waiting: the mailbox gets it after all
-    assert not service.claim("nope", received.append)  # not running here
+    received: list[Any] = []
+    receive = received.append
+    assert service.claim("t1", receive) and service.claim("t2", receive)
+    service.unclaim("t1", lambda r: None)  # not the call that claimed it: no effect
+    service.unclaim("t2", receive)  # its call stopped waiting: the mailbox gets it
+    assert not service.claim("nope", receive)  # not running here
     worker_of = {i.task_id: b.worker_id for b in service.assign().batches for i in b.items}
     clock.now_s += 0.25
     service.complete([Completion(t, worker_of[t], ok=True, service_s=0.25, output=t)
@@ -188,6 +190,26 @@ def test_a_claimed_result_goes_to_the_waiting_call_and_stays_owed() -> None:
     assert service.stats()["owed"] == 2
     service.ack(["t1", "t2"])
     assert service.unacked() == {} and service.stats()["owed"] == 0
+
+
+def test_a_driver_acknowledges_only_results_owed_to_it(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = tmp_path / "t.wal"
+    service = make_service(clock, log, workers=2)
+    assert service.submit("A", [task("job"), task("done")]) == [None, None]
+    [refused] = service.submit("B", [task("job")])  # A's id: refused to B
+    assert refused is not None and refused.status is Status.REJECTED
+    worker_of = {i.task_id: b.worker_id for b in service.assign().batches for i in b.items}
+    clock.now_s += 0.01
+    service.complete([Completion("done", worker_of["done"], ok=True, service_s=0.01)])
+    # B's acknowledgements of ids it was refused, or never had, end nothing of A's.
+    service.ack(["job", "done"], "B")
+    assert set(service.unacked()) == {"done"} and "job" in service.pending()
+    service.flush()
+    after, _ = restart(clock, log)
+    assert "job" in after.pending() and set(after.unacked()) == {"done"}
+    service.ack(["done"], "A")
+    assert service.unacked() == {}
 
 
 def test_assign_sends_each_worker_its_tasks_with_their_payloads() -> None:
