@@ -412,7 +412,9 @@ class Client:
         for i in range(0, len(records), SUBMIT_CHUNK):
             replies = ray.get(self.actor.submit.remote(
                 self.client_id, [r.to_wire() for r in records[i:i + SUBMIT_CHUNK]]))
-            self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
+            received = self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
+            with self._lock:
+                self._acks.extend(received)
 
     def _forget(self, task_ids: list[str]) -> None:
         with self._room:

@@ -35,6 +35,10 @@ class SchedulerMetrics:
         the calls into Ray's metrics are not on the way from a result to its driver)."""
         self._ended.append(outcome)
 
+    def pending(self) -> bool:
+        """Whether outcomes wait for the next ``flush``."""
+        return bool(self._ended)
+
     def flush(self) -> None:
         """Export what ended since the last flush: the counters once per tag set, with the
         pass's counts; each completed task's latency in the histogram."""

@@ -53,6 +53,11 @@ READY_GRACE_S = 5.0
 PING_TIMEOUT_PERIODS = 5
 # Batches for a CPU worker expected to end within this long go as one plain call, not a stream.
 PLAIN_CALL_MAX_S = 0.005
+# The task log's buffered results and the metrics are written at most this often by the
+# dispatch loop (a driver taking results, or a call answering with one, flushes the log
+# first): written after every pass, they held the process's lock while a result's answer
+# waited to be sent.
+FLUSH_PERIOD_S = 0.01
 
 
 class SchedulerActor:
@@ -324,6 +329,7 @@ class SchedulerActor:
     async def _dispatch_loop(self) -> None:
         idle_s = self.config.idle_poll_ms / 1e3
         loop = asyncio.get_running_loop()
+        flushed_s = 0.0
         while True:
             # A fresh future before the pass, so a kick during the pass is not lost.
             self._wake = wake = loop.create_future()
@@ -331,13 +337,19 @@ class SchedulerActor:
                 self._dispatch_once()
             except Exception:  # keep dispatching: one bad pass must not stop the scheduler
                 log.exception("dispatch pass failed")
-            # Sleep until new work, a completion, or the next expiry, whichever comes first.
+            # Sleep until new work, a completion, or the next expiry, whichever comes first;
+            # and until the next flush while something waits to be written.
             timeout_s = self.service.sleep_s(idle_s)
-            try:
-                self.service.flush()
-                self.metrics.flush()
-            except Exception:  # a full disk or a metrics error must not stop dispatching
-                log.exception("flushing the task log or the metrics failed")
+            now_s = time.monotonic()
+            if now_s - flushed_s >= FLUSH_PERIOD_S:
+                flushed_s = now_s
+                try:
+                    self.service.flush()
+                    self.metrics.flush()
+                except Exception:  # a full disk or a metrics error must not stop dispatching
+                    log.exception("flushing the task log or the metrics failed")
+            elif self.metrics.pending() or self.service.unflushed():
+                timeout_s = min(timeout_s, FLUSH_PERIOD_S - (now_s - flushed_s))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake, timeout_s)
 
@@ -400,9 +412,15 @@ class SchedulerActor:
                 raise RayActorError()
             if plain:
                 done_ref, outputs_ref = call
-                # A future, not the ref itself: waiting on it starts no task of its own.
-                completions = [Completion(*t) for t in await asyncio.wait_for(
-                    asyncio.wrap_future(done_ref.future()), timeout_s)]
+                # The ref awaited as it is, the hang watched by a timer (a wait_for around it
+                # cost a loop turn, 0.07 ms of every short task's latency).
+                hung = asyncio.get_running_loop().call_later(
+                    timeout_s, self._hung, worker_id, timeout_s)
+                try:
+                    rows = await done_ref
+                finally:
+                    hung.cancel()
+                completions = [Completion(*t) for t in rows]
                 if any(isinstance(c.output, ByRef) for c in completions):
                     completions = _with_output_refs(completions, outputs_ref)
                 self._completed(worker_id, completions, sent_s)
@@ -423,10 +441,7 @@ class SchedulerActor:
                                   "the worker's stream ended without a report for it")
                 self._kick()
         except asyncio.TimeoutError:
-            handle = self.workers.get(worker_id)
-            if handle is not None:
-                ray.kill(handle, no_restart=True)
-            self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
+            self._hung(worker_id, timeout_s)
         except RayActorError as exc:
             self._worker_lost(worker_id, f"worker died: {type(exc).__name__}")
         except Exception as exc:  # the call failed without killing the worker
@@ -434,6 +449,14 @@ class SchedulerActor:
                         len(unfinished), exc_info=True)
             self.service.fail(worker_id, unfinished, f"worker call failed: {exc!r}")
             self._kick()
+
+    def _hung(self, worker_id: str, timeout_s: float) -> None:
+        """A worker that sent nothing for ``timeout_s``: killed, its tasks retried elsewhere
+        (the call waiting on it then fails, and finds the loss handled)."""
+        handle = self.workers.get(worker_id)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+        self._worker_lost(worker_id, f"worker hung: no result for {timeout_s:.1f} s")
 
     def _completed(self, worker_id: str, completions: list[Completion],
                    sent_s: float | None) -> None:

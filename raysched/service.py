@@ -235,6 +235,10 @@ class SchedulerService:
         self.notes.append(note)
         return note
 
+    def unflushed(self) -> bool:
+        """Whether the task log holds results or acknowledgements not yet written."""
+        return self.task_log is not None and self.task_log.buffered()
+
     def flush(self) -> None:
         """Write what the log has buffered, and compact it once it has grown large."""
         if self.task_log is None:

@@ -75,6 +75,10 @@ class TaskLog:
         """Results the drivers have received; written at flush."""
         self._acked.extend(task_ids)
 
+    def buffered(self) -> bool:
+        """Whether results or acknowledgements wait for the next ``flush``."""
+        return bool(self._ended or self._acked)
+
     def flush(self) -> None:
         """Write the buffered results and acknowledgements, then hand the file to the OS
         (and to the disk too with ``fsync``)."""
