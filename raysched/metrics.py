@@ -31,7 +31,7 @@ class SchedulerMetrics:
         self._ended: list[Outcome] = []
 
     def record(self, outcome: Outcome) -> None:
-        """Note a task that ended; exported at the next ``flush`` (once per dispatch pass, so
+        """Note a task that ended; exported at the next ``flush`` (the dispatch loop's, every few ms, so
         the calls into Ray's metrics are not on the way from a result to its driver)."""
         self._ended.append(outcome)
 
