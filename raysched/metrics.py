@@ -31,8 +31,9 @@ class SchedulerMetrics:
         self._ended: list[Outcome] = []
 
     def record(self, outcome: Outcome) -> None:
-        """Note a task that ended; exported at the next ``flush`` (the dispatch loop's, every few ms, so
-        the calls into Ray's metrics are not on the way from a result to its driver)."""
+        """Note a task that ended; exported at the next ``flush`` (the dispatch loop's, every
+        few ms, so the calls into Ray's metrics are not on the way from a result to its
+        driver)."""
         self._ended.append(outcome)
 
     def pending(self) -> bool:
