@@ -42,7 +42,7 @@ class SchedulerMetrics:
 
     def flush(self) -> None:
         """Export what ended since the last flush: the counters once per tag set, with the
-        pass's counts; each completed task's latency in the histogram."""
+        counts since then; each completed task's latency in the histogram."""
         if not self._ended:
             return
         ended, self._ended = self._ended, []

@@ -273,6 +273,7 @@ class SchedulerService:
         now = self.clock()
         out: list[ResultRecord | None] = []
         accepted: list[tuple[TaskRecord, float]] = []
+        told = False
         for task in tasks:
             deadline_s: float | None = None
             awaited = self._awaiting.get(task.task_id)
@@ -287,6 +288,7 @@ class SchedulerService:
                 continue
             if done and done[0] == client_id:
                 out.append(done[1])  # it has ended: its Result, again
+                told = True
                 continue
             # A cancelled task the core still tracks (its worker has not reported) holds its id.
             if owner or done or awaited or self.core.state_of(task.task_id) is not None:
@@ -320,9 +322,10 @@ class SchedulerService:
                     self.by_reference.count("payloads", task.payload.size_bytes)
                 accepted.append((task, core_task.deadline_s))
             out.append(refusal)
-        if accepted and self.task_log is not None:
-            self.task_log.accepted(client_id, accepted)
-            self.task_log.flush()
+        if self.task_log is not None and (accepted or told):
+            if accepted:
+                self.task_log.accepted(client_id, accepted)
+            self.task_log.flush()  # what a driver is told (a Result again, too) is on record
         return out
 
     def has_results(self, client_id: str) -> bool:

@@ -1,6 +1,6 @@
-"""The scheduler's metrics: outcomes are exported once per dispatch pass, counters summed per tag
-set. Ray's metric objects are real; their export calls are recorded on the way (reading them
-back would need a Prometheus scrape)."""
+"""The scheduler's metrics: outcomes are exported at each flush (the dispatch loop's, every few
+ms), counters summed per tag set. Ray's metric objects are real; their export calls are recorded
+on the way (reading them back would need a Prometheus scrape)."""
 
 from __future__ import annotations
 

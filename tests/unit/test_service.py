@@ -192,6 +192,18 @@ def test_a_claimed_result_goes_to_the_waiting_call_and_stays_owed() -> None:
     assert service.unacked() == {} and service.stats()["owed"] == 0
 
 
+def test_a_result_given_again_in_a_submit_reply_is_on_record_first(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = tmp_path / "t.wal"
+    service = make_service(clock, log)
+    service.submit("a", [task("t1")])
+    run_one(service, clock)
+    [again] = service.submit("a", [task("t1")])  # a repeated call: its Result again
+    assert again is not None and again.status is Status.COMPLETED
+    after, _ = restart(clock, log)  # the file as a crash would leave it now
+    assert set(after.unacked()) == {"t1"} and "t1" not in after.pending()
+
+
 def test_a_driver_acknowledges_only_results_owed_to_it(tmp_path: Path) -> None:
     clock = FakeClock()
     log = tmp_path / "t.wal"
