@@ -321,6 +321,26 @@ def test_backpressure_on_a_driver_that_submits_too_fast(make_client):
     assert all(h.result(30).ok for h in [*first, late])
 
 
+def test_run_through_a_scheduler_restart_gets_its_result_once(make_client):
+    import threading
+
+    import ray
+
+    client = make_client(cpu={"replicas": 1, "slots": 1})
+    # The scheduler dies while run's call waits for the task: the driver calls again once it
+    # is back, and the task (in the task log) runs or reports there.
+    killer = threading.Timer(0.3, lambda: ray.kill(client.actor, no_restart=False))
+    killer.start()
+    try:
+        r = client.run(cpu_task(_sleep, 0.8, priority="HIGH"), timeout=120)
+    finally:
+        killer.join()
+    assert r.status is Status.COMPLETED and r.output == 0.8
+    assert client.outstanding() == 0
+    assert any(n.startswith("restarted:") for n in client.stats()["notes"])
+    assert client.run(cpu_task(_sleep, 0.0), timeout=30).ok
+
+
 def test_scheduler_restart_runs_or_reports_every_accepted_task(make_client):
     import ray
 
