@@ -205,10 +205,7 @@ class Client:
             # In the scheduler now: a restarted one gets these payloads from here again.
             with self._lock:
                 self._by_ref.update((r.task_id, r) for r in chunk if isinstance(r.payload, ByRef))
-            received = self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
-            if received:
-                with self._lock:
-                    self._acks.extend(received)
+            self._deliver_replies(replies)
         return handles
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
@@ -318,6 +315,22 @@ class Client:
             ack.append(r.task_id)
         return ack
 
+    def _deliver_replies(self, replies: list[tuple[Any, ...] | None]) -> None:
+        """Deliver the Results a submit's or run's answer carried; they are acknowledged with
+        the next poll."""
+        received = self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
+        if received:
+            with self._lock:
+                self._acks.extend(received)
+
+    def _take_acks(self) -> list[str]:
+        """The ids received in answers and not yet acknowledged, taken."""
+        if not self._acks:
+            return []
+        with self._lock:
+            taken, self._acks = self._acks, []
+        return taken
+
     def _resolve(self, result: Result) -> None:
         with self._room:
             self._by_ref.pop(result.task_id, None)
@@ -342,8 +355,7 @@ class Client:
         finally:
             # The last results received are acknowledged before the client goes, so they are
             # not owed (and kept in the scheduler's log) for ever.
-            with self._lock:
-                ack, self._acks = ack + self._acks, []
+            ack += self._take_acks()
             if ack:
                 import ray
 
@@ -369,11 +381,7 @@ class Client:
                                    f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
                     return
                 continue
-            ack[:] = self._deliver([ResultRecord.from_wire(r) for r in results])
-            if self._acks:
-                with self._lock:
-                    ack += self._acks
-                    self._acks = []
+            ack[:] = self._deliver([ResultRecord.from_wire(r) for r in results]) + self._take_acks()
             if results:
                 # Let a thread waiting on one of these results run before this one sends the
                 # next poll (which holds the GIL for a while).
@@ -412,9 +420,7 @@ class Client:
         for i in range(0, len(records), SUBMIT_CHUNK):
             replies = ray.get(self.actor.submit.remote(
                 self.client_id, [r.to_wire() for r in records[i:i + SUBMIT_CHUNK]]))
-            received = self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
-            with self._lock:
-                self._acks.extend(received)
+            self._deliver_replies(replies)
 
     def _forget(self, task_ids: list[str]) -> None:
         with self._room:

@@ -211,8 +211,7 @@ class SchedulerActor:
             else:
                 answer.set_result(result)
 
-        def give_up() -> None:
-            self.service.unclaim(record.task_id, receive)
+        def give_up() -> None:  # a Result after this goes to the mailbox (``receive``)
             if not answer.done():
                 answer.set_result(None)
 

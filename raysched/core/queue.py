@@ -194,7 +194,7 @@ class DeadlineQueue:
         if len(self._heaps[cls]) > 2 * live:
             self._heaps[cls] = [(e.key_s, e.seq, e) for e in members.values()]
             heapq.heapify(self._heaps[cls])
-        arrivals = self._by_arrival[cls]
+        arrivals = self._by_arrival[cls]  # len() inlined: once per removal
         if len(arrivals.fifo) + len(arrivals.out_of_order) > 2 * live:
             arrivals.compact()
         return entry.task
