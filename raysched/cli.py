@@ -171,12 +171,15 @@ def _status(args: argparse.Namespace) -> int:
         console.print(pt)
     if stats.get("learned"):
         lt = Table(title="learned service times (typical task: 500 prompt, 100 new tokens)")
-        for col in ("worker", "kind", "predicted ms", "prior ms", "speed factor",
-                    "observations", "± ms"):
+        for col in ("worker", "kind", "predicted ms", "idle ms", "prior ms", "speed factor",
+                    "prefill x", "decode x", "observations", "± ms"):
             lt.add_column(col, justify="right")
         for row in stats["learned"]:
             lt.add_row(row["worker"], row["kind"], f"{row['predicted_ms']:.1f}",
+                       f"{row.get('idle_ms', row['predicted_ms']):.1f}",
                        f"{row['prior_ms']:.1f}", f"{row.get('speed_factor', 1.0):.2f}",
+                       f"{row.get('prefill_factor', 1.0):.2f}",
+                       f"{row.get('decode_factor', 1.0):.2f}",
                        str(row["observations"]), f"{row['uncertainty_ms']:.1f}")
         console.print(lt)
     console.print(f"results: {stats['results']}")

@@ -25,23 +25,25 @@ The factor above predicts completions inside the batches workers really run, so 
 contention of those batches: with chunked prefill, every step that computes another request's
 prompt chunk holds up the decodes riding in it, and on a busy pool of long prompts that makes
 measured service two or three times the idle figure. That is right for placement and wrong for
-admission, which must refuse only what an idle worker cannot do. So a second model per (kind,
-worker), the engine factor, learns from the same completions with the contention taken out:
-each worker keeps a backlog of the prior's prefill seconds placed on it and not yet computed
-(drained at the worker's learned speed), and a completion's expected service is the prior's
-own figure plus the others' prefill the backlog says the worker computed while the task was in
-its batch (what was ahead of it when it started, plus what joined after and was done before it
-finished). On identical workers the engine factor stays at the prior's 1 whatever the load; a
-worker that really is slower is slower on its own work and on the others' prefill alike, so
-its engine factor still shows it, within the same tens of completions. Admission's best case
-is the prior, with a short answer (the 5th percentile of the kind's recent lengths), times the
-engine factor of the fastest eligible worker; expiry plans at the planned answer length and
-never faster than the prior (see ``planned_idle_s``).
+admission, which must refuse only what an idle worker cannot do. So a second model, the
+engine's cost model (``raysched.core.engine_model``), learns from the same completions with the
+contention in its features: each worker keeps a backlog of the prior's prefill seconds placed
+on it and not yet computed (drained at the worker's learned prefill speed), and a completion's
+prefill is its own prompt plus the others' prefill the backlog says the worker computed while
+the task was in its batch (what was ahead of it when it started, plus what joined after and was
+done before it finished); its decode is the prior's steps at the batch it ran in. The model
+learns a prefill factor and a decode factor per engine worker (shared by every kind: the cost
+is in tokens), per (kind, worker) for a worker running callables. On identical workers it
+stays at the prior's whatever the load; a worker that really is slower is slower on its own
+work and on the others' prefill alike, so its model still shows it, within the same tens of
+completions. Admission's best case is ``task`` alone with a short answer (the 5th percentile
+of the kind's recent lengths) on the engine model of the fastest eligible worker; expiry plans
+at the planned answer length and never faster than the prior (see ``planned_idle_s``).
 
 Placement is filter -> score -> pick:
 - filter: the pool's free workers that can hold the task;
 - score: predicted finish = the worker's backlog wait + the prefill ahead of the task there (its
-  prefill backlog at its engine speed) + learned service;
+  prefill backlog at its learned prefill speed) + learned service;
 - misses: when every eligible worker has been scored and even a confident lower bound of the
   finish (``AdaptiveEstimator.earliest_finish_s``: the prefill ahead, then the task's idle
   service with a short answer; or its service in the batch it joins at the low end of the
@@ -67,6 +69,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from raysched.core.engine_model import EngineModel, EngineModelSet
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
 from raysched.core.placement import Choice, EstimatorPlacement, eligible
 from raysched.core.protocol import Completion
@@ -271,9 +274,9 @@ STARTED_KEPT_PER_SLOT = 4
 
 @dataclass
 class AdaptiveEstimator:
-    """Learned speed factors per (kind, worker) over each worker's engine prior: one that
-    predicts completions in the batches the worker runs (placement), one with the contention
-    of those batches taken out (admission, expiry)."""
+    """What is learned over each worker's engine prior: a speed factor per (kind, worker) that
+    predicts completions in the batches the worker runs (placement), and the engine's cost
+    model per worker, with the contention of those batches taken out (admission, expiry)."""
 
     forget: float = 0.99
     priors: dict[str, ServicePrior] = field(default_factory=dict)
@@ -283,8 +286,11 @@ class AdaptiveEstimator:
     _new_ratios: dict[str, RecentQuantile] = field(default_factory=dict)
     # Measured service over the prior's figure for the batch it ran in (contention included).
     contended: ModelSet = field(default_factory=ModelSet)
-    # Measured service over the prior's figure plus the others' prefill computed meanwhile.
-    engine: ModelSet = field(default_factory=ModelSet)
+    # The engine's cost model: prefill and decode factors per worker, with the others'
+    # prefill computed meanwhile taken out (``engine_model``).
+    engine: EngineModelSet = field(default_factory=EngineModelSet)
+    _pools: dict[str, str] = field(default_factory=dict)
+    _engine_keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     _backlog: dict[str, PrefillBacklog] = field(default_factory=dict)
     _started: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
 
@@ -299,13 +305,27 @@ class AdaptiveEstimator:
         m = self.contended.models.get((kind, worker.worker_id))
         if m is None:
             self.priors[worker.worker_id] = worker.spec.prior
+            self._pools[worker.worker_id] = worker.spec.pool
             m = self.contended.add((kind, worker.worker_id))
         return m
 
-    def engine_model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
-        """The contention-free model of (``kind``, ``worker``)."""
+    def _engine_key(self, kind: str, worker_id: str) -> tuple[str, str]:
+        """Where a worker's engine model is kept: per worker, shared by every kind, when it
+        runs an engine (its cost is in tokens, whatever the request); per (kind, worker) when
+        it runs callables, whose times are the kind's own."""
+        key = self._engine_keys.get((kind, worker_id))
+        if key is None:
+            prior = self.priors[worker_id]
+            engine = prior.prefill_s_per_token or prior.decode_s_per_step
+            group = "pool " + self._pools.get(worker_id, "") if engine else "kind " + kind
+            key = self._engine_keys[(kind, worker_id)] = (group, worker_id)
+        return key
+
+    def engine_model(self, kind: str, worker: WorkerLoad) -> EngineModel:
+        """The contention-free cost model of ``worker`` (for ``kind``, where it runs
+        callables)."""
         self.model(kind, worker)
-        return self.engine.get((kind, worker.worker_id))
+        return self.engine.get(self._engine_key(kind, worker.worker_id))
 
     def expected_new_tokens(self, task: CoreTask) -> float:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
@@ -325,17 +345,41 @@ class AdaptiveEstimator:
         """The prior's idle figure for ``task`` alone, with a short answer."""
         return prior.service_s(task.num_prompt_tokens, self.short_new_tokens(task), 1)
 
+    def idle_ratio(self, kind: str, worker: WorkerLoad, share: float) -> float:
+        """Learned idle time over the prior's for work ``share`` of whose prior figure is
+        prefill, on ``worker``: its engine model's, shared by like workers as ``factor`` is."""
+        m = self.engine_model(kind, worker)
+        return self.engine.shared(self._engine_key(kind, worker.worker_id), m, share,
+                                  OWN_FACTOR_RATIO)
+
+    def prefill_factor(self, kind: str, worker: WorkerLoad) -> float:
+        """The learned time of prefill on ``worker`` over the prior's."""
+        return self.idle_ratio(kind, worker, 1.0)
+
+    def engine_s(self, kind: str, worker: WorkerLoad, prefill_s: float,
+                 rest_s: float) -> tuple[float, float]:
+        """Learned idle seconds of work the prior puts at ``prefill_s`` of prefill and
+        ``rest_s`` of everything else (fixed cost, decode steps) on ``worker``, and the
+        relative standard error of that figure."""
+        total_s = prefill_s + rest_s
+        if total_s <= 0:
+            return 0.0, 0.0
+        share = prefill_s / total_s
+        sd = self.engine_model(kind, worker).sd(share)
+        return self.idle_ratio(kind, worker, share) * total_s, sd
+
+    def _idle_s(self, task: CoreTask, worker: WorkerLoad, new_tokens: int) -> float:
+        """Learned idle seconds of ``task`` alone on ``worker``, answering ``new_tokens``."""
+        prior = worker.spec.prior
+        return self.engine_s(task.kind, worker, task.num_prompt_tokens * prior.prefill_s_per_token,
+                             prior.service_s(0, new_tokens, 1))[0]
+
     def factor(self, kind: str, worker: WorkerLoad) -> float:
         """The speed factor placement uses: the kind's, over all its workers, unless this
         worker's own differs from it by more than ``OWN_FACTOR_RATIO``. Like workers then
         share one factor and are told apart by their load alone, as the prior tells them; a
         slower or faster one gets its own."""
         return self.contended.shared_factor(kind, self.model(kind, worker))
-
-    def idle_factor(self, kind: str, worker: WorkerLoad) -> float:
-        """The engine factor of (``kind``, ``worker``): its speed on an idle worker relative
-        to the prior, shared by like workers as ``factor`` is."""
-        return self.engine.shared_factor(kind, self.engine_model(kind, worker))
 
     def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
@@ -346,31 +390,32 @@ class AdaptiveEstimator:
         return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
 
     def idle_service_s(self, task: CoreTask, group: WorkerGroup) -> float:
-        """The best case on an idle worker of ``group``: the engine prior with a short answer
-        (``_best_prior_s``), alone in its batch, times the engine factor of the group's fastest
-        worker (1, the prior, before any telemetry).
+        """The best case on an idle worker of ``group``: ``task`` alone in its batch, with a
+        short answer (``short_new_tokens``), on the learned engine model of the group's
+        fastest worker (the prior, before any telemetry).
 
-        The engine factor has the batch's contention taken out, so a busy pool does not make
+        The engine model has the batch's contention taken out, so a busy pool does not make
         an idle worker look slow and admission refuses only what an idle worker cannot do. It
         matters most where the prior knows little: a CPU callable's prior is the dispatch
         cost, 1 ms, and a 100 ms callable must not be started 1 ms before its deadline."""
-        return max(min(self.idle_factor(task.kind, w) * self._best_prior_s(task, w.spec.prior)
-                       for w in group.members.values()), 1e-6)
+        new = self.short_new_tokens(task)
+        return max(min(self._idle_s(task, w, new) for w in group.members.values()), 1e-6)
 
     def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
         """What expiry plans with: the idle figure at the planned answer length (the top of
-        the recent ones, ``NEW_TOKENS_QUANTILE``), at the engine factor of the group's fastest
-        worker but never faster than the prior.
+        the recent ones, ``NEW_TOKENS_QUANTILE``), on the learned engine model of the group's
+        fastest worker but never faster than the prior.
 
         Not the short answer admission takes: a task started so late that only a short answer
         makes it mostly misses, and the batch slot it took delays the next task (planning
         expiry at the 5th percentile of answer lengths cost LOW work 9 points of deadlines on
         the conversation trace at full load and HIGH work 2 points on the bursty financial
-        mix). Not faster than the prior: the engine factor is a mean, and where the work itself
+        mix). Not faster than the prior: the engine model is a mean, and where the work itself
         varies (a CPU callable of 10-20 ms) a task started later than the prior allows mostly
         misses (CRITICAL work on the CPU pool met fewer deadlines so)."""
-        return max(min(max(self.idle_factor(task.kind, w), 1.0)
-                       * self._prior_s(task, w.spec.prior, 1) for w in group.members.values()),
+        new = round(self.expected_new_tokens(task))
+        return max(min(max(self._idle_s(task, w, new), self._prior_s(task, w.spec.prior, 1))
+                       for w in group.members.values()),
                    self.idle_service_s(task, group))
 
     def started(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
@@ -410,22 +455,23 @@ class AdaptiveEstimator:
         short answer (``_best_prior_s``), after the wait for a slot where the worker has none
         free: the larger of two bounds.
 
-        - The prefill ahead of it, then its own idle service, at the worker's engine speed
-          less ``MISS_CONFIDENCE_SD`` standard errors of that speed's estimate.
+        - The prefill ahead of it, then its own idle service, on the worker's engine model
+          less ``MISS_CONFIDENCE_SD`` standard errors of that model's figure.
         - Its service in the batch it joins at the contended factor, less
           ``MISS_CONTENDED_SD`` standard deviations of single completions about it: where the
           contention of this worker's batches is steady, a completion well below it is rare.
         """
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
         prior = worker.spec.prior
-        e = self.engine_model(task.kind, worker)
-        idle = self.idle_factor(task.kind, worker) * math.exp(-MISS_CONFIDENCE_SD * e.sd())
-        ahead_bound_s = idle * (self.ahead_s(worker, now_s) + self._best_prior_s(task, prior))
+        short = self.short_new_tokens(task)
+        idle_s, sd = self.engine_s(task.kind, worker, self.ahead_s(worker, now_s)
+                                   + task.num_prompt_tokens * prior.prefill_s_per_token,
+                                   prior.service_s(0, short, 1))
+        ahead_bound_s = idle_s * math.exp(-MISS_CONFIDENCE_SD * sd)
         c = self.model(task.kind, worker)
         contended = (self.factor(task.kind, worker)
                      * math.exp(-MISS_CONTENDED_SD * math.sqrt(max(c.log_var, 0.0))))
-        batch_bound_s = contended * prior.service_s(task.num_prompt_tokens,
-                                                    self.short_new_tokens(task), batch)
+        batch_bound_s = contended * prior.service_s(task.num_prompt_tokens, short, batch)
         return now_s + worker.wait_s() + max(ahead_bound_s, batch_bound_s)
 
     def _others_prefill_s(self, task_id: str, worker_id: str, now_s: float) -> float:
@@ -448,17 +494,23 @@ class AdaptiveEstimator:
         if prior is None:
             return  # a worker never scored (already gone)
         new = completion.num_generated_tokens if task.max_new_tokens else 0
-        expected_s = prior.service_s(task.num_prompt_tokens, new, completion.batch_size)
+        rest_s = prior.service_s(0, new, completion.batch_size)
+        own_prefill_s = task.num_prompt_tokens * prior.prefill_s_per_token
+        expected_s = own_prefill_s + rest_s
         if expected_s <= 0 or completion.service_s <= 0:
             return
         key = (task.kind, completion.worker_id)
         self.contended.learn(key, completion.service_s / expected_s, self.forget)
-        engine = self.engine.learn(key, completion.service_s / (expected_s + others_s),
-                                   self.forget)
+        # The engine model sees the prefill the task waited on, its own and the others', and
+        # the decode steps at the batch it ran in: the contention is in the features.
+        prefill_s = own_prefill_s + others_s
+        engine = self.engine.learn(self._engine_key(task.kind, completion.worker_id),
+                                   prefill_s / (prefill_s + rest_s),
+                                   completion.service_s / (prefill_s + rest_s), self.forget)
         backlog = self._backlog.get(completion.worker_id)
         if backlog is not None:
             backlog.advance(now_s)
-            backlog.drain_factor = engine.factor
+            backlog.drain_factor = engine.prefill_factor
         if task.max_new_tokens:
             lengths = self._new_ratios.setdefault(
                 task.kind, RecentQuantile(NEW_TOKENS_QUANTILE, NEW_TOKENS_KEPT,
@@ -469,53 +521,74 @@ class AdaptiveEstimator:
         self.contended.forget_worker(worker_id)
         self.engine.forget_worker(worker_id)
         self.priors.pop(worker_id, None)
+        self._pools.pop(worker_id, None)
+        for key in [k for k in self._engine_keys if k[1] == worker_id]:
+            del self._engine_keys[key]
         self._backlog.pop(worker_id, None)
         self._started.pop(worker_id, None)
 
     def table(self) -> list[dict[str, Any]]:
         """Per (worker, kind): the learned time of a typical task (500 prompt tokens, 100 new
         at the learned length ratio, alone) in a busy batch and on an idle worker, the
-        prior's, observations, uncertainty."""
+        prior's, the engine model's prefill and decode factors, observations, uncertainty."""
         rows = []
         for (kind, wid), m in sorted(self.models.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             prior = self.priors[wid]
             typical_new = (round(100 * self.new_ratio.get(kind, 1.0))
                            if prior.decode_s_per_step else 0)
             prior_s = prior.service_s(500 if prior.prefill_s_per_token else 0, typical_new, 1)
-            idle = self.engine.get((kind, wid)).factor
+            e = self.engine.get(self._engine_key(kind, wid))
+            prefill_s = 500 * prior.prefill_s_per_token
+            idle = e.ratio(prefill_s / prior_s if prior_s > 0 else 0.0)
             rows.append({"worker": wid, "kind": kind, "predicted_ms": 1e3 * m.factor * prior_s,
                          "idle_ms": 1e3 * idle * prior_s,
                          "prior_ms": 1e3 * prior_s, "speed_factor": m.factor,
-                         "idle_speed_factor": idle, "observations": m.n,
+                         "prefill_factor": e.prefill_factor, "decode_factor": e.decode_factor,
+                         "observations": m.n,
                          "uncertainty_ms": 1e3 * m.factor * prior_s * (math.exp(m.sd()) - 1)})
         return rows
 
     def state(self) -> dict[str, Any]:
         return {"forget": self.forget, "new_ratio": dict(self.new_ratio),
                 "priors": {w: asdict(p) for w, p in self.priors.items()},
+                "pools": dict(self._pools),
                 "models": [{"kind": k, "worker": w, **asdict(m)}
                            for (k, w), m in self.models.items()],
-                "engine_models": [{"kind": k, "worker": w, **asdict(m)}
-                                  for (k, w), m in self.engine.models.items()]}
+                "engine_models": [{"group": g, "worker": w, **asdict(m)}
+                                  for (g, w), m in self.engine.models.items()]}
 
     def restore(self, state: dict[str, Any], trust: float = 0.25) -> None:
         """Load a saved state. Restored models are trusted less (their spread is widened by
         ``1 / trust``): a restarted worker may not be the machine it was."""
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
+        self._pools.update(state.get("pools", {}))
         contended_rows = state.get("models", [])
-        # A state saved before engine models were kept: a worker without prompts to compute
-        # (a CPU worker) has no contention to take out, so its model is its engine model.
+        for row in contended_rows:
+            if row["worker"] not in self.priors or "log_factor" not in row:
+                continue  # a worker not known here, or a model of another kind
+            self.contended.add((row["kind"], row["worker"]),
+                               SpeedModel(float(row["log_factor"]), float(row["log_var"]) / trust,
+                                          int(row["n"])))
+        # A state saved before engine models learned two factors kept one speed factor per
+        # (kind, worker); before it kept engine models at all, a worker without prompts to
+        # compute (a CPU worker) had no contention to take out, so its model was its engine's.
         engine_rows = state.get("engine_models", [
             r for r in contended_rows if r.get("worker") in self.priors
             and not self.priors[r["worker"]].prefill_s_per_token])
-        for models, rows in ((self.contended, contended_rows), (self.engine, engine_rows)):
-            for row in rows:
-                if row["worker"] not in self.priors or "log_factor" not in row:
-                    continue  # a worker not known here, or a model of another kind
-                models.add((row["kind"], row["worker"]),
-                           SpeedModel(float(row["log_factor"]), float(row["log_var"]) / trust,
-                                      int(row["n"])))
+        for row in engine_rows:
+            wid = row.get("worker")
+            if wid not in self.priors:
+                continue
+            if "prefill_factor" in row:
+                fields = {k: row[k] for k in EngineModel.__slots__ if k in row}
+                m = EngineModel(**fields)
+                m.p00, m.p01, m.p11 = m.p00 / trust, m.p01 / trust, m.p11 / trust
+                self.engine.add((row["group"], wid), m)
+            elif "log_factor" in row:
+                factor = math.exp(float(row["log_factor"]))
+                self.engine.add(self._engine_key(row["kind"], wid),
+                                EngineModel.starting_at(factor, factor))
 
 
 class AdaptivePlacement(EstimatorPlacement):
@@ -586,7 +659,7 @@ class AdaptivePlacement(EstimatorPlacement):
             service = est.service_s(task, w)
             # The prompts placed on the worker and not yet computed hold up this one's start:
             # like workers with the same learned speed differ by that first.
-            ahead_s = est.idle_factor(task.kind, w) * est.ahead_s(w, now_s)
+            ahead_s = est.prefill_factor(task.kind, w) * est.ahead_s(w, now_s)
             scored.append((now_s + w.wait_s() + ahead_s + service, service, w))
         if not scored:
             return None

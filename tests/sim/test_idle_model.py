@@ -1,11 +1,15 @@
-"""The learned idle model under contention: admission's best case on a busy pool of identical
-workers stays at the engine prior, and a worker that really slows down is still seen."""
+"""The learned engine model: admission's best case on a busy pool of identical workers stays at
+the engine prior, a worker that really slows down is still seen, and an engine unlike its
+prior is learned at prefill and at decode apart."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+
 from raysched.core.policies import build_core
+from raysched.core.roofline import MISTRAL_7B, PRESETS, GPUSpec, Roofline
 from raysched.core.scheduler import SchedulerCore
 from raysched.core.types import Priority
 from raysched.sim import SimLLMWorker, SimTask, Simulator
@@ -77,8 +81,8 @@ def test_a_slowed_worker_is_seen_on_a_busy_pool_within_tens_of_completions() -> 
     trail: list[tuple[int, float]] = []
 
     def note(_: int) -> None:
-        rest = sum(est.idle_factor(KIND, w) for w in others) / len(others)
-        trail.append((slowed.completed, est.idle_factor(KIND, slowed) / rest))
+        rest = sum(est.prefill_factor(KIND, w) for w in others) / len(others)
+        trail.append((slowed.completed, est.prefill_factor(KIND, slowed) / rest))
 
     run = sim.run(tasks, on_progress=note, speed_changes=[(drift_s, "w0", 3.0)])
     before = [r for (_, r), o in zip(trail, run.outcomes, strict=True) if o.end_s < drift_s]
@@ -88,4 +92,50 @@ def test_a_slowed_worker_is_seen_on_a_busy_pool_within_tens_of_completions() -> 
     seen = next(n for n, r in trail if n > at_drift and r > 2.0)
     assert seen - at_drift <= 50, f"seen after {seen - at_drift} completions on the slowed worker"
     for w in others:
-        assert 0.85 < est.idle_factor(KIND, w) < 1.15
+        assert 0.85 < est.prefill_factor(KIND, w) < 1.15
+
+
+def alone_s(worker: SimLLMWorker, prompt_tokens: int, new_tokens: int) -> float:
+    """What ``worker`` takes for one request alone, from an idle start at t = 0."""
+    task = make_task(task_id="alone", num_prompt_tokens=prompt_tokens, max_new_tokens=new_tokens)
+    worker.add(SimTask(0.0, task, true_new_tokens=new_tokens), 0.0)
+    while True:
+        end_s = worker.next_event_s()
+        assert end_s is not None
+        if worker.pop_finished(end_s):
+            return end_s
+
+
+def test_an_engine_unlike_its_prior_is_learned_at_prefill_and_at_decode_apart() -> None:
+    # Two 7B workers described by the A100 prior, both in fact on an L4 (2.6 times slower at
+    # compute, 6.8 times at memory bandwidth: 121 against 312 TFLOPS, 300 against 2,039 GB/s).
+    # After a light mix of long prompts with short answers and short prompts with long
+    # answers, the idle figure of either shape is right, which one factor per worker cannot
+    # be: the same figure would have to be about 2.6 for the one and 6.8 for the other.
+    l4 = GPUSpec("L4", mem_bandwidth_bytes_s=300e9, peak_flops=121e12)
+
+    def on_l4(wid: str) -> SimLLMWorker:
+        w = SimLLMWorker(wid, roofline=Roofline(MISTRAL_7B, l4), max_batch_size=8)
+        w.prior = PRESETS["7b"].prior()
+        return w
+
+    rng = random.Random(11)
+    tasks, t = [], 0.0
+    for i in range(400):
+        t += rng.expovariate(0.5)
+        prompt, new = ((rng.randint(1500, 4000), rng.randint(2, 8)) if i % 2
+                       else (rng.randint(20, 100), rng.randint(40, 120)))
+        core = make_task(task_id=f"m{i}", kind=f"kind{i % 3}", priority=Priority.HIGH,
+                         deadline_s=t + 600.0, num_prompt_tokens=prompt, max_new_tokens=new)
+        tasks.append(SimTask(t, core, true_new_tokens=new))
+    core = build_core("raysched")
+    Simulator(core, {w: ("llm-7b", on_l4(w)) for w in ("a", "b")}).run(tasks)
+    est = core.placement.estimator  # type: ignore[attr-defined]
+    worker = core.table.workers["a"]
+    prior = worker.spec.prior
+    for prompt, new in ((3000, 4), (50, 100)):
+        truth_s = alone_s(on_l4("probe"), prompt, new)
+        learned_s, _ = est.engine_s("a new kind", worker, prompt * prior.prefill_s_per_token,
+                                    prior.service_s(0, new, 1))
+        assert learned_s == pytest.approx(truth_s, rel=0.15), (prompt, new)
+        assert truth_s > 2 * prior.service_s(prompt, new, 1), "the prior must be far off"
