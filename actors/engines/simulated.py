@@ -53,7 +53,8 @@ class SimulatedEngine:
         p = self.roofline.prior()
         k = self.time_scale
         return replace(p, fixed_s=p.fixed_s * k, prefill_s_per_token=p.prefill_s_per_token * k,
-                       decode_s_per_step=p.decode_s_per_step * k)
+                       decode_s_per_step=p.decode_s_per_step * k,
+                       kv_s_per_token=p.kv_s_per_token * k)
 
     def count_tokens(self, prompt: str) -> int:
         return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))

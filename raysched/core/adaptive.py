@@ -292,7 +292,10 @@ class AdaptiveEstimator:
     _pools: dict[str, str] = field(default_factory=dict)
     _engine_keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     _backlog: dict[str, PrefillBacklog] = field(default_factory=dict)
-    _started: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    _started: dict[str, dict[str, _Started]] = field(default_factory=dict)
+    # Per worker: the KV cache its placed, unfinished sequences hold over their lives, in tokens
+    # (each its prompt and half its planned answer).
+    _kv: dict[str, float] = field(default_factory=dict)
 
     @property
     def models(self) -> dict[tuple[str, str], SpeedModel]:
@@ -330,9 +333,13 @@ class AdaptiveEstimator:
     def expected_new_tokens(self, task: CoreTask) -> float:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
 
-    def _prior_s(self, task: CoreTask, prior: ServicePrior, batch: int) -> float:
-        return prior.service_s(task.num_prompt_tokens, round(self.expected_new_tokens(task)),
-                               batch)
+    def _prior_s(self, task: CoreTask, prior: ServicePrior, batch: int,
+                 kv_tokens: float = 0.0) -> float:
+        """The prior's figure for ``task`` at its planned answer length, in a batch of ``batch``
+        whose other sequences hold ``kv_tokens`` of KV cache."""
+        new = round(self.expected_new_tokens(task))
+        return prior.service_s(task.num_prompt_tokens, new, batch,
+                               kv_tokens + _context_tokens(task, new))
 
     def short_new_tokens(self, task: CoreTask) -> int:
         """A short answer for ``task``: the ``BEST_NEW_TOKENS_QUANTILE`` of its kind's recent
@@ -340,10 +347,6 @@ class AdaptiveEstimator:
         lengths = self._new_ratios.get(task.kind)
         ratio = lengths.low if lengths is not None else self.new_ratio.get(task.kind, 1.0)
         return round(task.max_new_tokens * ratio)
-
-    def _best_prior_s(self, task: CoreTask, prior: ServicePrior) -> float:
-        """The prior's idle figure for ``task`` alone, with a short answer."""
-        return prior.service_s(task.num_prompt_tokens, self.short_new_tokens(task), 1)
 
     def idle_ratio(self, kind: str, worker: WorkerLoad, share: float) -> float:
         """Learned idle time over the prior's for work ``share`` of whose prior figure is
@@ -372,7 +375,8 @@ class AdaptiveEstimator:
         """Learned idle seconds of ``task`` alone on ``worker``, answering ``new_tokens``."""
         prior = worker.spec.prior
         return self.engine_s(task.kind, worker, task.num_prompt_tokens * prior.prefill_s_per_token,
-                             prior.service_s(0, new_tokens, 1))[0]
+                             prior.service_s(0, new_tokens, 1,
+                                             _context_tokens(task, new_tokens)))[0]
 
     def factor(self, kind: str, worker: WorkerLoad) -> float:
         """The speed factor placement uses: the kind's, over all its workers, unless this
@@ -384,7 +388,8 @@ class AdaptiveEstimator:
     def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
         factor = self.factor(task.kind, worker)
-        return max(factor * self._prior_s(task, worker.spec.prior, batch), 1e-6)
+        return max(factor * self._prior_s(task, worker.spec.prior, batch,
+                                          self.kv_tokens(worker)), 1e-6)
 
     def service_sd_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
@@ -420,7 +425,8 @@ class AdaptiveEstimator:
 
     def started(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
         """Note that ``task`` was placed on ``worker`` at ``now_s``: its prompt joins the
-        worker's prefill backlog, and what was ahead of it is kept for its completion."""
+        worker's prefill backlog and its context the worker's KV cache, and what was ahead of
+        it is kept for its completion."""
         prior = worker.spec.prior
         if not prior.prefill_s_per_token:
             return  # no prompt to compute: the batch's contention is the prior's batch model
@@ -432,27 +438,42 @@ class AdaptiveEstimator:
         ahead_s = backlog.place(own_s, now_s)
         started = self._started.setdefault(wid, {})
         if len(started) >= STARTED_KEPT_PER_SLOT * worker.spec.concurrency:
-            for tid in [t for t in started if t not in worker.in_flight]:
-                del started[tid]
-        started[task.task_id] = (ahead_s, backlog.placed_s, own_s)
+            self._prune(worker)
+        ctx = _context_tokens(task, round(self.expected_new_tokens(task)))
+        kv = self._kv[wid] = self._kv.get(wid, 0.0) + ctx
+        started[task.task_id] = _Started(ahead_s, backlog.placed_s, own_s, ctx, kv)
+
+    def _prune(self, worker: WorkerLoad) -> None:
+        """Tasks ``worker`` no longer holds without a completion (taken back, cancelled,
+        expired) leave its prefill backlog (their whole prompt at most) and its KV cache."""
+        wid = worker.worker_id
+        started = self._started.get(wid)
+        if started is None or len(started) <= len(worker.in_flight):
+            return
+        backlog = self._backlog[wid]
+        for tid in [t for t in started if t not in worker.in_flight]:
+            gone = started.pop(tid)
+            backlog.pending_s = max(0.0, backlog.pending_s - gone.own_s)
+            self._kv[wid] = max(0.0, self._kv[wid] - gone.ctx_tokens)
 
     def ahead_s(self, worker: WorkerLoad, now_s: float) -> float:
         """Prior seconds of prefill placed on ``worker`` and not yet computed: what a task
-        placed there now waits behind (the engine computes prompts in the order they joined).
-        Tasks it no longer holds without a completion (taken back, cancelled, expired) leave
-        the backlog first, their whole prompt at most."""
+        placed there now waits behind (the engine computes prompts in the order they joined)."""
         backlog = self._backlog.get(worker.worker_id)
         if backlog is None:
             return 0.0
-        started = self._started[worker.worker_id]
-        if len(started) > len(worker.in_flight):
-            for tid in [t for t in started if t not in worker.in_flight]:
-                backlog.pending_s = max(0.0, backlog.pending_s - started.pop(tid)[2])
+        self._prune(worker)
         return backlog.advance(now_s)
+
+    def kv_tokens(self, worker: WorkerLoad) -> float:
+        """Tokens of KV cache the sequences placed on ``worker`` hold over their lives: what a
+        sequence placed there now shares each decode step's memory reads with."""
+        self._prune(worker)
+        return self._kv.get(worker.worker_id, 0.0)
 
     def earliest_finish_s(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> float:
         """A confident lower bound of when ``task`` finishes if placed on ``worker`` now, with a
-        short answer (``_best_prior_s``), after the wait for a slot where the worker has none
+        short answer (``short_new_tokens``), after the wait for a slot where the worker has none
         free: the larger of two bounds.
 
         - The prefill ahead of it, then its own idle service, on the worker's engine model
@@ -464,37 +485,42 @@ class AdaptiveEstimator:
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
         prior = worker.spec.prior
         short = self.short_new_tokens(task)
+        ctx = _context_tokens(task, short)
         idle_s, sd = self.engine_s(task.kind, worker, self.ahead_s(worker, now_s)
                                    + task.num_prompt_tokens * prior.prefill_s_per_token,
-                                   prior.service_s(0, short, 1))
+                                   prior.service_s(0, short, 1, ctx))
         ahead_bound_s = idle_s * math.exp(-MISS_CONFIDENCE_SD * sd)
         c = self.model(task.kind, worker)
         contended = (self.factor(task.kind, worker)
                      * math.exp(-MISS_CONTENDED_SD * math.sqrt(max(c.log_var, 0.0))))
-        batch_bound_s = contended * prior.service_s(task.num_prompt_tokens, short, batch)
+        batch_bound_s = contended * prior.service_s(task.num_prompt_tokens, short, batch,
+                                                    self.kv_tokens(worker) + ctx)
         return now_s + worker.wait_s() + max(ahead_bound_s, batch_bound_s)
 
-    def _others_prefill_s(self, task_id: str, worker_id: str, now_s: float) -> float:
-        """Prior seconds of other requests' prefill the worker computed while ``task_id`` was
-        in its batch: what was ahead of it, plus what was placed after it and is no longer
-        pending (0 for a task whose start was not seen)."""
+    def _finished(self, task_id: str, worker_id: str, now_s: float) -> tuple[float, float | None]:
+        """What ``task_id``'s start on ``worker_id`` noted, now it has finished: prior seconds
+        of other requests' prefill the worker computed while it was in its batch (what was
+        ahead of it, plus what was placed after it and is no longer pending), and the KV cache
+        of the batch it joined, in tokens (0 and None for a task whose start was not seen).
+        Its context leaves the worker's KV cache."""
         start = self._started.get(worker_id, {}).pop(task_id, None)
         if start is None:
-            return 0.0
-        ahead_s, placed_s, own_s = start
+            return 0.0, None
+        self._kv[worker_id] = max(0.0, self._kv[worker_id] - start.ctx_tokens)
         backlog = self._backlog[worker_id]
-        after_s = backlog.placed_s - placed_s
+        after_s = backlog.placed_s - start.placed_s
         # The task's own prompt was computed before it finished, and so was all that was ahead
         # of it: what is pending now joined after it.
-        return max(0.0, ahead_s + after_s - min(backlog.advance(now_s), after_s))
+        others_s = max(0.0, start.ahead_s + after_s - min(backlog.advance(now_s), after_s))
+        return others_s, start.kv_tokens
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
-        others_s = self._others_prefill_s(task.task_id, completion.worker_id, now_s)
+        others_s, kv_tokens = self._finished(task.task_id, completion.worker_id, now_s)
         if prior is None:
             return  # a worker never scored (already gone)
         new = completion.num_generated_tokens if task.max_new_tokens else 0
-        rest_s = prior.service_s(0, new, completion.batch_size)
+        rest_s = prior.service_s(0, new, completion.batch_size, kv_tokens)
         own_prefill_s = task.num_prompt_tokens * prior.prefill_s_per_token
         expected_s = own_prefill_s + rest_s
         if expected_s <= 0 or completion.service_s <= 0:
@@ -526,6 +552,7 @@ class AdaptiveEstimator:
             del self._engine_keys[key]
         self._backlog.pop(worker_id, None)
         self._started.pop(worker_id, None)
+        self._kv.pop(worker_id, None)
 
     def table(self) -> list[dict[str, Any]]:
         """Per (worker, kind): the learned time of a typical task (500 prompt tokens, 100 new
@@ -589,6 +616,24 @@ class AdaptiveEstimator:
                 factor = math.exp(float(row["log_factor"]))
                 self.engine.add(self._engine_key(row["kind"], wid),
                                 EngineModel.starting_at(factor, factor))
+
+
+@dataclass(slots=True)
+class _Started:
+    """What a worker's start of a task noted for its completion: prior seconds of prefill ahead
+    of it, of prefill ever placed on the worker up to its own, and its own; its context over
+    its life and the KV cache of the batch it joined, in tokens."""
+
+    ahead_s: float
+    placed_s: float
+    own_s: float
+    ctx_tokens: float
+    kv_tokens: float
+
+
+def _context_tokens(task: CoreTask, new_tokens: int) -> float:
+    """A sequence's context over its life, on average: its prompt and half its answer."""
+    return task.num_prompt_tokens + 0.5 * new_tokens
 
 
 class AdaptivePlacement(EstimatorPlacement):

@@ -91,12 +91,16 @@ class Roofline:
         """The service model the scheduler starts from.
 
         ``batch_slowdown`` is the extra step time each additional sequence of typical context
-        adds, relative to a batch of one.
+        adds, relative to a batch of one; ``kv_s_per_token`` what each token of KV cache in
+        the batch adds.
         """
         one = self.decode_step_s([typical_context_tokens])
         two = self.decode_step_s([typical_context_tokens] * 2)
         return ServicePrior(fixed_s=STEP_OVERHEAD_S, prefill_s_per_token=self.prefill_s(1),
-                            decode_s_per_step=one, batch_slowdown=(two - one) / one)
+                            decode_s_per_step=one, batch_slowdown=(two - one) / one,
+                            kv_s_per_token=self.model.kv_bytes_per_token
+                            / self.mem_bandwidth_bytes_s(),
+                            context_tokens=typical_context_tokens)
 
 
 PRESETS: dict[str, Roofline] = {

@@ -70,18 +70,37 @@ class ServicePrior:
     with ``decode_step_s(batch) = decode_s_per_step * (1 + batch_slowdown * (batch - 1))``: a
     batched decoder reads the weights once per step, so a bigger batch slows each step only a
     little. A CPU worker has no tokens and is described by ``fixed_s`` alone.
+
+    Where the prior knows what a token of KV cache costs a decode step (``kv_s_per_token``,
+    seconds per token in the batch, and ``context_tokens``, the context per sequence that
+    ``decode_s_per_step`` and ``batch_slowdown`` were figured at), a step can instead be figured
+    for the KV cache the batch really holds (``kv_tokens``): a batch of long contexts reads more
+    bytes per step than one of short ones of the same size.
     """
 
     fixed_s: float
     prefill_s_per_token: float = 0.0
     decode_s_per_step: float = 0.0
     batch_slowdown: float = 0.0
+    kv_s_per_token: float = 0.0
+    context_tokens: int = 0
 
-    def service_s(self, num_prompt_tokens: int, max_new_tokens: int, batch_size: int = 1) -> float:
-        step_s = self.decode_s_per_step
+    def decode_step_s(self, batch_size: int = 1, kv_tokens: float | None = None) -> float:
+        """One decode step of a batch of ``batch_size`` sequences holding ``kv_tokens`` tokens
+        of KV cache (None: each at the typical context), in seconds."""
+        if kv_tokens is not None and self.kv_s_per_token:
+            # The one-sequence step at its typical context, less that context, plus the batch's.
+            return self.decode_s_per_step + self.kv_s_per_token * (kv_tokens - self.context_tokens)
         if batch_size > 1:
-            step_s *= 1.0 + self.batch_slowdown * (batch_size - 1)
-        return self.fixed_s + num_prompt_tokens * self.prefill_s_per_token + max_new_tokens * step_s
+            return self.decode_s_per_step * (1.0 + self.batch_slowdown * (batch_size - 1))
+        return self.decode_s_per_step
+
+    def service_s(self, num_prompt_tokens: int, max_new_tokens: int, batch_size: int = 1,
+                  kv_tokens: float | None = None) -> float:
+        """Seconds for one request, in a batch of ``batch_size`` holding ``kv_tokens`` of KV
+        cache (see ``decode_step_s``)."""
+        return (self.fixed_s + num_prompt_tokens * self.prefill_s_per_token
+                + max_new_tokens * self.decode_step_s(batch_size, kv_tokens))
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,3 +180,41 @@ def test_a_task_the_prefill_ahead_makes_miss_everywhere_expires_at_once() -> Non
             assert "queued ahead" in ended[0].reason
         else:
             assert ended == [] and core.state_of("short") is TaskState.RUNNING
+
+
+def test_a_short_task_goes_where_the_batch_reads_less_kv_cache() -> None:
+    # Two idle-enough 7B workers, eight sequences each: on one, long prompts with short answers
+    # (about 64k tokens of KV cache); on the other, short prompts with long answers (about 8k).
+    # Their prefill is long done. A summary placed on the first decodes about 40% slower per
+    # step (the roofline reads the KV cache every step), so it goes to the second, although
+    # that one holds more work by the load table's count.
+    prior = SimLLMWorker("probe", "7b", 16).prior
+    table = make_table(*(make_worker(worker_id=w, pool="p", slots=16, concurrency=16,
+                                     prior=prior, max_context_tokens=32_768)
+                         for w in ("long-contexts", "short-contexts")))
+    est = AdaptiveEstimator()
+    placement = AdaptivePlacement(est, explore=0.0)
+    for i in range(8):
+        for wid, prompt, new in (("long-contexts", 8_000, 64), ("short-contexts", 100, 2_000)):
+            t = make_task(task_id=f"{wid}{i}", pool="p", num_prompt_tokens=prompt,
+                          max_new_tokens=new, deadline_s=1e4)
+            w = table.workers[wid]
+            table.start(t.task_id, wid, est.service_s(t, w), 0.0)
+            est.started(t, w, 0.0)
+    assert table.workers["long-contexts"].backlog_s < table.workers["short-contexts"].backlog_s
+    summary = make_task(task_id="summary", priority=Priority.HIGH, pool="p",
+                        num_prompt_tokens=500, max_new_tokens=48, deadline_s=1e4)
+    long_w, short_w = table.workers["long-contexts"], table.workers["short-contexts"]
+    assert est.service_s(summary, long_w) > 1.3 * est.service_s(summary, short_w)
+    choice = placement.place(summary, table, 60.0)
+    assert choice is not None and choice.worker.worker_id == "short-contexts"
+
+
+def test_a_decode_step_at_typical_contexts_is_the_batch_model_s() -> None:
+    # The two decode models of the roofline prior agree where the batch model was figured: a
+    # batch of sequences each at the typical context.
+    prior = SimLLMWorker("probe", "7b", 16).prior
+    for batch in (1, 2, 8, 16):
+        assert prior.decode_step_s(batch, batch * prior.context_tokens) == pytest.approx(
+            prior.decode_step_s(batch), rel=1e-9)
+    assert prior.decode_step_s(1, 32_000) > 1.2 * prior.decode_step_s(1)
