@@ -43,7 +43,9 @@ at the planned answer length and never faster than the prior (see ``planned_idle
 Placement is filter -> score -> pick:
 - filter: the pool's free workers that can hold the task;
 - score: predicted finish = the worker's backlog wait + the prefill ahead of the task there (its
-  prefill backlog at its learned prefill speed) + learned service;
+  prefill backlog at its learned prefill speed) + learned service, its decode steps figured for
+  the KV cache of the batch it joins (``kv_tokens``: a batch of long contexts reads more bytes
+  per step than one of short ones of the same size);
 - misses: when every eligible worker has been scored and even a confident lower bound of the
   finish (``AdaptiveEstimator.earliest_finish_s``: the prefill ahead, then the task's idle
   service with a short answer; or its service in the batch it joins at the low end of the
