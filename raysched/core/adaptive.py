@@ -268,10 +268,6 @@ MISS_CONFIDENCE_SD = 2.0
 # target under 1%): on the bursty long-prompt workload at 1x and 4x, 0 gave 10% and 3%, 0.5
 # gave 3.3% and 3.2%, 1 gives 0.2% and 0.4%; at 2 the bound never decides.
 MISS_CONTENDED_SD = 1.0
-# A worker's record of the tasks it started (task id -> (prefill ahead of it, total placed
-# after its own, its own prefill), prior seconds) is pruned of tasks it no longer holds (taken
-# back, cancelled) once it holds more than this many times its concurrency.
-STARTED_KEPT_PER_SLOT = 4
 
 
 @dataclass
@@ -293,11 +289,17 @@ class AdaptiveEstimator:
     engine: EngineModelSet = field(default_factory=EngineModelSet)
     _pools: dict[str, str] = field(default_factory=dict)
     _engine_keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    _engines: dict[tuple[str, str], tuple[tuple[str, str], EngineModel]] = field(
+        default_factory=dict)
     _backlog: dict[str, PrefillBacklog] = field(default_factory=dict)
     _started: dict[str, dict[str, _Started]] = field(default_factory=dict)
-    # Per worker: the KV cache its placed, unfinished sequences hold over their lives, in tokens
-    # (each its prompt and half its planned answer).
+    # Per worker: tasks placed there beyond its batch, waiting in prefetch slots (task id ->
+    # own prefill prior seconds, context tokens), in the order they were placed.
+    _waiting: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # Per worker: the KV cache the sequences in its batch hold over their lives, in tokens
+    # (each its prompt and half its planned answer), and how many it runs at once.
     _kv: dict[str, float] = field(default_factory=dict)
+    _concurrency: dict[str, int] = field(default_factory=dict)
 
     @property
     def models(self) -> dict[tuple[str, str], SpeedModel]:
@@ -305,13 +307,16 @@ class AdaptiveEstimator:
         return self.contended.models
 
     def model(self, kind: str, worker: WorkerLoad) -> SpeedModel:
-        """The contended model of (``kind``, ``worker``), made (and the worker's prior noted)
-        when it is new."""
-        m = self.contended.models.get((kind, worker.worker_id))
+        """The contended model of (``kind``, ``worker``), made when it is new; the worker's
+        prior and pool are noted when first seen (a restored state's may predate the fields
+        the prior has now, and a state saved before pools were kept has none)."""
+        wid = worker.worker_id
+        m = self.contended.models.get((kind, wid))
         if m is None:
-            self.priors[worker.worker_id] = worker.spec.prior
-            self._pools[worker.worker_id] = worker.spec.pool
-            m = self.contended.add((kind, worker.worker_id))
+            m = self.contended.add((kind, wid))
+        if wid not in self._pools:
+            self.priors[wid] = worker.spec.prior
+            self._pools[wid] = worker.spec.pool
         return m
 
     def _engine_key(self, kind: str, worker_id: str) -> tuple[str, str]:
@@ -329,8 +334,17 @@ class AdaptiveEstimator:
     def engine_model(self, kind: str, worker: WorkerLoad) -> EngineModel:
         """The contention-free cost model of ``worker`` (for ``kind``, where it runs
         callables)."""
-        self.model(kind, worker)
-        return self.engine.get(self._engine_key(kind, worker.worker_id))
+        return self._engine(kind, worker)[1]
+
+    def _engine(self, kind: str, worker: WorkerLoad) -> tuple[tuple[str, str], EngineModel]:
+        """The key and the engine model of (``kind``, ``worker``), cached: admission and expiry
+        ask for them once per worker of the group for every task."""
+        found = self._engines.get((kind, worker.worker_id))
+        if found is None:
+            self.model(kind, worker)
+            key = self._engine_key(kind, worker.worker_id)
+            found = self._engines[(kind, worker.worker_id)] = (key, self.engine.get(key))
+        return found
 
     def expected_new_tokens(self, task: CoreTask) -> float:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
@@ -353,9 +367,8 @@ class AdaptiveEstimator:
     def idle_ratio(self, kind: str, worker: WorkerLoad, share: float) -> float:
         """Learned idle time over the prior's for work ``share`` of whose prior figure is
         prefill, on ``worker``: its engine model's, shared by like workers as ``factor`` is."""
-        m = self.engine_model(kind, worker)
-        return self.engine.shared(self._engine_key(kind, worker.worker_id), m, share,
-                                  OWN_FACTOR_RATIO)
+        key, m = self._engine(kind, worker)
+        return self.engine.shared(key, m, share, OWN_FACTOR_RATIO)
 
     def prefill_factor(self, kind: str, worker: WorkerLoad) -> float:
         """The learned time of prefill on ``worker`` over the prior's."""
@@ -370,15 +383,21 @@ class AdaptiveEstimator:
         if total_s <= 0:
             return 0.0, 0.0
         share = prefill_s / total_s
-        sd = self.engine_model(kind, worker).sd(share)
-        return self.idle_ratio(kind, worker, share) * total_s, sd
+        key, m = self._engine(kind, worker)
+        return self.engine.shared(key, m, share, OWN_FACTOR_RATIO) * total_s, m.sd(share)
 
-    def _idle_s(self, task: CoreTask, worker: WorkerLoad, new_tokens: int) -> float:
-        """Learned idle seconds of ``task`` alone on ``worker``, answering ``new_tokens``."""
-        prior = worker.spec.prior
-        return self.engine_s(task.kind, worker, task.num_prompt_tokens * prior.prefill_s_per_token,
-                             prior.service_s(0, new_tokens, 1,
-                                             _context_tokens(task, new_tokens)))[0]
+    def _idle_ratio_s(self, task: CoreTask, group: WorkerGroup,
+                      new_tokens: int) -> tuple[float, float]:
+        """The prior's idle seconds for ``task`` alone on a worker of ``group``, answering
+        ``new_tokens`` (its members share one prior), and the least learned idle ratio over
+        its members for work of that shape."""
+        prior = group.prior
+        prefill_s = task.num_prompt_tokens * prior.prefill_s_per_token
+        total_s = prefill_s + prior.service_s(0, new_tokens, 1, _context_tokens(task, new_tokens))
+        if total_s <= 0:
+            return 0.0, 1.0
+        share = prefill_s / total_s
+        return total_s, min(self.idle_ratio(task.kind, w, share) for w in group.members.values())
 
     def factor(self, kind: str, worker: WorkerLoad) -> float:
         """The speed factor placement uses: the kind's, over all its workers, unless this
@@ -405,8 +424,8 @@ class AdaptiveEstimator:
         an idle worker look slow and admission refuses only what an idle worker cannot do. It
         matters most where the prior knows little: a CPU callable's prior is the dispatch
         cost, 1 ms, and a 100 ms callable must not be started 1 ms before its deadline."""
-        new = self.short_new_tokens(task)
-        return max(min(self._idle_s(task, w, new) for w in group.members.values()), 1e-6)
+        prior_s, ratio = self._idle_ratio_s(task, group, self.short_new_tokens(task))
+        return max(ratio * prior_s, 1e-6)
 
     def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
         """What expiry plans with: the idle figure at the planned answer length (the top of
@@ -420,41 +439,74 @@ class AdaptiveEstimator:
         mix). Not faster than the prior: the engine model is a mean, and where the work itself
         varies (a CPU callable of 10-20 ms) a task started later than the prior allows mostly
         misses (CRITICAL work on the CPU pool met fewer deadlines so)."""
-        new = round(self.expected_new_tokens(task))
-        return max(min(max(self._idle_s(task, w, new), self._prior_s(task, w.spec.prior, 1))
-                       for w in group.members.values()),
-                   self.idle_service_s(task, group))
+        prior_s, ratio = self._idle_ratio_s(task, group, round(self.expected_new_tokens(task)))
+        return max(max(ratio, 1.0) * prior_s, self.idle_service_s(task, group))
 
     def started(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
-        """Note that ``task`` was placed on ``worker`` at ``now_s``: its prompt joins the
-        worker's prefill backlog and its context the worker's KV cache, and what was ahead of
-        it is kept for its completion."""
+        """Note that ``task`` was placed on ``worker`` at ``now_s``. If the worker's batch has
+        room, the task joins it: its prompt joins the worker's prefill backlog and its context
+        the batch's KV cache, and what was ahead of it is kept for its completion. Else it waits
+        in a prefetch slot, computing and reading nothing, until a task of the batch leaves
+        (``_finished``, ``_prune``)."""
         prior = worker.spec.prior
         if not prior.prefill_s_per_token:
             return  # no prompt to compute: the batch's contention is the prior's batch model
         wid = worker.worker_id
-        backlog = self._backlog.get(wid)
-        if backlog is None:
-            backlog = self._backlog[wid] = PrefillBacklog()
-        own_s = task.num_prompt_tokens * prior.prefill_s_per_token
-        ahead_s = backlog.place(own_s, now_s)
-        started = self._started.setdefault(wid, {})
-        if len(started) >= STARTED_KEPT_PER_SLOT * worker.spec.concurrency:
-            self._prune(worker)
+        if wid not in self._backlog:
+            self._backlog[wid] = PrefillBacklog()
+            self._started[wid] = {}
+            self._waiting[wid] = {}
+        self._concurrency[wid] = worker.spec.concurrency
+        # The task is already in the load table's in-flight set, not yet here: a record of a
+        # task the worker no longer holds may hide behind it, so look whenever the counts meet.
+        self._prune(worker, slack=1)
+        self._drop(wid, task.task_id)  # a record of an earlier binding here
         ctx = _context_tokens(task, round(self.expected_new_tokens(task)))
-        kv = self._kv[wid] = self._kv.get(wid, 0.0) + ctx
-        started[task.task_id] = _Started(ahead_s, backlog.placed_s, own_s, ctx, kv)
+        own_s = task.num_prompt_tokens * prior.prefill_s_per_token
+        if len(self._started[wid]) < worker.spec.concurrency:
+            self._enter(wid, task.task_id, own_s, ctx, now_s)
+        else:
+            self._waiting[wid][task.task_id] = (own_s, ctx)
 
-    def _prune(self, worker: WorkerLoad) -> None:
+    def _enter(self, wid: str, task_id: str, own_s: float, ctx: float, now_s: float) -> None:
+        """``task_id`` joins worker ``wid``'s batch at ``now_s``."""
+        backlog = self._backlog[wid]
+        ahead_s = backlog.place(own_s, now_s)
+        kv = self._kv[wid] = self._kv.get(wid, 0.0) + ctx
+        self._started[wid][task_id] = _Started(ahead_s, backlog.placed_s, own_s, ctx, kv)
+
+    def _admit_waiting(self, wid: str, concurrency: int, now_s: float) -> None:
+        """Tasks waiting in worker ``wid``'s prefetch slots join its batch, in the order they
+        were placed, while it has room."""
+        waiting = self._waiting[wid]
+        while waiting and len(self._started[wid]) < concurrency:
+            task_id = next(iter(waiting))
+            own_s, ctx = waiting.pop(task_id)
+            self._enter(wid, task_id, own_s, ctx, now_s)
+
+    def _prune(self, worker: WorkerLoad, slack: int = 0) -> None:
         """Tasks ``worker`` no longer holds without a completion (taken back, cancelled,
-        expired) leave its prefill backlog (their whole prompt at most) and its KV cache."""
+        expired) leave its prefill backlog (their whole prompt at most), its batch's KV cache
+        and its prefetch slots; tasks waiting there then take the room. Looks only when the
+        records outnumber the tasks the load table says it holds, less ``slack``."""
         wid = worker.worker_id
         started = self._started.get(wid)
-        if started is None or len(started) <= len(worker.in_flight):
+        if started is None:
             return
-        backlog = self._backlog[wid]
-        for tid in [t for t in started if t not in worker.in_flight]:
-            gone = started.pop(tid)
+        waiting = self._waiting[wid]
+        if len(started) + len(waiting) <= len(worker.in_flight) - slack:
+            return
+        for tid in [t for t in (*started, *waiting) if t not in worker.in_flight]:
+            self._drop(wid, tid)
+        self._admit_waiting(wid, worker.spec.concurrency, self._backlog[wid].at_s)
+
+    def _drop(self, wid: str, task_id: str) -> None:
+        """Forget ``task_id``'s record on worker ``wid`` without a completion: its prompt
+        leaves the prefill backlog (all of it at most) and its context the batch's KV cache."""
+        self._waiting[wid].pop(task_id, None)
+        gone = self._started[wid].pop(task_id, None)
+        if gone is not None:
+            backlog = self._backlog[wid]
             backlog.pending_s = max(0.0, backlog.pending_s - gone.own_s)
             self._kv[wid] = max(0.0, self._kv[wid] - gone.ctx_tokens)
 
@@ -468,7 +520,7 @@ class AdaptiveEstimator:
         return backlog.advance(now_s)
 
     def kv_tokens(self, worker: WorkerLoad) -> float:
-        """Tokens of KV cache the sequences placed on ``worker`` hold over their lives: what a
+        """Tokens of KV cache the sequences in ``worker``'s batch hold over their lives: what a
         sequence placed there now shares each decode step's memory reads with."""
         self._prune(worker)
         return self._kv.get(worker.worker_id, 0.0)
@@ -499,14 +551,16 @@ class AdaptiveEstimator:
                                                     self.kv_tokens(worker) + ctx)
         return now_s + worker.wait_s() + max(ahead_bound_s, batch_bound_s)
 
-    def _finished(self, task_id: str, worker_id: str, now_s: float) -> tuple[float, float | None]:
+    def _finished(self, task_id: str, worker_id: str, concurrency: int,
+                  now_s: float) -> tuple[float, float | None]:
         """What ``task_id``'s start on ``worker_id`` noted, now it has finished: prior seconds
         of other requests' prefill the worker computed while it was in its batch (what was
         ahead of it, plus what was placed after it and is no longer pending), and the KV cache
         of the batch it joined, in tokens (0 and None for a task whose start was not seen).
-        Its context leaves the worker's KV cache."""
+        It leaves the batch, and the first task waiting in a prefetch slot takes its place."""
         start = self._started.get(worker_id, {}).pop(task_id, None)
         if start is None:
+            self._waiting.get(worker_id, {}).pop(task_id, None)
             return 0.0, None
         self._kv[worker_id] = max(0.0, self._kv[worker_id] - start.ctx_tokens)
         backlog = self._backlog[worker_id]
@@ -514,13 +568,16 @@ class AdaptiveEstimator:
         # The task's own prompt was computed before it finished, and so was all that was ahead
         # of it: what is pending now joined after it.
         others_s = max(0.0, start.ahead_s + after_s - min(backlog.advance(now_s), after_s))
+        self._admit_waiting(worker_id, concurrency, now_s)
         return others_s, start.kv_tokens
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         prior = self.priors.get(completion.worker_id)
-        others_s, kv_tokens = self._finished(task.task_id, completion.worker_id, now_s)
-        if prior is None:
-            return  # a worker never scored (already gone)
+        concurrency = self._concurrency.get(completion.worker_id, 1)
+        others_s, kv_tokens = self._finished(task.task_id, completion.worker_id, concurrency,
+                                             now_s)
+        if prior is None or not completion.ok:
+            return  # a worker never scored (already gone), or a failure: no service to learn
         new = completion.num_generated_tokens if task.max_new_tokens else 0
         rest_s = prior.service_s(0, new, completion.batch_size, kv_tokens)
         own_prefill_s = task.num_prompt_tokens * prior.prefill_s_per_token
@@ -552,9 +609,12 @@ class AdaptiveEstimator:
         self._pools.pop(worker_id, None)
         for key in [k for k in self._engine_keys if k[1] == worker_id]:
             del self._engine_keys[key]
+            self._engines.pop(key, None)
         self._backlog.pop(worker_id, None)
         self._started.pop(worker_id, None)
+        self._waiting.pop(worker_id, None)
         self._kv.pop(worker_id, None)
+        self._concurrency.pop(worker_id, None)
 
     def table(self) -> list[dict[str, Any]]:
         """Per (worker, kind): the learned time of a typical task (500 prompt tokens, 100 new
@@ -592,6 +652,8 @@ class AdaptiveEstimator:
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
         self._pools.update(state.get("pools", {}))
+        self._engine_keys.clear()
+        self._engines.clear()
         contended_rows = state.get("models", [])
         for row in contended_rows:
             if row["worker"] not in self.priors or "log_factor" not in row:
@@ -602,6 +664,8 @@ class AdaptiveEstimator:
         # A state saved before engine models learned two factors kept one speed factor per
         # (kind, worker); before it kept engine models at all, a worker without prompts to
         # compute (a CPU worker) had no contention to take out, so its model was its engine's.
+        # Such a state does not say an engine worker's pool, so the engine models of engine
+        # workers start again (from the prior); those of CPU workers are restored.
         engine_rows = state.get("engine_models", [
             r for r in contended_rows if r.get("worker") in self.priors
             and not self.priors[r["worker"]].prefill_s_per_token])
@@ -609,12 +673,13 @@ class AdaptiveEstimator:
             wid = row.get("worker")
             if wid not in self.priors:
                 continue
-            if "prefill_factor" in row:
+            if "log_prefill" in row:
                 fields = {k: row[k] for k in EngineModel.__slots__ if k in row}
                 m = EngineModel(**fields)
                 m.p00, m.p01, m.p11 = m.p00 / trust, m.p01 / trust, m.p11 / trust
                 self.engine.add((row["group"], wid), m)
-            elif "log_factor" in row:
+            elif "log_factor" in row and not (self.priors[wid].prefill_s_per_token
+                                               or self.priors[wid].decode_s_per_step):
                 factor = math.exp(float(row["log_factor"]))
                 self.engine.add(self._engine_key(row["kind"], wid),
                                 EngineModel.starting_at(factor, factor))

@@ -17,8 +17,9 @@ is the prior's fixed cost plus its decode steps at the batch size the request re
 Dividing by the prior's total makes each completion one observation of the mean ratio
 ``share * prefill_factor + (1 - share) * decode_factor``, ``share`` being the prefill part of
 the prior's figure, so a long request does not outweigh a short one (the errors are relative).
-The two factors are estimated jointly by a Kalman filter (recursive least squares with a prior):
-they start at the prior's (1, 1) or at the mean of like workers, with a standard deviation of
+The two factors are estimated jointly by an extended Kalman filter on their logs, observing the
+log of each completion's ratio (so both stay positive and the errors are relative): they start
+at the prior's (1, 1) or at the mean of like workers, with a standard deviation of
 ``PRIOR_LOG_SD`` each; old completions are forgotten at ``forget`` per completion; a direction
 no completion has spoken of (every request with the same share) stays at its prior. A worker
 that runs callables instead of an engine has no tokens: its share is 0 and the second factor
@@ -49,18 +50,17 @@ MIN_NOISE_LOG_SD = 0.01
 # surprise; three in a row mean the worker changed.
 SURPRISE_SD = 3.0
 SURPRISES_TO_RELEARN = 3
-# Factors are kept above this, so a prediction stays positive.
-MIN_FACTOR = 1e-3
 
 
 @dataclass(slots=True)
 class EngineModel:
-    """Prefill and decode factors of one worker over its prior, with their covariance
-    (``p00``, ``p01``, ``p11``, in factor units squared) and the relative noise of single
-    completions about the model (``noise_log_var``)."""
+    """Prefill and decode factors of one worker over its prior, kept as their logs (so both
+    stay positive whatever the completions say), with the covariance of those logs (``p00``,
+    ``p01``, ``p11``) and the noise of single completions about the model (``noise_log_var``,
+    log units)."""
 
-    prefill_factor: float = 1.0
-    decode_factor: float = 1.0
+    log_prefill: float = 0.0
+    log_decode: float = 0.0
     p00: float = PRIOR_LOG_SD ** 2
     p01: float = 0.0
     p11: float = PRIOR_LOG_SD ** 2
@@ -71,37 +71,47 @@ class EngineModel:
     @classmethod
     def starting_at(cls, prefill_factor: float, decode_factor: float) -> EngineModel:
         """A model not yet seen, at the given factors and the prior's spread about them."""
-        m = cls(prefill_factor, decode_factor)
-        m._reset_spread()
-        return m
+        return cls(math.log(prefill_factor), math.log(decode_factor))
+
+    @property
+    def prefill_factor(self) -> float:
+        return math.exp(self.log_prefill)
+
+    @property
+    def decode_factor(self) -> float:
+        return math.exp(self.log_decode)
 
     def ratio(self, share: float) -> float:
         """Measured over prior time, for work whose prior figure is ``share`` prefill."""
-        return share * self.prefill_factor + (1.0 - share) * self.decode_factor
+        return share * math.exp(self.log_prefill) + (1.0 - share) * math.exp(self.log_decode)
+
+    def _gradient(self, share: float) -> tuple[float, float, float]:
+        """``ratio(share)`` and the derivatives of its log by each log factor (they sum to 1:
+        the parts of the figure each factor carries)."""
+        prefill = share * math.exp(self.log_prefill)
+        decode = (1.0 - share) * math.exp(self.log_decode)
+        total = prefill + decode
+        return total, prefill / total, decode / total
 
     def sd(self, share: float) -> float:
         """Relative standard error of ``ratio(share)``: how well the mean is known, not how
         much single completions vary about it (the filter's spread at its assumed noise,
-        scaled to the noise really seen, but never below the prior's before any completion)."""
-        h0, h1 = share, 1.0 - share
+        scaled to the noise really seen once completions have come)."""
+        _, h0, h1 = self._gradient(share)
         var = h0 * h0 * self.p00 + 2.0 * h0 * h1 * self.p01 + h1 * h1 * self.p11
         if self.n:
             var *= self.noise_log_var / ASSUMED_NOISE_LOG_SD ** 2
-        return math.sqrt(max(var, 0.0)) / max(self.ratio(share), MIN_FACTOR)
+        return math.sqrt(max(var, 0.0))
 
     def noise_sd(self) -> float:
         """Relative standard deviation of single completions about the model."""
         return math.sqrt(self.noise_log_var)
 
-    def _reset_spread(self) -> None:
-        self.p00 = (PRIOR_LOG_SD * self.prefill_factor) ** 2
-        self.p11 = (PRIOR_LOG_SD * self.decode_factor) ** 2
-        self.p01 = 0.0
-
     def update(self, share: float, ratio: float, forget: float) -> None:
-        """Learn from one completion that took ``ratio`` times the prior's figure, ``share`` of
-        which was prefill (0 <= share <= 1)."""
-        predicted = max(self.ratio(share), MIN_FACTOR)
+        """Learn from one completion that took ``ratio`` (> 0) times the prior's figure,
+        ``share`` of which was prefill (0 <= share <= 1): one step of an extended Kalman
+        filter on the log factors, observing the log of the ratio."""
+        predicted, h0, h1 = self._gradient(share)
         rel = math.log(max(ratio, 1e-9) / predicted)
         big = self.n >= 5 and abs(rel) > SURPRISE_SD * self.noise_sd() + 0.1
         self.surprises = self.surprises + 1 if big else 0
@@ -109,10 +119,9 @@ class EngineModel:
             # The worker changed: both factors move to this completion's speed and the filter
             # starts again from the prior's spread, so the next completions are learned at full
             # weight rather than blended into the old speed.
-            scale = ratio / predicted
-            self.prefill_factor *= scale
-            self.decode_factor *= scale
-            self._reset_spread()
+            self.log_prefill += rel
+            self.log_decode += rel
+            self.p00, self.p01, self.p11 = PRIOR_LOG_SD ** 2, 0.0, PRIOR_LOG_SD ** 2
             self.n, self.surprises = 0, 0
             self.noise_log_var = ASSUMED_NOISE_LOG_SD ** 2
             return
@@ -124,19 +133,16 @@ class EngineModel:
                                      MIN_NOISE_LOG_SD ** 2)
         # Forgetting widens the spread, but never past the prior's: a direction no completion
         # speaks of stays where it started instead of drifting without bound.
-        self.p00 = min(self.p00 / forget, (PRIOR_LOG_SD * self.prefill_factor) ** 2)
-        self.p11 = min(self.p11 / forget, (PRIOR_LOG_SD * self.decode_factor) ** 2)
+        self.p00 = min(self.p00 / forget, PRIOR_LOG_SD ** 2)
+        self.p11 = min(self.p11 / forget, PRIOR_LOG_SD ** 2)
         bound = math.sqrt(self.p00 * self.p11)
         self.p01 = max(-bound, min(bound, self.p01 / forget))
-        h0, h1 = share, 1.0 - share
         ph0 = self.p00 * h0 + self.p01 * h1
         ph1 = self.p01 * h0 + self.p11 * h1
-        noise = (ASSUMED_NOISE_LOG_SD * predicted) ** 2
-        s = h0 * ph0 + h1 * ph1 + noise
+        s = h0 * ph0 + h1 * ph1 + ASSUMED_NOISE_LOG_SD ** 2
         k0, k1 = ph0 / s, ph1 / s
-        err = ratio - predicted
-        self.prefill_factor = max(self.prefill_factor + k0 * err, MIN_FACTOR)
-        self.decode_factor = max(self.decode_factor + k1 * err, MIN_FACTOR)
+        self.log_prefill += k0 * rel
+        self.log_decode += k1 * rel
         self.p00 -= k0 * ph0
         self.p01 -= k0 * ph1
         self.p11 -= k1 * ph1
@@ -208,7 +214,7 @@ class EngineModelSet:
             total = self._sum[key[0]]
             others = ((share * (total[0] - m.prefill_factor)
                        + (1.0 - share) * (total[1] - m.decode_factor)) / (count - 1))
-            if others > 0 and abs(math.log(max(mine, MIN_FACTOR) / others)) < math.log(own_ratio):
+            if others / own_ratio < mine < others * own_ratio:
                 return (share * total[0] + (1.0 - share) * total[1]) / count
         return mine
 
