@@ -31,7 +31,8 @@ contention in its features: each worker keeps a backlog of the prior's prefill s
 on it and not yet computed (drained at the worker's learned prefill speed), and a completion's
 prefill is its own prompt plus the others' prefill the backlog says the worker computed while
 the task was in its batch (what was ahead of it when it started, plus what joined after and was
-done before it finished); its decode is the prior's steps at the batch it ran in. The model
+done before it finished); its decode is the prior's steps for the KV cache of the batch it
+joined. Tasks in prefetch slots beyond the batch join it when a task leaves. The model
 learns a prefill factor and a decode factor per engine worker (shared by every kind: the cost
 is in tokens), per (kind, worker) for a worker running callables. On identical workers it
 stays at the prior's whatever the load; a worker that really is slower is slower on its own
@@ -587,7 +588,8 @@ class AdaptiveEstimator:
         key = (task.kind, completion.worker_id)
         self.contended.learn(key, completion.service_s / expected_s, self.forget)
         # The engine model sees the prefill the task waited on, its own and the others', and
-        # the decode steps at the batch it ran in: the contention is in the features.
+        # the decode steps for the KV cache of the batch it joined: the contention is in the
+        # features.
         prefill_s = own_prefill_s + others_s
         engine = self.engine.learn(self._engine_key(task.kind, completion.worker_id),
                                    prefill_s / (prefill_s + rest_s),
