@@ -103,6 +103,10 @@ class Placement(Protocol):
         """``(best_case_s, planned_case_s)`` in one pass; None when no worker is eligible."""
         ...
 
+    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+        """Predicted service of ``task`` if it joined ``worker`` now."""
+        ...
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
     def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
@@ -146,6 +150,9 @@ class EstimatorPlacement:
                 elif best_s < cases[0] or planned_s < cases[1]:
                     cases = (min(best_s, cases[0]), min(planned_s, cases[1]))
         return cases
+
+    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+        return self.estimator.service_s(task, worker)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
