@@ -42,3 +42,24 @@ def test_edf_without_preemption_lets_the_same_critical_task_expire() -> None:
     run = Simulator(build_core("edf"), llm_workers(1, 1)).run(tasks)
     by_id = {o.task_id: o for o in run.outcomes}
     assert by_id["crit"].status is Status.EXPIRED
+
+
+@pytest.mark.parametrize(("deadline_after_s", "preempts"), [(2.45, False), (3.2, True)])
+def test_work_is_taken_back_only_for_a_task_predicted_to_make_it(
+        deadline_after_s: float, preempts: bool) -> None:
+    # One 7B worker, batch 2, both slots decoding long LOW generations over 12k-token prompts.
+    # A CRITICAL task of 200 new tokens takes about 2.2 s alone, which admits it with a
+    # deadline 2.45 s away; in the victim's place its decode steps read the other's 12k+
+    # tokens of KV cache as well, and the core predicts more than the 2.45 s it has, so taking
+    # a LOW task back would cost it its progress and save nothing. With 3.2 s it does.
+    tasks = [llm_task(f"low-{i}", Priority.LOW, 0.0, 900.0, 12_000, 1500) for i in range(2)]
+    tasks.append(llm_task("crit", Priority.CRITICAL, 3.0, 3.0 + deadline_after_s, 10, 200))
+    core = build_core("raysched")
+    run = Simulator(core, llm_workers(1, 2)).run(tasks)
+    by_id = {o.task_id: o for o in run.outcomes}
+    assert by_id["crit"].status is (Status.COMPLETED if preempts else Status.EXPIRED)
+    assert by_id["crit"].deadline_met is preempts
+    # Without a preemption both LOW generations end about together, from their first start;
+    # with one, the one taken back starts again and ends well after the other.
+    ends = sorted(by_id[f"low-{i}"].end_s for i in range(2))
+    assert (ends[1] - ends[0] > 2.0) is preempts
