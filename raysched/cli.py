@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -104,6 +105,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if run.lost else 0
 
 
+def _ms(x: float) -> str:
+    """Milliseconds to read at a glance: a CPU task's microseconds are not rounded to 0.0."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3f}"
+
+
 def _join(address: str | None) -> Any:
     import socket
 
@@ -119,7 +125,15 @@ def _join(address: str | None) -> Any:
         except OSError as exc:
             raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
     loopback_env()
-    ray.init(address=address or "auto", log_to_driver=False)
+    try:
+        ray.init(address=address or "auto", log_to_driver=False)
+    except ConnectionError as exc:
+        # Ray 2.59 and later turn token authentication on for a cluster that ray.init()
+        # starts (an embedded scheduler's); a client must then say so to send the token.
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                "; a cluster started by ray.init() (an embedded scheduler's) uses token "
+                "authentication: run again with RAY_AUTH_MODE=token")
+        raise ConnectionError(f"{exc}{hint}") from None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -147,12 +161,14 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Not a terminal (a pipe, a log): wide enough that worker names and figures are not cut.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     for note in stats["notes"]:
         console.print(f"note: {note}")
     shards = f", {stats['shards']} shards" if stats.get("shards", 1) > 1 else ""
-    t = Table(title=f"raysched: {stats['queued']} queued, {stats['running']} running, "
-                    f"up {stats['uptime_s']:.0f} s{shards}")
+    cluster = ray.get_runtime_context().gcs_address
+    t = Table(title=f"raysched on {cluster}: {stats['queued']} queued, {stats['running']} "
+                    f"running, up {stats['uptime_s']:.0f} s{shards}")
     for col in ("worker", "pool", "engine", "in flight", "free", "backlog s", "done", "util"):
         t.add_column(col, justify="right")
     for wid, w in stats["workers"].items():
@@ -170,17 +186,19 @@ def _status(args: argparse.Namespace) -> int:
                        f"{h['oldest_start_s']:.0f}", str(h["start_failures"]), h["down"] or "-")
         console.print(pt)
     if stats.get("learned"):
-        lt = Table(title="learned service times (typical task: 500 prompt, 100 new tokens)")
+        lt = Table(title="learned service times (typical LLM task: 500 prompt, 100 new "
+                         "tokens; a CPU task as it runs)")
         for col in ("worker", "kind", "predicted ms", "idle ms", "prior ms", "speed factor",
                     "prefill x", "decode x", "observations", "± ms"):
             lt.add_column(col, justify="right")
         for row in stats["learned"]:
-            lt.add_row(row["worker"], row["kind"], f"{row['predicted_ms']:.1f}",
-                       f"{row.get('idle_ms', row['predicted_ms']):.1f}",
-                       f"{row['prior_ms']:.1f}", f"{row.get('speed_factor', 1.0):.2f}",
-                       f"{row.get('prefill_factor', 1.0):.2f}",
-                       f"{row.get('decode_factor', 1.0):.2f}",
-                       str(row["observations"]), f"{row['uncertainty_ms']:.1f}")
+            tokens = row.get("prefill_factor") is not None
+            lt.add_row(row["worker"], row["kind"], _ms(row["predicted_ms"]),
+                       _ms(row.get("idle_ms", row["predicted_ms"])), _ms(row["prior_ms"]),
+                       f"{row.get('speed_factor', 1.0):.2f}",
+                       f"{row['prefill_factor']:.2f}" if tokens else "-",
+                       f"{row['decode_factor']:.2f}" if tokens else "-",
+                       str(row["observations"]), _ms(row["uncertainty_ms"]))
         console.print(lt)
     console.print(f"results: {stats['results']}")
     return 0

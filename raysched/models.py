@@ -190,8 +190,11 @@ class Task(BaseModel):
                 raise ValueError(f"payload.features: the {pool} pool's classifier takes "
                                  f"{FRAUD_NUM_FEATURES} features, got {len(p.features)}")
         elif self.kind != "classification" and p.fn is None:
+            hint = ("; a kind without a default pool runs on cpu: name an LLM pool in "
+                    "requirements.pool to generate text" if self.requirements.pool is None
+                    and self.requirements.pools is None else "")
             raise ValueError(f"payload.fn (a callable) is required for kind {self.kind!r} "
-                             f"on {pool}")
+                             f"on {pool}{hint}")
 
     @property
     def pool(self) -> str:

@@ -413,3 +413,11 @@ def test_priority_booleans_are_refused():
         with pytest.raises(ValidationError) as info:
             Task.model_validate(_llm_task(priority=value), context=CONTEXT)
         assert_names_exactly(info.value, {"priority"})
+
+
+def test_a_kind_of_ones_own_with_a_prompt_is_told_where_it_runs() -> None:
+    # A kind with no default pool runs on cpu; given a prompt instead of a callable, the error
+    # says how to send it to an LLM pool.
+    with pytest.raises(ValidationError) as info:
+        Task.model_validate({"kind": "translation", "sla_ms": 1000, "payload": PROMPT})
+    assert "payload.fn" in str(info.value) and "requirements.pool" in str(info.value)

@@ -631,10 +631,13 @@ class AdaptiveEstimator:
             e = self.engine.get(self._engine_key(kind, wid))
             prefill_s = 500 * prior.prefill_s_per_token
             idle = e.ratio(prefill_s / prior_s if prior_s > 0 else 0.0)
+            # A worker running callables has no tokens: its one engine figure is idle_ms.
+            tokens = bool(prior.prefill_s_per_token or prior.decode_s_per_step)
             rows.append({"worker": wid, "kind": kind, "predicted_ms": 1e3 * m.factor * prior_s,
                          "idle_ms": 1e3 * idle * prior_s,
                          "prior_ms": 1e3 * prior_s, "speed_factor": m.factor,
-                         "prefill_factor": e.prefill_factor, "decode_factor": e.decode_factor,
+                         "prefill_factor": e.prefill_factor if tokens else None,
+                         "decode_factor": e.decode_factor if tokens else None,
                          "observations": m.n,
                          "uncertainty_ms": 1e3 * m.factor * prior_s * (math.exp(m.sd()) - 1)})
         return rows
