@@ -106,19 +106,21 @@ def alone_s(worker: SimLLMWorker, prompt_tokens: int, new_tokens: int) -> float:
             return end_s
 
 
-def test_an_engine_unlike_its_prior_is_learned_at_prefill_and_at_decode_apart() -> None:
-    # Two 7B workers described by the A100 prior, both in fact on an L4 (2.6 times slower at
-    # compute, 6.8 times at memory bandwidth: 121 against 312 TFLOPS, 300 against 2,039 GB/s).
-    # After a light mix of long prompts with short answers and short prompts with long
-    # answers, the idle figure of either shape is right, which one factor per worker cannot
-    # be: the same figure would have to be about 2.6 for the one and 6.8 for the other.
-    l4 = GPUSpec("L4", mem_bandwidth_bytes_s=300e9, peak_flops=121e12)
+L4 = GPUSpec("L4", mem_bandwidth_bytes_s=300e9, peak_flops=121e12)
 
-    def on_l4(wid: str) -> SimLLMWorker:
-        w = SimLLMWorker(wid, roofline=Roofline(MISTRAL_7B, l4), max_batch_size=8)
-        w.prior = PRESETS["7b"].prior()
-        return w
 
+def on_l4(wid: str) -> SimLLMWorker:
+    """A 7B worker on an L4 that describes itself by the A100 prior (2.6 times slower at
+    compute, 6.8 times at memory bandwidth: 121 against 312 TFLOPS, 300 against 2,039 GB/s,
+    from NVIDIA's datasheets)."""
+    w = SimLLMWorker(wid, roofline=Roofline(MISTRAL_7B, L4), max_batch_size=8)
+    w.prior = PRESETS["7b"].prior()
+    return w
+
+
+def learned_on_l4() -> tuple[SchedulerCore, float]:
+    """A core that has run a light mix on two such workers (long prompts with short answers,
+    short prompts with long answers, three kinds), and when the run ended."""
     rng = random.Random(11)
     tasks, t = [], 0.0
     for i in range(400):
@@ -129,7 +131,14 @@ def test_an_engine_unlike_its_prior_is_learned_at_prefill_and_at_decode_apart() 
                          deadline_s=t + 600.0, num_prompt_tokens=prompt, max_new_tokens=new)
         tasks.append(SimTask(t, core, true_new_tokens=new))
     core = build_core("raysched")
-    Simulator(core, {w: ("llm-7b", on_l4(w)) for w in ("a", "b")}).run(tasks)
+    run = Simulator(core, {w: ("llm-7b", on_l4(w)) for w in ("a", "b")}).run(tasks)
+    return core, run.end_s
+
+
+def test_an_engine_unlike_its_prior_is_learned_at_prefill_and_at_decode_apart() -> None:
+    # The idle figure of either shape is right, which one factor per worker cannot be: the
+    # same figure would have to be about 2.9 for the one and 6.2 for the other.
+    core, _ = learned_on_l4()
     est = core.placement.estimator  # type: ignore[attr-defined]
     worker = core.table.workers["a"]
     prior = worker.spec.prior
@@ -139,3 +148,19 @@ def test_an_engine_unlike_its_prior_is_learned_at_prefill_and_at_decode_apart() 
                                     prior.service_s(0, new, 1))
         assert learned_s == pytest.approx(truth_s, rel=0.15), (prompt, new)
         assert truth_s > 2 * prior.service_s(prompt, new, 1), "the prior must be far off"
+
+
+@pytest.mark.parametrize(("prompt", "new"), [(3000, 4), (50, 100)])
+def test_admission_on_an_engine_unlike_its_prior_refuses_just_the_infeasible(
+        prompt: int, new: int) -> None:
+    # On the idle workers, a deadline 15% short of the true idle time is refused at submit
+    # and one 15% over it is taken, for either shape and a kind never seen before.
+    core, end_s = learned_on_l4()
+    truth_s = alone_s(on_l4("probe"), prompt, new)
+    now_s = end_s + 1.0
+    for slack, refused in ((0.85, True), (1.15, False)):
+        probe = make_task(task_id=f"probe-{slack}", kind="a new kind", priority=Priority.HIGH,
+                          deadline_s=now_s + slack * truth_s, num_prompt_tokens=prompt,
+                          max_new_tokens=new)
+        ended = core.submit(probe, now_s)
+        assert [o.status.value for o in ended] == (["rejected"] if refused else []), slack
