@@ -14,18 +14,16 @@ GB/s), so the model learns one factor for each::
 ``prefill_prior_s`` is the prior's seconds for every prompt token the request waited on (the
 scheduler knows what it placed on the worker, ``adaptive.PrefillBacklog``); ``decode_prior_s``
 is the prior's fixed cost plus its decode steps, each figured for the KV cache of the batch the
-request joined (``ServicePrior.decode_step_s``; at the batch size it ran in where the prior
-has no KV figure).
-Dividing by the prior's total makes each completion one observation of the mean ratio
-``share * prefill_factor + (1 - share) * decode_factor``, ``share`` being the prefill part of
-the prior's figure, so a long request does not outweigh a short one (the errors are relative).
-The two factors are estimated jointly by an extended Kalman filter on their logs, observing the
-log of each completion's ratio (so both stay positive): they start
-at the prior's (1, 1) or at the mean of like workers, with a standard deviation of
-``PRIOR_LOG_SD`` each; old completions are forgotten at ``forget`` per completion; a direction
-no completion has spoken of (every request with the same share) stays at its prior. A worker
-that runs callables instead of an engine has no tokens: its share is 0 and the second factor
-is its speed on that kind.
+request joined (``ServicePrior.decode_step_s``; at the batch size it ran in where the prior has
+no KV figure). Dividing by the prior's total makes each completion one observation of the mean
+ratio ``share * prefill_factor + (1 - share) * decode_factor``, ``share`` being the prefill part
+of the prior's figure, so a long request does not outweigh a short one (the errors are
+relative). The two factors are estimated jointly by an extended Kalman filter on their logs,
+observing the log of each completion's ratio (so both stay positive): they start at the prior's
+(1, 1) or at the mean of like workers, with a standard deviation of ``PRIOR_LOG_SD`` each; old
+completions are forgotten at ``forget`` per completion; a direction no completion has spoken of
+(every request with the same share) stays at its prior. A worker that runs callables instead of
+an engine has no tokens: its share is 0 and the second factor is its speed on that kind.
 
 The model is contention-free by construction: the batch's KV cache and the others' prefill are
 in the features, so identical workers converge to the same factors whatever their load, and a
