@@ -407,11 +407,21 @@ class AdaptiveEstimator:
         slower or faster one gets its own."""
         return self.contended.shared_factor(kind, self.model(kind, worker))
 
-    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
-        batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
+    def service_s(self, task: CoreTask, worker: WorkerLoad,
+                  instead_of: str | None = None) -> float:
+        """Predicted service of ``task`` joining ``worker`` now: in the batch it joins, with
+        that batch's KV cache; in the place of the task ``instead_of`` (a preemption's victim,
+        still counted there) where one is given."""
+        kv = self.kv_tokens(worker)
+        others = len(worker.in_flight)
+        if instead_of is not None and instead_of in worker.in_flight:
+            others -= 1
+            gone = self._started.get(worker.worker_id, {}).get(instead_of)
+            if gone is not None:
+                kv -= gone.ctx_tokens
+        batch = min(others + 1, worker.spec.concurrency)
         factor = self.factor(task.kind, worker)
-        return max(factor * self._prior_s(task, worker.spec.prior, batch,
-                                          self.kv_tokens(worker)), 1e-6)
+        return max(factor * self._prior_s(task, worker.spec.prior, batch, kv), 1e-6)
 
     def service_sd_s(self, task: CoreTask, worker: WorkerLoad) -> float:
         return self.service_s(task, worker) * (math.exp(self.model(task.kind, worker).sd()) - 1)
@@ -762,6 +772,10 @@ class AdaptivePlacement(EstimatorPlacement):
 
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         return self._choose(task, table, now_s)
+
+    def service_s(self, task: CoreTask, worker: WorkerLoad, instead_of: str | None = None
+                  ) -> float:
+        return self.estimator.service_s(task, worker, instead_of)
 
     def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
         # The worker's prefill backlog takes the task's prompt once the core has bound it (a

@@ -103,8 +103,10 @@ class Placement(Protocol):
         """``(best_case_s, planned_case_s)`` in one pass; None when no worker is eligible."""
         ...
 
-    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
-        """Predicted service of ``task`` if it joined ``worker`` now."""
+    def service_s(self, task: CoreTask, worker: WorkerLoad, instead_of: str | None = None
+                  ) -> float:
+        """Predicted service of ``task`` if it joined ``worker`` now, in the place of the task
+        ``instead_of`` where one is given (a preemption's victim, still in the load table)."""
         ...
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
@@ -151,7 +153,8 @@ class EstimatorPlacement:
                     cases = (min(best_s, cases[0]), min(planned_s, cases[1]))
         return cases
 
-    def service_s(self, task: CoreTask, worker: WorkerLoad) -> float:
+    def service_s(self, task: CoreTask, worker: WorkerLoad, instead_of: str | None = None
+                  ) -> float:
         return self.estimator.service_s(task, worker)
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:

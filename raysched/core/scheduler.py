@@ -453,9 +453,8 @@ class SchedulerCore:
         _, v, w = victim
         # Only for a task that, started now in the victim's place, is predicted to meet its
         # deadline: taking work back for one that misses anyway costs the victim its progress
-        # and saves nothing. The figure still counts the victim in the batch (its KV cache),
-        # so it errs toward leaving the victim be.
-        if now_s + self.placement.service_s(task, w) > task.deadline_s:
+        # and saves nothing.
+        if now_s + self.placement.service_s(task, w, instead_of=v.task.task_id) > task.deadline_s:
             return
         self.table.finish(v.task.task_id, now_s, completed=False)
         v.attempts -= 1

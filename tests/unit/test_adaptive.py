@@ -218,3 +218,24 @@ def test_a_decode_step_at_typical_contexts_is_the_batch_model_s() -> None:
         assert prior.decode_step_s(batch, batch * prior.context_tokens) == pytest.approx(
             prior.decode_step_s(batch), rel=1e-9)
     assert prior.decode_step_s(1, 32_000) > 1.2 * prior.decode_step_s(1)
+
+
+def test_a_task_in_a_victims_place_is_figured_without_the_victim() -> None:
+    # A preemption's victim is still in the load table when the core asks what the urgent
+    # task would take in its place: the figure leaves out the victim's KV cache and slot.
+    prior = SimLLMWorker("probe", "7b", 16).prior
+    table = make_table(make_worker(worker_id="w", pool="p", slots=2, concurrency=2,
+                                   prior=prior, max_context_tokens=32_768))
+    est, w = AdaptiveEstimator(), table.workers["w"]
+    for i in range(2):
+        t = make_task(task_id=f"low{i}", pool="p", num_prompt_tokens=12_000,
+                      max_new_tokens=1_500, deadline_s=1e4)
+        table.start(t.task_id, "w", est.service_s(t, w), 0.0)
+        est.started(t, w, 0.0)
+    crit = make_task(task_id="crit", priority=Priority.CRITICAL, pool="p",
+                     num_prompt_tokens=10, max_new_tokens=200, deadline_s=1e4)
+    both, instead = est.service_s(crit, w), est.service_s(crit, w, instead_of="low0")
+    alone = est.service_s(crit, make_table(make_worker(
+        worker_id="idle", pool="p", slots=2, concurrency=2, prior=prior,
+        max_context_tokens=32_768)).workers["idle"])
+    assert alone < instead < both

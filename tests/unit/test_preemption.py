@@ -49,8 +49,8 @@ def test_work_is_taken_back_only_for_a_task_predicted_to_make_it(
         deadline_after_s: float, preempts: bool) -> None:
     # One 7B worker, batch 2, both slots decoding long LOW generations over 12k-token prompts.
     # A CRITICAL task of 200 new tokens takes about 2.2 s alone, which admits it with a
-    # deadline 2.45 s away; in the batch, its decode steps read the LOW tasks' KV cache as
-    # well, and the core predicts more than the 2.45 s it has (still counting the victim's),
+    # deadline 2.45 s away; in the place of either LOW task, its decode steps read the other's
+    # 12k+ tokens of KV cache as well, and the core predicts about 2.47 s, more than it has,
     # so it takes nothing back and the task expires. With 3.2 s it does take one back.
     tasks = [llm_task(f"low-{i}", Priority.LOW, 0.0, 900.0, 12_000, 1500) for i in range(2)]
     tasks.append(llm_task("crit", Priority.CRITICAL, 3.0, 3.0 + deadline_after_s, 10, 200))
