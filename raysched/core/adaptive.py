@@ -72,7 +72,15 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from raysched.core.engine_model import EngineModel, EngineModelSet
+# The prior's spread and what counts as a surprise are the engine model's: a speed factor is
+# the same kind of figure, learned from the same completions.
+from raysched.core.engine_model import (
+    PRIOR_LOG_SD,
+    SURPRISES_TO_RELEARN,
+    EngineModel,
+    EngineModelSet,
+    is_surprise,
+)
 from raysched.core.load import LoadTable, WorkerGroup, WorkerLoad
 from raysched.core.placement import Choice, EstimatorPlacement, eligible
 from raysched.core.protocol import Completion
@@ -87,13 +95,6 @@ SAME_SPEED = 0.9
 # balance already answers: on the conversation trace a band of 10% let that noise split like
 # workers and cost HIGH p99; 1.4 keeps them together and still singles out a 1.5x worker.
 OWN_FACTOR_RATIO = 1.4
-# The prior's own uncertainty, as a standard deviation of the log speed factor: a worker is
-# taken to be within about a factor 1.6 of its prior before it has been seen.
-PRIOR_LOG_SD = 0.5
-# A completion whose log ratio is off by more than this many standard deviations (plus a fixed
-# 10% for noise) is a surprise; three in a row mean the worker changed.
-SURPRISE_SD = 3.0
-SURPRISES_TO_RELEARN = 3
 # Output lengths are learned as a distribution and planned at its top: a deadline is at stake,
 # and a mean lets placement and backlog plan for answers shorter than one in two will be (on
 # the conversation trace, planning at the mean cost LOW work 4 points of deadlines met at full
@@ -131,8 +132,7 @@ class SpeedModel:
         """Learn from one completion that took ``ratio`` times the prior's figure."""
         r = math.log(max(ratio, 1e-9))
         err = r - self.log_factor
-        spread = math.sqrt(max(self.log_var, 0.0))
-        big = self.n >= 5 and abs(err) > SURPRISE_SD * spread + 0.1
+        big = is_surprise(self.n, err, math.sqrt(max(self.log_var, 0.0)))
         self.surprises = self.surprises + 1 if big else 0
         weight = max(1.0 - forget, 1.0 / (self.n + 1))
         if self.surprises >= SURPRISES_TO_RELEARN:

@@ -52,6 +52,12 @@ SURPRISE_SD = 3.0
 SURPRISES_TO_RELEARN = 3
 
 
+def is_surprise(n: int, log_error: float, log_sd: float) -> bool:
+    """Whether a completion ``log_error`` off a model learned from ``n`` completions, whose
+    single completions spread by ``log_sd``, is a surprise (see ``SURPRISE_SD``)."""
+    return n >= 5 and abs(log_error) > SURPRISE_SD * log_sd + 0.1
+
+
 @dataclass(slots=True)
 class EngineModel:
     """Prefill and decode factors of one worker over its prior, kept as their logs (so both
@@ -113,7 +119,7 @@ class EngineModel:
         filter on the log factors, observing the log of the ratio."""
         predicted, h0, h1 = self._gradient(share)
         rel = math.log(max(ratio, 1e-9) / predicted)
-        big = self.n >= 5 and abs(rel) > SURPRISE_SD * self.noise_sd() + 0.1
+        big = is_surprise(self.n, rel, self.noise_sd())
         self.surprises = self.surprises + 1 if big else 0
         if self.surprises >= SURPRISES_TO_RELEARN:
             # The worker changed: both factors move to this completion's speed and the filter
