@@ -17,15 +17,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from actors.engines import Engine, Sequence, make_engine
-from raysched.core.protocol import ByRef, Completion, WorkerInfo, WorkItem, split_outputs
+from raysched.core.protocol import (
+    ABORTED,
+    ByRef,
+    Completion,
+    WorkerInfo,
+    WorkItem,
+    split_outputs,
+)
 
 
 class _Request:
-    __slots__ = ("arrival_s", "binding", "future", "latest_start_s", "seq", "start_s")
+    __slots__ = ("arrival_s", "binding", "future", "latest_start_s", "prefix", "seq", "start_s")
 
     def __init__(self, seq: Sequence, future: asyncio.Future[Completion],
-                 latest_start_s: float, binding: int) -> None:
+                 latest_start_s: float, binding: int, prefix: str = "") -> None:
         self.seq = seq
+        # The text earlier attempts generated (``WorkItem.progress``): the output starts with it.
+        self.prefix = prefix
         self.future = future
         self.arrival_s = time.monotonic()
         self.start_s = 0.0
@@ -73,9 +82,13 @@ class LLMActor:
             p = item.payload
             if isinstance(p, ByRef):
                 p = await p.ref
-            seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
-                           p.max_new_tokens, item.priority)
-            req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding)
+            prefix, done = item.progress or ("", 0)
+            # Taken back before, it goes on from there: the tokens it generated are prefilled
+            # with its prompt (counted as they were generated: a simulated engine has no text).
+            seq = Sequence(item.task_id, p.prompt + prefix,
+                           self.engine.count_tokens(p.prompt) + done,
+                           p.max_new_tokens - done, item.priority)
+            req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding, prefix)
             self._by_id[item.task_id] = req
             if limit and seq.num_prompt_tokens + seq.max_new_tokens > limit:
                 # The engine's own token count can exceed the scheduler's estimate: refuse this
@@ -104,7 +117,7 @@ class LLMActor:
             req = self._by_id.get(task_id)
             if req is not None and not req.future.done():
                 req.seq.finished_early = True
-                self._resolve(req, ok=False, error="aborted")
+                self._resolve(req, ok=False, error=ABORTED)
                 n += 1
         return n
 
@@ -184,9 +197,17 @@ class LLMActor:
         started = req.start_s or now
         seq = req.seq
         self._by_id.pop(seq.request_id, None)
+        if ok:
+            output: str | None = req.prefix + self.engine.text(seq)
+        elif error == ABORTED and seq.num_generated:
+            # Its progress, should the scheduler run it again (a preemption): the text so far,
+            # where the engine has real tokens to decode.
+            output = req.prefix + (self.engine.text(seq) if seq.token_ids else "")
+        else:
+            output = None
         req.future.set_result(Completion(
             seq.request_id, self.worker_id, ok=ok,
-            output=self.engine.text(seq) if ok else None, error=error, retryable=retryable,
+            output=output, error=error, retryable=retryable,
             expired=expired, binding=req.binding, service_s=now - started,
             worker_queue_s=started - req.arrival_s,
             num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,

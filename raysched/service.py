@@ -27,6 +27,7 @@ from typing import Any
 from raysched.config import PoolConfig
 from raysched.core import CoreStats, Outcome, SchedulerCore, WorkerSpec
 from raysched.core.protocol import (
+    ABORTED,
     ByRef,
     Completion,
     ResultRecord,
@@ -184,6 +185,9 @@ class SchedulerService:
         # Results whose outputs went by reference, not yet acknowledged: task_id -> the task's
         # log entry (client_id, task, deadline_s), kept through compaction of the log.
         self._rerun: Pending = {}
+        # What tasks taken back from their workers had generated (``WorkItem.progress``):
+        # task_id -> (text, tokens). Not in the log: after a restart a task starts again.
+        self._progress: dict[str, tuple[str, int]] = {}
         # Results a waiting call takes instead of the mailbox (``claim``): task_id -> receiver.
         self._claims: dict[str, Callable[[ResultRecord], None]] = {}
 
@@ -480,7 +484,8 @@ class SchedulerService:
             items[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
                                                a.task.deadline_s, payload,
                                                latest_start_s=a.latest_start_s,
-                                               binding=a.binding))
+                                               binding=a.binding,
+                                               progress=self._progress.get(a.task.task_id)))
             expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
         workers = self.core.table.workers
         return Dispatch(dict(take_back),
@@ -499,6 +504,18 @@ class SchedulerService:
                 if isinstance(c.output, ByRef):
                     self.by_reference.count("outputs", c.output.size_bytes)
                 self.end([outcome])
+            elif c.error == ABORTED and c.num_generated_tokens and isinstance(c.output, str):
+                self._keep_progress(c)
+
+    def _keep_progress(self, c: Completion) -> None:
+        """A task taken back after it generated ``c.num_generated_tokens`` tokens (its text in
+        ``c.output``, earlier attempts' included) goes on from there when it runs again, if it
+        is still queued (``SchedulerCore.resume``)."""
+        if c.task_id not in self._pending or self.core.resume(
+                c.task_id, c.num_generated_tokens) is None:
+            return
+        _, done = self._progress.get(c.task_id, ("", 0))
+        self._progress[c.task_id] = (str(c.output), done + c.num_generated_tokens)
 
     def round_trip(self, worker_id: str, round_trip_s: float) -> None:
         """A dispatch to ``worker_id`` took ``round_trip_s`` beyond the work itself (from the
@@ -572,6 +589,7 @@ class SchedulerService:
             pending = self._pending.pop(outcome.task_id, None)
             if pending is None:
                 continue
+            self._progress.pop(outcome.task_id, None)
             self._record(outcome)
             result = self._result(outcome, pending.task.kind)
             self._unacked[outcome.task_id] = (pending.client_id, result)

@@ -203,6 +203,33 @@ def test_tiny_model_builder_roundtrip(tmp_path):
 
 
 @pytest.mark.ray
+def test_a_request_taken_back_goes_on_from_its_text(model_dir, engine):
+    """Preemption with its progress: run again with the text an earlier attempt generated
+    (``WorkItem.progress``), the actor prefills the prompt and that text, generates only what
+    is left of the budget, and its output starts with the text."""
+    from actors.llm_actor import LLMActor
+    from raysched.core.protocol import WorkItem, WorkPayload
+
+    # The text as an earlier attempt reported it (the tiny model's own tokens decode to
+    # little: its vocabulary is mostly unnamed).
+    prompt, budget, text = PROMPTS[0], 12, "the risk bank"
+    done = engine.count_tokens(text)
+    actor = LLMActor("hf-0", "llm-7b", engine="hf", model=str(model_dir), max_batch_size=2,
+                     max_wait_ms=0)
+
+    async def go():
+        gen = actor.execute([WorkItem("t0", "summarization", 4, 1e18,
+                                      WorkPayload(prompt=prompt, max_new_tokens=budget),
+                                      progress=(text, done))])
+        (c,) = await gen.__anext__()
+        return c
+
+    c = asyncio.run(go())
+    assert c.ok and c.output.startswith(text)
+    assert 0 < c.num_generated_tokens <= budget - done
+    assert c.num_prompt_tokens == engine.count_tokens(prompt) + done
+
+
 def test_llm_actor_runs_the_hf_engine_on_ray(ray_session, model_dir, engine):
     import ray
 

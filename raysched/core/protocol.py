@@ -31,6 +31,9 @@ FRAUD_NUM_FEATURES = 8
 # object store (``max_direct_call_object_size``); below that a copy is cheaper than a ref's
 # bookkeeping, and 64 KiB keeps a long prompt (about 16k tokens) out of the scheduler.
 INLINE_PAYLOAD_BYTES = 64 * 1024
+# The error of a Completion for a task its worker was asked to drop (``abort``). An LLM
+# worker's such report carries the text generated so far as its output, and its count.
+ABORTED = "aborted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,19 +218,24 @@ class WorkItem:
     latest_start_s: float = float("inf")
     # Which binding of the task this is (``Assignment.binding``); echoed in the Completion.
     binding: int = 0
+    # What earlier attempts generated before the task was taken back from their workers
+    # (preempted): (text, tokens). An LLM worker goes on from there, as vLLM's recompute
+    # preemption does: it prefills the prompt followed by that text, generates what is left of
+    # the budget, and its output starts with that text.
+    progress: tuple[str, int] | None = None
 
     def to_wire(self) -> tuple[Any, ...]:
         """This item as a plain tuple, as the scheduler sends it in a plain call."""
         p = self.payload
         return (self.task_id, self.kind, self.priority, self.deadline_s,
                 p.to_wire() if isinstance(p, WorkPayload) else p, self.latest_start_s,
-                self.binding)
+                self.binding, self.progress)
 
     @classmethod
     def from_wire(cls, t: tuple[Any, ...]) -> WorkItem:
         p = t[4]
         return cls(t[0], t[1], t[2], t[3], WorkPayload(*p) if isinstance(p, tuple) else p,
-                   t[5], t[6])
+                   t[5], t[6], t[7])
 
 
 @dataclass(frozen=True, slots=True)

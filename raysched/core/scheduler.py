@@ -604,6 +604,31 @@ class SchedulerCore:
                                 if r.state == QUEUED and r.latest_start_s != float("inf")]
                 heapq.heapify(self._expiry)
 
+    def resume(self, task_id: str, generated_tokens: int) -> CoreTask | None:
+        """A task taken back from its worker (preempted) after generating ``generated_tokens``
+        tokens runs again from where it stopped, as vLLM's recompute preemption does: its
+        prompt becomes what it had plus what it generated, its budget what is left, so the next
+        attempt prefills that prompt and decodes only the rest. Its latest start moves with its
+        shorter best case.
+
+        Returns the task as it now stands; None (nothing changes) when it is not queued any
+        more (it started again, or ended) or there is nothing to keep."""
+        rec = self._records.get(task_id)
+        if rec is None or rec.state != QUEUED or generated_tokens <= 0:
+            return None
+        t = rec.task
+        if generated_tokens >= t.max_new_tokens:
+            return None
+        self._queues[t.pool].remove(task_id)
+        rec.task = replace(t, num_prompt_tokens=t.num_prompt_tokens + generated_tokens,
+                           max_new_tokens=t.max_new_tokens - generated_tokens)
+        if rec.latest_start_s != _INF:
+            cases = self.placement.cases_s(rec.task, self.table)
+            if cases is not None:
+                rec.latest_start_s = max(rec.latest_start_s, rec.task.deadline_s - max(cases))
+        self._push(rec)
+        return rec.task
+
     def _requeue(self, rec: _Record) -> None:
         rec.worker_id, rec.start_s = "", None
         self._push(rec)
@@ -614,7 +639,9 @@ class SchedulerCore:
         while self._expiry and self._expiry[0][0] < now_s:
             latest_start_s, _, task_id = heapq.heappop(self._expiry)
             rec = self._records.get(task_id)
-            if rec is None or rec.state != QUEUED or task_id in self.spared:
+            # An entry left from before the task's latest start moved later (``resume``).
+            if (rec is None or rec.state != QUEUED or task_id in self.spared
+                    or rec.latest_start_s != latest_start_s):
                 continue
             self._queues[rec.task.pool].remove(task_id)
             out.append(self._finish(rec, Status.EXPIRED, now_s,

@@ -133,7 +133,12 @@ class Simulator:
                 run.scheduler_busy_s += sent_s - handled_s
             touched = set()
             for p in decisions.preempted:
-                self.workers[p.worker_id][1].abort(p.task_id, sent_s)
+                generated = self.workers[p.worker_id][1].abort(p.task_id, sent_s)
+                if generated and (task := core.resume(p.task_id, generated)) is not None:
+                    # It goes on from where it stopped: a longer prompt, fewer tokens to go.
+                    st = truth[p.task_id]
+                    truth[p.task_id] = replace(st, task=task,
+                                               true_new_tokens=st.true_new_tokens - generated)
                 touched.add(p.worker_id)
             for a in decisions.assignments:
                 self.workers[a.worker_id][1].add(truth[a.task.task_id], sent_s)

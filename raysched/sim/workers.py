@@ -127,9 +127,10 @@ class SimCPUWorker:
             return None
         return self._head_start_s + self._current.cpu_service_s * self.speed
 
-    def abort(self, task_id: str, now_s: float) -> bool:
-        """Drop a task that has not started (the one running cannot be stopped)."""
-        return self._waiting.remove(task_id)
+    def abort(self, task_id: str, now_s: float) -> int | None:
+        """Drop a task that has not started (the one running cannot be stopped). Returns 0
+        (a CPU task generates no tokens) when it was dropped, None when it was not here."""
+        return 0 if self._waiting.remove(task_id) else None
 
     def set_speed(self, speed: float, now_s: float) -> None:
         """Change speed from ``now_s`` on; the task in progress keeps the work already done."""
@@ -277,26 +278,29 @@ class SimLLMWorker:
         self._advance(now_s)
         self.speed = speed
 
-    def abort(self, task_id: str, now_s: float) -> bool:
-        """Stop a sequence wherever it is; its progress is lost (a preemption)."""
+    def abort(self, task_id: str, now_s: float) -> int | None:
+        """Stop a sequence wherever it is (a preemption). Returns the output tokens it had
+        generated (0 for one still waiting or in its prefill), None when it is not here."""
         self._advance(now_s)
         for s in self._running:
             if s.st.task.task_id == task_id:
                 self._running.remove(s)
+                generated = 0 if s.prefill_left else max(
+                    0, int(s.st.true_new_tokens - s.remaining))
                 if self.chunked_prefill:
                     self._plan = [(x, c) for x, c in self._plan if x is not s]
                     self._fill(now_s)
                     self._kick(now_s)
-                    return True
+                    return generated
                 self._sum_ctx -= s.ctx
                 while self._waiting and len(self._running) < self.concurrency:
                     self._admit(self._pop_waiting(), now_s)
                 if not self._running:
                     self._sum_ctx = 0.0
-                return True
+                return generated
         before = len(self._done)
         self._done = [f for f in self._done if f.task_id != task_id]
-        return len(self._done) < before or self._waiting.remove(task_id)
+        return 0 if len(self._done) < before or self._waiting.remove(task_id) else None
 
     def next_event_s(self) -> float | None:
         """When the next sequence finishes (None when none runs)."""

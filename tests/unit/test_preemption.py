@@ -63,3 +63,28 @@ def test_work_is_taken_back_only_for_a_task_predicted_to_make_it(
     # with one, the one taken back starts again and ends well after the other.
     ends = sorted(by_id[f"low-{i}"].end_s for i in range(2))
     assert (ends[1] - ends[0] > 2.0) is preempts
+
+
+def test_a_task_taken_back_goes_on_from_where_it_stopped() -> None:
+    # One 7B worker, batch 1, running a LOW generation of 1,500 tokens; a CRITICAL task at 1 s
+    # takes its slot. Run again, the LOW task prefills its prompt and the tokens it had made
+    # (as vLLM's recompute preemption does) and generates only the rest: it ends well before
+    # a restart from nothing could (1 s after the time it takes alone).
+    low = llm_task("low", Priority.LOW, 0.0, 600.0, 500, 1500)
+    alone = Simulator(build_core("raysched"), llm_workers(1, 1)).run([low])
+    alone_s = alone.outcomes[0].end_s
+    core = build_core("raysched")
+    run = Simulator(core, llm_workers(1, 1)).run(
+        [low, llm_task("crit", Priority.CRITICAL, 1.0, 2.5, 100, 32)])
+    by_id = {o.task_id: o for o in run.outcomes}
+    assert by_id["crit"].deadline_met
+    assert by_id["low"].status is Status.COMPLETED and by_id["low"].attempts == 1
+    assert by_id["low"].end_s < alone_s + 0.5
+
+
+def test_resume_rewrites_only_a_queued_task() -> None:
+    core = build_core("raysched")
+    assert core.resume("nobody", 10) is None
+    low = llm_task("low", Priority.LOW, 0.0, 600.0, 500, 1500)
+    Simulator(core, llm_workers(1, 1)).run([low])
+    assert core.resume("low", 10) is None  # it has ended

@@ -307,6 +307,71 @@ def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() 
     assert crit.task_id == "crit" and crit.ok and crit.deadline_met
 
 
+def test_a_task_taken_back_runs_again_from_what_it_had_generated() -> None:
+    clock = FakeClock()
+    service = SchedulerService(build_core("raysched"), clock)
+    service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
+    service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
+                                  simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    # An agent run of its own kind: the short urgent tasks do not teach its output length.
+    service.submit("a", [Task(id="low", kind="agent", priority="LOW", sla_ms=600_000.0,
+                              payload={"prompt": "p" * 400, "max_new_tokens": 1500}
+                              ).to_record()])
+    [first] = service.assign().batches
+    assert first.items[0].progress is None
+    clock.now_s += 1.0
+    service.submit("a", [llm_task("crit", "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
+    dispatch = service.assign()
+    assert dispatch.take_back == {"llm-0": ["low"]}
+    before = service.core.deadline_of("low")
+    # The worker's report of the aborted sequence carries what it generated: 40 tokens.
+    service.complete([Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
+                                 output="Once upon a time", num_generated_tokens=40,
+                                 binding=1)])
+    assert service.core.deadline_of("low") == before
+    clock.now_s += 0.7
+    service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 binding=dispatch.batches[0].items[0].binding)])
+    [again] = service.assign().batches
+    [item] = again.items
+    assert (item.task_id, item.progress) == ("low", ("Once upon a time", 40))
+    # Taken back once more, 10 tokens later: the worker's text is the whole progress.
+    service.submit("a", [llm_task("crit2", "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
+    clock.now_s += 0.5
+    dispatch = service.assign()
+    assert dispatch.take_back == {"llm-0": ["low"]}
+    service.complete([Completion("low", "llm-0", ok=False, service_s=0.5, error="aborted",
+                                 output="Once upon a time there was", num_generated_tokens=10,
+                                 binding=item.binding)])
+    service.complete([Completion("crit2", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 binding=dispatch.batches[0].items[0].binding)])
+    [third] = service.assign().batches
+    assert third.items[0].progress == ("Once upon a time there was", 50)
+    service.complete([Completion("low", "llm-0", ok=True, service_s=30.0,
+                                 output="Once upon a time there was a scheduler.",
+                                 binding=third.items[0].binding)])
+    results = {r.task_id: r for r in service.take("a")}
+    assert results["low"].output == "Once upon a time there was a scheduler."
+    assert not service._progress  # noqa: SLF001 - ended tasks keep no progress
+
+
+def test_a_report_of_a_task_no_longer_queued_keeps_no_progress() -> None:
+    # A cancelled task's aborted sequence reports too: there is nothing to go on with.
+    clock = FakeClock()
+    service = SchedulerService(build_core("raysched"), clock)
+    service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
+    service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
+                                  simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    service.submit("a", [llm_task("low", "LOW", sla_ms=600_000.0, new_tokens=1500)])
+    [first] = service.assign().batches
+    service.cancel(["low"])
+    service.complete([Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
+                                 output="Once", num_generated_tokens=4, binding=1)])
+    assert not service._progress  # noqa: SLF001
+    [r] = service.take("a")
+    assert r.status is Status.CANCELLED
+
+
 # -- cancellation ---------------------------------------------------------------------------------
 
 
