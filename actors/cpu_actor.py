@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import cloudpickle  # type: ignore[import-untyped]
 import numpy as np
 import ray
 
@@ -33,6 +35,8 @@ FRAUD_MODEL = "fraud-logreg-v1"
 # The prior of a CPU task: scoring takes microseconds, the dispatch round trip about a
 # millisecond. One constant for every CPU worker keeps like workers in one placement group.
 CPU_PRIOR_S = 1e-3
+# Distinct callables a worker keeps unpickled: a driver sends a few functions many times.
+CALLABLES_CACHED = 256
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
 # Cancels and liveness checks run on their own thread beside the work (Ray concurrency
@@ -126,7 +130,7 @@ class CPUActor:
             if isinstance(p, ByRef):
                 p = ray.get(p.ref)
             if p.fn is not None:
-                output = p.fn(*p.args, **p.kwargs)
+                output = load_callable(p.fn)(*p.args, **p.kwargs)
             elif item.kind == "classification":
                 if len(p.features) != FRAUD_WEIGHTS.size:
                     raise ValueError(f"{FRAUD_MODEL} takes {FRAUD_WEIGHTS.size} features, "
@@ -141,6 +145,19 @@ class CPUActor:
                               error=f"{type(exc).__name__}: {exc}", binding=item.binding)
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start, binding=item.binding)
+
+
+def load_callable(fn: bytes | Callable[..., Any]) -> Callable[..., Any]:
+    """A task's callable: as it is, or unpickled from the driver's bytes (``Payload.to_work``).
+    Unpickled once per distinct callable: a stream of tasks that call one function pays for
+    it once, not per task."""
+    return _unpickled(fn) if isinstance(fn, bytes) else fn
+
+
+@functools.lru_cache(maxsize=CALLABLES_CACHED)
+def _unpickled(blob: bytes) -> Callable[..., Any]:
+    fn: Callable[..., Any] = cloudpickle.loads(blob)
+    return fn
 
 
 def _messages(done: list[Completion]) -> Iterator[list[Any]]:

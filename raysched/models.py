@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import re
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
+import cloudpickle  # type: ignore[import-untyped]
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -66,7 +68,9 @@ class Payload(BaseModel):
 
     LLM kinds take ``prompt`` and ``max_new_tokens``; ``classification`` takes ``features``; any
     kind on the ``cpu`` pool may instead carry a Python callable ``fn`` with ``args``/``kwargs``
-    (pickled by Ray: only trusted drivers can connect, see the README's trust model).
+    (pickled: only trusted drivers can connect, see the README's trust model). A function is
+    pickled once while it lives, as a Ray remote function is: globals it uses by value are
+    taken when it is first submitted (``pickled_callable``).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -93,9 +97,29 @@ class Payload(BaseModel):
         return v
 
     def to_work(self) -> WorkPayload:
-        """The plain record of this payload that workers run."""
-        return WorkPayload(self.prompt, self.max_new_tokens, self.features, self.fn, self.args,
+        """The plain record of this payload that workers run. A callable is pickled here, once:
+        the scheduler, its task log and Ray then copy bytes, and the worker unpickles it (see
+        ``actors.cpu_actor.load_callable``), where each hop would otherwise pickle it again
+        (a function defined in a driver's script travels by value, at tens of µs a time)."""
+        fn = None if self.fn is None else pickled_callable(self.fn)
+        return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
                            self.kwargs)
+
+
+_PICKLED: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+
+
+def pickled_callable(fn: Callable[..., Any]) -> bytes:
+    """``fn`` pickled by cloudpickle, once per function object while it lives (a driver
+    submits one function many times), as a Ray remote function is exported once: what it
+    captures by value is taken when it is first submitted."""
+    try:
+        return _PICKLED[fn]
+    except KeyError:
+        blob = _PICKLED[fn] = cloudpickle.dumps(fn)
+    except TypeError:  # not weakly referable (a builtin, a bound method): pickled each time
+        blob = cloudpickle.dumps(fn)
+    return blob
 
 
 class Requirements(BaseModel):

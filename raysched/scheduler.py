@@ -199,8 +199,10 @@ class SchedulerActor:
         it was cancelled or failed) goes to the mailbox, so none is lost."""
         await self.start()
         record = TaskRecord.from_wire(task)
-        refusal = self.service.submit(client_id, [record])[0]
+        # Logged once the worker's call is on its way (the flush below), not before it.
+        refusal = self.service.submit(client_id, [record], flush=False)[0]
         if refusal is not None:
+            self.service.flush()
             return refusal.to_wire()
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[ResultRecord | None] = loop.create_future()
@@ -216,11 +218,13 @@ class SchedulerActor:
                 answer.set_result(None)
 
         if not self.service.claim(record.task_id, receive):
+            self.service.flush()
             return None  # it ended within the submit: its Result is in the mailbox
         timer = loop.call_later(wait_s, give_up)
         answered = False
         try:
             self._dispatch_now()
+            self.service.flush()  # the task is on record before this call can answer
             result = await answer
             if result is None:
                 return None

@@ -264,7 +264,8 @@ class SchedulerService:
 
     # -- drivers -----------------------------------------------------------------------------
 
-    def submit(self, client_id: str, tasks: list[TaskRecord]) -> list[ResultRecord | None]:
+    def submit(self, client_id: str, tasks: list[TaskRecord], *, flush: bool = True
+               ) -> list[ResultRecord | None]:
         """Admit a batch of validated tasks. Returns, per task, a rejection record or None.
 
         Idempotent per driver: a task id this driver already submitted and that still runs is
@@ -272,7 +273,8 @@ class SchedulerService:
         has ended and is not yet acknowledged gets its Result again in the reply (the driver
         keeps the first it receives); the same id from another driver is rejected. Accepted
         tasks are in the task log before this returns, so a restart from here on runs or
-        reports every one.
+        reports every one; with ``flush=False``, at the next ``flush``, which the caller makes
+        before it answers the driver (so the log's work can wait until the tasks are sent).
         """
         now = self.clock()
         out: list[ResultRecord | None] = []
@@ -328,8 +330,9 @@ class SchedulerService:
             out.append(refusal)
         if self.task_log is not None and (accepted or told):
             if accepted:
-                self.task_log.accepted(client_id, accepted)
-            self.task_log.flush()  # what a driver is told (a Result again, too) is on record
+                self.task_log.accepted(client_id, accepted, later=not flush)
+            if flush:
+                self.task_log.flush()  # what a driver is told (a Result again, too) is on record
         return out
 
     def has_results(self, client_id: str) -> bool:

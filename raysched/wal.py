@@ -59,12 +59,25 @@ class TaskLog:
         # flush (one pickling pass, not one per result).
         self._ended: list[tuple[str, Any]] = []
         self._acked: list[str] = []
+        self._accepted: list[tuple[str, list[tuple[Any, float]]]] = []
 
     # -- writing -----------------------------------------------------------------------------
 
-    def accepted(self, client_id: str, entries: list[tuple[Any, float]]) -> None:
-        """Task records admitted for ``client_id``, each with its absolute deadline."""
+    def accepted(self, client_id: str, entries: list[tuple[Any, float]], *,
+                 later: bool = False) -> None:
+        """Task records admitted for ``client_id``, each with its absolute deadline; with
+        ``later``, written at the next flush (before that flush's results)."""
+        if later:
+            self._accepted.append((client_id, entries))
+            return
+        self._write_accepted()
         self._append(("A", client_id, [(_without_refs(t, "payload"), d) for t, d in entries]))
+
+    def _write_accepted(self) -> None:
+        for client_id, entries in self._accepted:
+            self._append(("A", client_id,
+                          [(_without_refs(t, "payload"), d) for t, d in entries]))
+        self._accepted = []
 
     def ended(self, results: list[tuple[str, Any]]) -> None:
         """``(client_id, result record)`` pairs produced (not yet acknowledged); written at
@@ -76,12 +89,13 @@ class TaskLog:
         self._acked.extend(task_ids)
 
     def buffered(self) -> bool:
-        """Whether results or acknowledgements wait for the next ``flush``."""
-        return bool(self._ended or self._acked)
+        """Whether accepted tasks, results or acknowledgements wait for the next ``flush``."""
+        return bool(self._accepted or self._ended or self._acked)
 
     def flush(self) -> None:
-        """Write the buffered results and acknowledgements, then hand the file to the OS
-        (and to the disk too with ``fsync``)."""
+        """Write what is buffered (accepted tasks first, then results and acknowledgements),
+        then hand the file to the OS (and to the disk too with ``fsync``)."""
+        self._write_accepted()
         if self._ended:
             self._append(("E", self._ended))
             self._ended = []

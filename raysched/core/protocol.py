@@ -52,7 +52,9 @@ class ByRef:
 @dataclass(frozen=True, slots=True)
 class WorkPayload:
     """What a worker needs to run one task: a prompt and its token budget (LLM pools), a
-    feature vector (the fraud classifier), or a Python callable with its arguments."""
+    feature vector (the fraud classifier), or a Python callable with its arguments. ``fn``
+    is the callable pickled by the driver (``bytes``, see ``Payload.to_work``), or a callable
+    as it is."""
 
     prompt: str | None = None
     max_new_tokens: int | None = None
@@ -63,8 +65,10 @@ class WorkPayload:
 
     def size_bytes(self) -> int:
         """A cheap lower bound of the pickled size: the prompt's characters, 8 bytes per
-        feature, and the callable's arguments where ``value_size_bytes`` knows their size."""
+        feature, the pickled callable, and its arguments where ``value_size_bytes`` knows
+        their size."""
         return (len(self.prompt or "") + 8 * len(self.features or ())
+                + (len(self.fn) if isinstance(self.fn, bytes) else 0)
                 + sum(map(value_size_bytes, self.args))
                 + sum(map(value_size_bytes, self.kwargs.values())))
 

@@ -204,6 +204,26 @@ def test_a_result_given_again_in_a_submit_reply_is_on_record_first(tmp_path: Pat
     assert set(after.unacked()) == {"t1"} and "t1" not in after.pending()
 
 
+def test_a_task_accepted_without_a_flush_is_on_record_at_the_next_one(tmp_path: Path
+                                                                       ) -> None:
+    # ``run`` logs its task once the worker's call is out: the record waits for the flush
+    # it makes before answering, and comes before the task's result in the file.
+    clock = FakeClock()
+    log = tmp_path / "t.wal"
+    service = make_service(clock, log)
+    assert service.submit("a", [task("t1")], flush=False) == [None]
+    after, _ = restart(clock, log)
+    assert not after.pending()  # not on record yet: its driver has not been answered
+    run_one(service, clock)
+    service.flush()
+    after, _ = restart(clock, log)
+    assert set(after.unacked()) == {"t1"} and not after.pending()
+    service.submit("a", [task("t2")], flush=False)
+    service.flush()
+    after, _ = restart(clock, log)
+    assert set(after.pending()) == {"t2"}
+
+
 def test_a_driver_acknowledges_only_results_owed_to_it(tmp_path: Path) -> None:
     clock = FakeClock()
     log = tmp_path / "t.wal"
