@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,8 +34,6 @@ FRAUD_MODEL = "fraud-logreg-v1"
 # The prior of a CPU task: scoring takes microseconds, the dispatch round trip about a
 # millisecond. One constant for every CPU worker keeps like workers in one placement group.
 CPU_PRIOR_S = 1e-3
-# Distinct callables a worker keeps unpickled: a driver sends a few functions many times.
-CALLABLES_CACHED = 256
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
 # Cancels and liveness checks run on their own thread beside the work (Ray concurrency
@@ -149,14 +146,11 @@ class CPUActor:
 
 def load_callable(fn: bytes | Callable[..., Any]) -> Callable[..., Any]:
     """A task's callable: as it is, or unpickled from the driver's bytes (``Payload.to_work``).
-    Unpickled once per distinct callable: a stream of tasks that call one function pays for
-    it once, not per task."""
-    return _unpickled(fn) if isinstance(fn, bytes) else fn
-
-
-@functools.lru_cache(maxsize=CALLABLES_CACHED)
-def _unpickled(blob: bytes) -> Callable[..., Any]:
-    fn: Callable[..., Any] = cloudpickle.loads(blob)
+    Unpickled for each task, as Ray unpickles a call's arguments: no state a function keeps
+    (a global, a default) passes from one task, or one driver, to the next."""
+    if isinstance(fn, bytes):
+        loaded: Callable[..., Any] = cloudpickle.loads(fn)
+        return loaded
     return fn
 
 

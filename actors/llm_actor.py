@@ -28,13 +28,13 @@ from raysched.core.protocol import (
 
 
 class _Request:
-    __slots__ = ("arrival_s", "binding", "future", "latest_start_s", "prefix", "seq", "start_s")
+    __slots__ = ("arrival_s", "binding", "done", "future", "latest_start_s", "seq", "start_s")
 
     def __init__(self, seq: Sequence, future: asyncio.Future[Completion],
-                 latest_start_s: float, binding: int, prefix: str = "") -> None:
+                 latest_start_s: float, binding: int, done: int = 0) -> None:
         self.seq = seq
-        # The text earlier attempts generated (``WorkItem.progress``): the output starts with it.
-        self.prefix = prefix
+        # Tokens earlier attempts generated (``WorkItem.progress``): this one goes on from them.
+        self.done = done
         self.future = future
         self.arrival_s = time.monotonic()
         self.start_s = 0.0
@@ -82,13 +82,17 @@ class LLMActor:
             p = item.payload
             if isinstance(p, ByRef):
                 p = await p.ref
-            prefix, done = item.progress or ("", 0)
-            # Taken back before, it goes on from there: the tokens it generated are prefilled
-            # with its prompt (counted as they were generated: a simulated engine has no text).
-            seq = Sequence(item.task_id, p.prompt + prefix,
-                           self.engine.count_tokens(p.prompt) + done,
-                           p.max_new_tokens - done, item.priority)
-            req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding, prefix)
+            seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
+                           p.max_new_tokens, item.priority)
+            ids, done = item.progress or ((), 0)
+            if done and getattr(self.engine, "resumes", False) and (
+                    len(ids) == done or self.engine.simulated):
+                # Taken back before, it goes on from there: the engine prefills the prompt and
+                # the tokens generated so far (a simulated engine has their count only).
+                seq.num_generated, seq.token_ids = done, list(ids)
+            else:
+                done = 0
+            req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding, done)
             self._by_id[item.task_id] = req
             if limit and seq.num_prompt_tokens + seq.max_new_tokens > limit:
                 # The engine's own token count can exceed the scheduler's estimate: refuse this
@@ -197,20 +201,22 @@ class LLMActor:
         started = req.start_s or now
         seq = req.seq
         self._by_id.pop(seq.request_id, None)
+        output: Any = None
         if ok:
-            output: str | None = req.prefix + self.engine.text(seq)
-        elif error == ABORTED and seq.num_generated:
-            # Its progress, should the scheduler run it again (a preemption): the text so far,
-            # where the engine has real tokens to decode.
-            output = req.prefix + (self.engine.text(seq) if seq.token_ids else "")
-        else:
-            output = None
+            output = self.engine.text(seq)  # earlier attempts' tokens decoded with this one's
+        elif (error == ABORTED and seq.num_generated > req.done
+                and getattr(self.engine, "resumes", False)):
+            # Its progress, should the scheduler run it again (a preemption): every token so
+            # far, as ids, so the next attempt decodes them with its own in one piece.
+            output = list(seq.token_ids)
         req.future.set_result(Completion(
             seq.request_id, self.worker_id, ok=ok,
             output=output, error=error, retryable=retryable,
             expired=expired, binding=req.binding, service_s=now - started,
             worker_queue_s=started - req.arrival_s,
-            num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=seq.num_generated,
+            # This attempt's work: it prefilled the tokens earlier ones generated, too.
+            num_prompt_tokens=seq.num_prompt_tokens + req.done,
+            num_generated_tokens=seq.num_generated - req.done,
             batch_size=batch_size, **(self._engine_telemetry(seq.request_id) if ok else {})))
 
     def _engine_telemetry(self, task_id: str) -> dict[str, Any]:

@@ -183,7 +183,8 @@ class Client:
                 self._acks = [a for a in self._acks if a not in again]
         try:
             # Large payloads go to the object store only once the call is sure to be sent.
-            records = [self._to_record(t) for t in checked]
+            pickled: dict[int, bytes] = {}  # one pickle per callable in this call
+            records = [self._to_record(t, pickled) for t in checked]
         except BaseException:
             self._forget([t.id for t in checked])
             raise
@@ -275,9 +276,10 @@ class Client:
                                              f"back within {self.reconnect_s:.0f} s") from None
             return self._get(getattr(self.actor, method).remote(*args))
 
-    def _to_record(self, task: Task) -> TaskRecord:
-        """``task`` as sent to the scheduler, its payload by reference when it is large."""
-        record = task.to_record()
+    def _to_record(self, task: Task, pickled: dict[int, bytes]) -> TaskRecord:
+        """``task`` as sent to the scheduler, its payload by reference when it is large
+        (``pickled``: as ``Task.to_record``'s)."""
+        record = task.to_record(pickled)
         size = record.payload.size_bytes()
         if size <= INLINE_PAYLOAD_BYTES:
             return record

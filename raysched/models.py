@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import uuid
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -68,9 +67,7 @@ class Payload(BaseModel):
 
     LLM kinds take ``prompt`` and ``max_new_tokens``; ``classification`` takes ``features``; any
     kind on the ``cpu`` pool may instead carry a Python callable ``fn`` with ``args``/``kwargs``
-    (pickled: only trusted drivers can connect, see the README's trust model). A function is
-    pickled once while it lives, as a Ray remote function is: globals it uses by value are
-    taken when it is first submitted (``pickled_callable``).
+    (pickled by the driver: only trusted drivers can connect, see the README's trust model).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -96,30 +93,23 @@ class Payload(BaseModel):
             raise ValueError("features must be finite numbers (no NaN or infinity)")
         return v
 
-    def to_work(self) -> WorkPayload:
+    def to_work(self, pickled: dict[int, bytes] | None = None) -> WorkPayload:
         """The plain record of this payload that workers run. A callable is pickled here, once:
-        the scheduler, its task log and Ray then copy bytes, and the worker unpickles it (see
+        the scheduler, its task log and Ray then copy bytes, and the worker unpickles them (see
         ``actors.cpu_actor.load_callable``), where each hop would otherwise pickle it again
-        (a function defined in a driver's script travels by value, at tens of µs a time)."""
-        fn = None if self.fn is None else pickled_callable(self.fn)
+        (a function defined in a driver's script travels by value, at tens of µs a time).
+
+        ``pickled``: callables already pickled in the same submit call, by ``id``, so a batch
+        of tasks that call one function pickles it once, as one Ray call carrying them all
+        would; the function is taken as it is at that call."""
+        fn = None
+        if self.fn is not None:
+            if pickled is None:
+                fn = cloudpickle.dumps(self.fn)
+            elif (fn := pickled.get(id(self.fn))) is None:
+                fn = pickled[id(self.fn)] = cloudpickle.dumps(self.fn)
         return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
                            self.kwargs)
-
-
-_PICKLED: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
-
-
-def pickled_callable(fn: Callable[..., Any]) -> bytes:
-    """``fn`` pickled by cloudpickle, once per function object while it lives (a driver
-    submits one function many times), as a Ray remote function is exported once: what it
-    captures by value is taken when it is first submitted."""
-    try:
-        return _PICKLED[fn]
-    except KeyError:
-        blob = _PICKLED[fn] = cloudpickle.dumps(fn)
-    except TypeError:  # not weakly referable (a builtin, a bound method): pickled each time
-        blob = cloudpickle.dumps(fn)
-    return blob
 
 
 class Requirements(BaseModel):
@@ -240,10 +230,11 @@ class Task(BaseModel):
         prompt = self.payload.prompt
         return math.ceil(len(prompt) / CHARS_PER_TOKEN) if prompt else 0
 
-    def to_record(self) -> TaskRecord:
-        """This task as it is sent to the scheduler: a plain record, not validated again."""
+    def to_record(self, pickled: dict[int, bytes] | None = None) -> TaskRecord:
+        """This task as it is sent to the scheduler: a plain record, not validated again.
+        ``pickled``: as ``Payload.to_work``'s."""
         return TaskRecord(task_id=self.id, kind=self.kind, priority=int(self.priority),
-                          pool=self.pool, payload=self.payload.to_work(),
+                          pool=self.pool, payload=self.payload.to_work(pickled),
                           deadline_s=self.deadline_s,
                           sla_s=None if self.sla_ms is None else self.sla_ms / 1e3,
                           best_effort=self.best_effort,

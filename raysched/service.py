@@ -186,8 +186,8 @@ class SchedulerService:
         # log entry (client_id, task, deadline_s), kept through compaction of the log.
         self._rerun: Pending = {}
         # What tasks taken back from their workers had generated (``WorkItem.progress``):
-        # task_id -> (text, tokens). Not in the log: after a restart a task starts again.
-        self._progress: dict[str, tuple[str, int]] = {}
+        # task_id -> (token ids, tokens). Not in the log: after a restart a task starts again.
+        self._progress: dict[str, tuple[tuple[int, ...], int]] = {}
         # Results a waiting call takes instead of the mailbox (``claim``): task_id -> receiver.
         self._claims: dict[str, Callable[[ResultRecord], None]] = {}
 
@@ -507,18 +507,19 @@ class SchedulerService:
                 if isinstance(c.output, ByRef):
                     self.by_reference.count("outputs", c.output.size_bytes)
                 self.end([outcome])
-            elif c.error == ABORTED and c.num_generated_tokens and isinstance(c.output, str):
+            elif c.error == ABORTED and c.num_generated_tokens and isinstance(c.output, list):
                 self._keep_progress(c)
 
     def _keep_progress(self, c: Completion) -> None:
-        """A task taken back after it generated ``c.num_generated_tokens`` tokens (its text in
-        ``c.output``, earlier attempts' included) goes on from there when it runs again, if it
-        is still queued (``SchedulerCore.resume``)."""
+        """A task taken back after its attempt generated ``c.num_generated_tokens`` tokens
+        (``c.output``: the ids of every token so far, earlier attempts' included) goes on from
+        there when it runs again, if it is still queued and this is the report of the attempt
+        just taken back (``SchedulerCore.resume``)."""
         if c.task_id not in self._pending or self.core.resume(
-                c.task_id, c.num_generated_tokens) is None:
+                c.task_id, c.num_generated_tokens, c.binding) is None:
             return
-        _, done = self._progress.get(c.task_id, ("", 0))
-        self._progress[c.task_id] = (str(c.output), done + c.num_generated_tokens)
+        _, done = self._progress.get(c.task_id, ((), 0))
+        self._progress[c.task_id] = (tuple(c.output), done + c.num_generated_tokens)
 
     def round_trip(self, worker_id: str, round_trip_s: float) -> None:
         """A dispatch to ``worker_id`` took ``round_trip_s`` beyond the work itself (from the

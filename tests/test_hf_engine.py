@@ -203,31 +203,32 @@ def test_tiny_model_builder_roundtrip(tmp_path):
 
 
 @pytest.mark.ray
-def test_a_request_taken_back_goes_on_from_its_text(model_dir, engine):
-    """Preemption with its progress: run again with the text an earlier attempt generated
-    (``WorkItem.progress``), the actor prefills the prompt and that text, generates only what
-    is left of the budget, and its output starts with the text."""
+def test_a_request_taken_back_goes_on_from_its_tokens(model_dir, engine):
+    """Preemption with its progress: run again with the token ids an earlier attempt
+    generated (``WorkItem.progress``), the actor's engine prefills the prompt and those tokens
+    and generates only the rest; greedy, the output is the one an uninterrupted run gives."""
     from actors.llm_actor import LLMActor
     from raysched.core.protocol import WorkItem, WorkPayload
 
-    # The text as an earlier attempt reported it (the tiny model's own tokens decode to
-    # little: its vocabulary is mostly unnamed).
-    prompt, budget, text = PROMPTS[0], 12, "the risk bank"
-    done = engine.count_tokens(text)
+    prompt, budget, done = PROMPTS[0], 12, 5
+    whole = _alone(engine, prompt, budget)
     actor = LLMActor("hf-0", "llm-7b", engine="hf", model=str(model_dir), max_batch_size=2,
                      max_wait_ms=0)
 
     async def go():
         gen = actor.execute([WorkItem("t0", "summarization", 4, 1e18,
                                       WorkPayload(prompt=prompt, max_new_tokens=budget),
-                                      progress=(text, done))])
+                                      progress=(tuple(whole[:done]), done))])
         (c,) = await gen.__anext__()
         return c
 
     c = asyncio.run(go())
-    assert c.ok and c.output.startswith(text)
-    assert 0 < c.num_generated_tokens <= budget - done
+    (s,) = _seqs(engine, [(prompt, budget)])
+    s.token_ids = whole
+    assert c.ok and c.output == engine.text(s)
+    # This attempt's work: the prompt and the 5 tokens prefilled, the rest generated.
     assert c.num_prompt_tokens == engine.count_tokens(prompt) + done
+    assert c.num_generated_tokens == len(whole) - done
 
 
 def test_llm_actor_runs_the_hf_engine_on_ray(ray_session, model_dir, engine):

@@ -44,6 +44,10 @@ class Engine(Protocol):
     name: str
     simulated: bool
     max_context_tokens: int
+    # Whether a sequence that arrives with tokens already generated (``num_generated`` and
+    # ``token_ids``, a preempted request run again) goes on from them: the engine prefills the
+    # prompt followed by those tokens and generates the rest.
+    resumes: bool
 
     def prior(self) -> ServicePrior:
         """Service-time model the scheduler starts from before it has telemetry."""

@@ -92,6 +92,7 @@ class HFEngine:
     """Greedy batched generation with a transformers causal LM on a local model directory."""
 
     simulated = False
+    resumes = True  # its prompt ids are the prompt's and the tokens so far (``_prompt_ids``)
 
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  num_threads: int | None = None, max_call_s: float = 0.05,

@@ -24,6 +24,7 @@ class SimulatedEngine:
     """
 
     simulated = True
+    resumes = True  # by count: it has no tokens, only their number
 
     def __init__(self, preset: str = "7b", time_scale: float = 1.0,
                  min_sleep_s: float = 0.002, speed: float = 1.0) -> None:
@@ -60,7 +61,8 @@ class SimulatedEngine:
         return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
 
     async def step(self, batch: list[Sequence], max_steps: int) -> int:
-        model_s = sum(self.roofline.prefill_s(s.num_prompt_tokens)
+        # A sequence run again after a preemption recomputes what it had generated, too.
+        model_s = sum(self.roofline.prefill_s(s.num_prompt_tokens + s.num_generated)
                       for s in batch if not s.prefilled)
         for s in batch:
             s.prefilled = True

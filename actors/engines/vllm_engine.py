@@ -218,6 +218,9 @@ class VLLMEngine:
     """One vLLM ``AsyncLLM`` per actor; ``LLMActor`` drives it through ``step``."""
 
     simulated = False
+    # A request goes to vLLM as its prompt text: one run again would start over, so the actor
+    # reports no progress for it and the scheduler runs it again from the start.
+    resumes = False
 
     def __init__(self, model: str = "7b", *, tensor_parallel_size: int | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 256,

@@ -32,7 +32,8 @@ FRAUD_NUM_FEATURES = 8
 # bookkeeping, and 64 KiB keeps a long prompt (about 16k tokens) out of the scheduler.
 INLINE_PAYLOAD_BYTES = 64 * 1024
 # The error of a Completion for a task its worker was asked to drop (``abort``). An LLM
-# worker's such report carries the text generated so far as its output, and its count.
+# worker's such report carries the ids of the tokens generated so far as its output (a list;
+# empty from a simulated engine), and its attempt's count.
 ABORTED = "aborted"
 
 
@@ -223,10 +224,11 @@ class WorkItem:
     # Which binding of the task this is (``Assignment.binding``); echoed in the Completion.
     binding: int = 0
     # What earlier attempts generated before the task was taken back from their workers
-    # (preempted): (text, tokens). An LLM worker goes on from there, as vLLM's recompute
-    # preemption does: it prefills the prompt followed by that text, generates what is left of
-    # the budget, and its output starts with that text.
-    progress: tuple[str, int] | None = None
+    # (preempted): (token ids, tokens; no ids from a simulated engine). An LLM worker whose
+    # engine ``resumes`` goes on from there, as vLLM's recompute preemption does: it prefills
+    # the prompt followed by those tokens, generates what is left of the budget, and decodes
+    # them all as its output.
+    progress: tuple[tuple[int, ...], int] | None = None
 
     def to_wire(self) -> tuple[Any, ...]:
         """This item as a plain tuple, as the scheduler sends it in a plain call."""

@@ -459,7 +459,8 @@ class SchedulerCore:
         self.table.finish(v.task.task_id, now_s, completed=False)
         v.attempts -= 1
         v.preemptions += 1
-        decisions.preempted.append(Preemption(v.task.task_id, w.worker_id, task.task_id))
+        decisions.preempted.append(Preemption(v.task.task_id, w.worker_id, task.task_id,
+                                              v.bindings))
         self._requeue(v)
         queue.remove(task.task_id)
         choice = self.placement.place(task, self.table, now_s)
@@ -604,17 +605,19 @@ class SchedulerCore:
                                 if r.state == QUEUED and r.latest_start_s != float("inf")]
                 heapq.heapify(self._expiry)
 
-    def resume(self, task_id: str, generated_tokens: int) -> CoreTask | None:
-        """A task taken back from its worker (preempted) after generating ``generated_tokens``
-        tokens runs again from where it stopped, as vLLM's recompute preemption does: its
-        prompt becomes what it had plus what it generated, its budget what is left, so the next
-        attempt prefills that prompt and decodes only the rest. Its latest start moves with its
-        shorter best case.
+    def resume(self, task_id: str, generated_tokens: int, binding: int) -> CoreTask | None:
+        """A task taken back from its worker (preempted) after its attempt, ``binding``,
+        generated ``generated_tokens`` tokens runs again from where it stopped, as vLLM's
+        recompute preemption does: its prompt becomes what it had plus what it generated, its
+        budget what is left, so the next attempt prefills that prompt and decodes only the
+        rest. Its latest start moves with its shorter best case.
 
         Returns the task as it now stands; None (nothing changes) when it is not queued any
-        more (it started again, or ended) or there is nothing to keep."""
+        more (it started again, or ended), the report is of an older attempt than the one
+        taken back last, or there is nothing to keep."""
         rec = self._records.get(task_id)
-        if rec is None or rec.state != QUEUED or generated_tokens <= 0:
+        if (rec is None or rec.state != QUEUED or binding != rec.bindings
+                or generated_tokens <= 0):
             return None
         t = rec.task
         if generated_tokens >= t.max_new_tokens:

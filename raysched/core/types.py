@@ -149,11 +149,13 @@ class Assignment:
 @dataclass(frozen=True, slots=True)
 class Preemption:
     """The core took ``task_id`` back from ``worker_id`` (to make room for ``for_task_id``):
-    the driver aborts it there; the task is queued again, its attempt not charged."""
+    the driver aborts it there; the task is queued again, its attempt not charged.
+    ``binding``: the attempt taken back (``Assignment.binding``)."""
 
     task_id: str
     worker_id: str
     for_task_id: str
+    binding: int = 0
 
 
 @dataclass(slots=True)  # not frozen, as ``Assignment``: one per task on the hot path

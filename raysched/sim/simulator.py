@@ -134,7 +134,8 @@ class Simulator:
             touched = set()
             for p in decisions.preempted:
                 generated = self.workers[p.worker_id][1].abort(p.task_id, sent_s)
-                if generated and (task := core.resume(p.task_id, generated)) is not None:
+                if generated and (task := core.resume(p.task_id, generated,
+                                                      p.binding)) is not None:
                     # It goes on from where it stopped: a longer prompt, fewer tokens to go.
                     st = truth[p.task_id]
                     truth[p.task_id] = replace(st, task=task,

@@ -1,10 +1,9 @@
-"""A task's callable is pickled once by the driver and unpickled once per worker."""
+"""A task's callable is pickled once per submit call by the driver and unpickled per task."""
 
 from __future__ import annotations
 
 from actors.cpu_actor import load_callable
 from raysched import Task
-from raysched.models import pickled_callable
 
 
 def test_a_callable_travels_as_the_bytes_the_driver_pickled() -> None:
@@ -13,19 +12,28 @@ def test_a_callable_travels_as_the_bytes_the_driver_pickled() -> None:
     def add(x: int) -> int:  # a closure: cloudpickle takes it by value
         return base + x
 
-    payload = Task(kind="noop", sla_ms=1_000, payload={"fn": add, "args": (2,)}).to_record().payload
+    task = Task(kind="noop", sla_ms=1_000, payload={"fn": add, "args": (2,)})
+    payload = task.to_record().payload
     assert isinstance(payload.fn, bytes)
     assert payload.size_bytes() >= len(payload.fn)  # a large closure goes by reference
     assert load_callable(payload.fn)(*payload.args) == 42
-
-
-def test_one_function_is_pickled_once_and_unpickled_once() -> None:
-    def work() -> str:
-        return "done"
-
-    first, again = pickled_callable(work), pickled_callable(work)
-    assert first is again
-    assert load_callable(first) is load_callable(bytes(first))  # equal bytes, one function
-    # Builtins are not weakly referable: pickled each time, still right.
-    assert load_callable(pickled_callable(len))("abc") == 3
     assert load_callable(len) is len  # a callable as it is (a payload built without a Task)
+
+
+def test_one_submit_call_pickles_a_function_once_and_each_task_gets_its_own() -> None:
+    calls = []
+
+    def work(seen: list[int] = calls) -> int:  # noqa: B006 - state the worker must not share
+        seen.append(1)
+        return len(seen)
+
+    pickled: dict[int, bytes] = {}
+    a, b = (Task(kind="noop", sla_ms=1_000, payload={"fn": work}).to_record(pickled).payload
+            for _ in range(2))
+    assert a.fn is b.fn and len(pickled) == 1
+    # Each task unpickles its own copy, as Ray does a call's arguments: no state carries over.
+    assert [load_callable(p.fn)() for p in (a, b)] == [1, 1]
+    # A later call pickles the function as it is then.
+    calls.append(0)
+    again = Task(kind="noop", sla_ms=1_000, payload={"fn": work}).to_record({}).payload
+    assert load_callable(again.fn)() == 2

@@ -84,7 +84,7 @@ def test_a_task_taken_back_goes_on_from_where_it_stopped() -> None:
 
 def test_resume_rewrites_only_a_queued_task() -> None:
     core = build_core("raysched")
-    assert core.resume("nobody", 10) is None
+    assert core.resume("nobody", 10, 1) is None
     low = llm_task("low", Priority.LOW, 0.0, 600.0, 500, 1500)
     Simulator(core, llm_workers(1, 1)).run([low])
-    assert core.resume("low", 10) is None  # it has ended
+    assert core.resume("low", 10, 1) is None  # it has ended

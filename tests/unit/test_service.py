@@ -327,8 +327,8 @@ def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() 
     assert crit.task_id == "crit" and crit.ok and crit.deadline_met
 
 
-def test_a_task_taken_back_runs_again_from_what_it_had_generated() -> None:
-    clock = FakeClock()
+def agent_service(clock: FakeClock) -> SchedulerService:
+    """One 7B worker of batch 1, holding a LOW agent run of 1,500 tokens, ``low``."""
     service = SchedulerService(build_core("raysched"), clock)
     service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
     service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
@@ -337,42 +337,74 @@ def test_a_task_taken_back_runs_again_from_what_it_had_generated() -> None:
     service.submit("a", [Task(id="low", kind="agent", priority="LOW", sla_ms=600_000.0,
                               payload={"prompt": "p" * 400, "max_new_tokens": 1500}
                               ).to_record()])
+    return service
+
+
+def take_back_for(service: SchedulerService, clock: FakeClock, urgent: str) -> int:
+    """Submit a CRITICAL task that takes ``low``'s slot; returns its binding."""
+    service.submit("a", [llm_task(urgent, "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
+    dispatch = service.assign()
+    assert dispatch.take_back == {"llm-0": ["low"]}
+    return dispatch.batches[0].items[0].binding
+
+
+def test_a_task_taken_back_runs_again_from_what_it_had_generated() -> None:
+    clock = FakeClock()
+    service = agent_service(clock)
     [first] = service.assign().batches
     assert first.items[0].progress is None
     clock.now_s += 1.0
-    service.submit("a", [llm_task("crit", "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
-    dispatch = service.assign()
-    assert dispatch.take_back == {"llm-0": ["low"]}
     before = service.core.deadline_of("low")
-    # The worker's report of the aborted sequence carries what it generated: 40 tokens.
+    crit = take_back_for(service, clock, "crit")
+    # The worker's report of the aborted sequence carries its tokens so far: 40.
     service.complete([Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
-                                 output="Once upon a time", num_generated_tokens=40,
-                                 binding=1)])
+                                 output=list(range(40)), num_generated_tokens=40, binding=1)])
     assert service.core.deadline_of("low") == before
     clock.now_s += 0.7
     service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
-                                 binding=dispatch.batches[0].items[0].binding)])
+                                 binding=crit)])
     [again] = service.assign().batches
     [item] = again.items
-    assert (item.task_id, item.progress) == ("low", ("Once upon a time", 40))
-    # Taken back once more, 10 tokens later: the worker's text is the whole progress.
-    service.submit("a", [llm_task("crit2", "CRITICAL", sla_ms=2_500.0, new_tokens=32)])
+    assert (item.task_id, item.progress) == ("low", (tuple(range(40)), 40))
+    # Taken back once more, 10 tokens later: the report's ids are all 50 so far.
     clock.now_s += 0.5
-    dispatch = service.assign()
-    assert dispatch.take_back == {"llm-0": ["low"]}
+    crit2 = take_back_for(service, clock, "crit2")
     service.complete([Completion("low", "llm-0", ok=False, service_s=0.5, error="aborted",
-                                 output="Once upon a time there was", num_generated_tokens=10,
+                                 output=list(range(50)), num_generated_tokens=10,
                                  binding=item.binding)])
     service.complete([Completion("crit2", "llm-0", ok=True, service_s=0.7, output="hi",
-                                 binding=dispatch.batches[0].items[0].binding)])
+                                 binding=crit2)])
     [third] = service.assign().batches
-    assert third.items[0].progress == ("Once upon a time there was", 50)
-    service.complete([Completion("low", "llm-0", ok=True, service_s=30.0,
-                                 output="Once upon a time there was a scheduler.",
+    assert third.items[0].progress == (tuple(range(50)), 50)
+    service.complete([Completion("low", "llm-0", ok=True, service_s=30.0, output="the text",
                                  binding=third.items[0].binding)])
     results = {r.task_id: r for r in service.take("a")}
-    assert results["low"].output == "Once upon a time there was a scheduler."
+    assert results["low"].output == "the text" and results["low"].attempts == 1
     assert not service._progress  # noqa: SLF001 - ended tasks keep no progress
+
+
+def test_a_late_report_of_an_older_attempt_keeps_nothing() -> None:
+    # Taken back twice before either abort report arrives: only the report of the attempt
+    # taken back last describes what the next one goes on from.
+    clock = FakeClock()
+    service = agent_service(clock)
+    service.assign()
+    clock.now_s += 1.0
+    crit = take_back_for(service, clock, "crit")
+    clock.now_s += 0.7
+    service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 binding=crit)])
+    [again] = service.assign().batches  # from the start: no report has come
+    assert again.items[0].progress is None
+    clock.now_s += 0.5
+    take_back_for(service, clock, "crit2")
+    service.complete([
+        Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
+                   output=list(range(40)), num_generated_tokens=40, binding=1),
+        Completion("low", "llm-0", ok=False, service_s=0.5, error="aborted",
+                   output=list(range(100, 110)), num_generated_tokens=10,
+                   binding=again.items[0].binding)])
+    assert service._progress["low"] == (tuple(range(100, 110)), 10)  # noqa: SLF001
 
 
 def test_a_report_of_a_task_no_longer_queued_keeps_no_progress() -> None:
@@ -386,7 +418,7 @@ def test_a_report_of_a_task_no_longer_queued_keeps_no_progress() -> None:
     [first] = service.assign().batches
     service.cancel(["low"])
     service.complete([Completion("low", "llm-0", ok=False, service_s=1.0, error="aborted",
-                                 output="Once", num_generated_tokens=4, binding=1)])
+                                 output=[1, 2, 3, 4], num_generated_tokens=4, binding=1)])
     assert not service._progress  # noqa: SLF001
     [r] = service.take("a")
     assert r.status is Status.CANCELLED
