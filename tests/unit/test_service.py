@@ -299,12 +299,18 @@ def test_stats_are_a_plain_json_dict_of_the_expected_shape() -> None:
     assert stats["pool_config"]["cpu"]["kind"] == "cpu"
 
 
-def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() -> None:
-    clock = FakeClock()
+def one_llm_worker(clock: FakeClock) -> SchedulerService:
+    """A service over one simulated 7B worker of batch 1."""
     service = SchedulerService(build_core("raysched"), clock)
     service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
     service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
                                   simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    return service
+
+
+def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() -> None:
+    clock = FakeClock()
+    service = one_llm_worker(clock)
     service.submit("a", [llm_task("low", "LOW", sla_ms=600_000.0, new_tokens=1500)])
     [first] = service.assign().batches
     assert [i.binding for i in first.items] == [1]
@@ -328,11 +334,8 @@ def test_urgent_work_takes_a_slot_back_and_the_old_bindings_report_is_ignored() 
 
 
 def agent_service(clock: FakeClock) -> SchedulerService:
-    """One 7B worker of batch 1, holding a LOW agent run of 1,500 tokens, ``low``."""
-    service = SchedulerService(build_core("raysched"), clock)
-    service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
-    service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
-                                  simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    """One 7B worker of batch 1, and a LOW agent run of 1,500 tokens, ``low``, submitted."""
+    service = one_llm_worker(clock)
     # An agent run of its own kind: the short urgent tasks do not teach its output length.
     service.submit("a", [Task(id="low", kind="agent", priority="LOW", sla_ms=600_000.0,
                               payload={"prompt": "p" * 400, "max_new_tokens": 1500}
@@ -410,10 +413,7 @@ def test_a_late_report_of_an_older_attempt_keeps_nothing() -> None:
 def test_a_report_of_a_task_no_longer_queued_keeps_no_progress() -> None:
     # A cancelled task's aborted sequence reports too: there is nothing to go on with.
     clock = FakeClock()
-    service = SchedulerService(build_core("raysched"), clock)
-    service.add_pool(PoolConfig(name="llm-7b", kind="llm", max_batch_size=1))
-    service.add_worker(WorkerInfo(worker_id="llm-0", pool="llm-7b", engine="sim-7b",
-                                  simulated=True, node_id="node-0", prior=LLM_PRIOR))
+    service = one_llm_worker(clock)
     service.submit("a", [llm_task("low", "LOW", sla_ms=600_000.0, new_tokens=1500)])
     [first] = service.assign().batches
     service.cancel(["low"])
