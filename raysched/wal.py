@@ -67,11 +67,9 @@ class TaskLog:
                  later: bool = False) -> None:
         """Task records admitted for ``client_id``, each with its absolute deadline; with
         ``later``, written at the next flush (before that flush's results)."""
-        if later:
-            self._accepted.append((client_id, entries))
-            return
-        self._write_accepted()
-        self._append(("A", client_id, [(_without_refs(t, "payload"), d) for t, d in entries]))
+        self._accepted.append((client_id, entries))
+        if not later:
+            self._write_accepted()
 
     def _write_accepted(self) -> None:
         for client_id, entries in self._accepted:
