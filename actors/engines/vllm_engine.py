@@ -218,9 +218,6 @@ class VLLMEngine:
     """One vLLM ``AsyncLLM`` per actor; ``LLMActor`` drives it through ``step``."""
 
     simulated = False
-    # A request goes to vLLM as its prompt text: one run again would start over, so the actor
-    # reports no progress for it and the scheduler runs it again from the start.
-    resumes = False
 
     def __init__(self, model: str = "7b", *, tensor_parallel_size: int | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 256,
@@ -271,6 +268,9 @@ class VLLMEngine:
         self._sampling_params = sampling_params or self._vllm_sampling_params
         # Loaded now, not on the first request: count_tokens runs on the actor's event loop.
         self._tokenizer = self._load_tokenizer() if tokenizer is None else tokenizer
+        # A request run again after a preemption goes to vLLM as token ids: its prompt's, then
+        # the tokens it had generated. That needs the tokenizer; without one it starts over.
+        self.resumes = bool(self._tokenizer)
         self.max_context_tokens = int(max_len or 4096)
         if self.device == "cpu":
             self.label = f"vLLM {self.model} on CPU"
@@ -354,7 +354,16 @@ class VLLMEngine:
         return SamplingParams(max_tokens=max_tokens, temperature=0.0,
                               output_kind=RequestOutputKind.DELTA)
 
-    async def _engine_input(self, prompt: str) -> Any:
+    def _prompt_of(self, seq: Sequence) -> str | dict[str, list[int]]:
+        """What vLLM is asked to continue: the prompt's text, or for a sequence that already
+        has tokens (run again after a preemption), the prompt's token ids followed by them,
+        so vLLM recomputes them and generates the rest (``resumes``)."""
+        if not seq.token_ids or not self._tokenizer:
+            return seq.prompt
+        ids = list(self._tokenizer(seq.prompt)["input_ids"])
+        return {"prompt_token_ids": ids + list(seq.token_ids)}
+
+    async def _engine_input(self, prompt: str | dict[str, list[int]]) -> Any:
         """The prompt rendered by vLLM's renderer (tokenized, checked against max_model_len)."""
         renderer = getattr(self._client, "renderer", None)
         model_config = getattr(self._client, "model_config", None)
@@ -477,8 +486,8 @@ class VLLMEngine:
         assert self._progress is not None
         stream = None
         try:
-            params = self._sampling_params(st.seq.max_new_tokens)
-            engine_input = await self._engine_input(st.seq.prompt)
+            params = self._sampling_params(st.seq.remaining)
+            engine_input = await self._engine_input(self._prompt_of(st.seq))
             stream = self._client.generate(engine_input, params, st.request_id,
                                            priority=int(st.seq.priority))
             async for out in stream:

@@ -116,6 +116,22 @@ def test_abort_stops_the_request_in_vllm(loop, engine):
     assert engine._client.get_num_unfinished_requests() == 0
 
 
+def test_a_sequence_run_again_goes_on_from_its_tokens(loop, engine):
+    """Preemption with its progress: a sequence that arrives with tokens (run again after it
+    was taken back) goes to vLLM as its prompt's ids followed by them, and vLLM generates only
+    the rest; greedy, it ends as one uninterrupted run does."""
+    assert engine.resumes
+    prompt = "the market risk report for the bank"
+    whole = Sequence("whole", prompt, 8, 24)
+    _drive(loop, engine, [whole])
+    k = min(6, whole.num_generated - 1)
+    again = Sequence("again", prompt, 8, 24, num_generated=k, token_ids=whole.token_ids[:k])
+    _drive(loop, engine, [again])
+    assert again.token_ids == whole.token_ids
+    assert engine.telemetry("again")["num_generated_tokens"] == whole.num_generated - k
+    assert engine.text(again) == engine.text(whole)
+
+
 def test_a_prompt_over_max_model_len_fails_alone_and_is_not_retryable(loop, engine):
     over = Sequence("over", "word " * 4 * MAX_MODEL_LEN, MAX_MODEL_LEN * 4, 5)
     mates = [Sequence(f"mate{i}", f"a short prompt {i}", 4, 12) for i in range(3)]
