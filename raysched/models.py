@@ -62,6 +62,16 @@ def _priority(value: Any) -> Any:
 PriorityField = Annotated[Priority, BeforeValidator(_priority)]
 
 
+
+def _pickle_callable(fn: Callable[..., Any]) -> bytes:
+    """``fn`` pickled for the workers; ``TypeError`` naming the field if it cannot be."""
+    try:
+        blob: bytes = cloudpickle.dumps(fn)
+    except Exception as exc:  # noqa: BLE001 - pickling raises many kinds; each means the same
+        raise TypeError(f"payload.fn {fn!r} cannot be pickled for the workers: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    return blob
+
 class Payload(BaseModel):
     """What the worker needs to run the task.
 
@@ -105,9 +115,9 @@ class Payload(BaseModel):
         fn = None
         if self.fn is not None:
             if pickled is None:
-                fn = cloudpickle.dumps(self.fn)
+                fn = _pickle_callable(self.fn)
             elif (fn := pickled.get(id(self.fn))) is None:
-                fn = pickled[id(self.fn)] = cloudpickle.dumps(self.fn)
+                fn = pickled[id(self.fn)] = _pickle_callable(self.fn)
         return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
                            self.kwargs)
 
@@ -232,9 +242,18 @@ class Task(BaseModel):
 
     def to_record(self, pickled: dict[int, bytes] | None = None) -> TaskRecord:
         """This task as it is sent to the scheduler: a plain record, not validated again.
-        ``pickled``: as ``Payload.to_work``'s."""
+        ``pickled``: as ``Payload.to_work``'s. Raises ``TypeError`` for a callable that
+        cannot be pickled."""
+        return self._record(self.payload.to_work(pickled))
+
+    def to_core(self, now_s: float) -> CoreTask:
+        """The scheduler's view of this task, with the deadline made absolute at ``now_s``
+        (its payload, the callable's pickle included, is not needed for it)."""
+        return self._record(None).to_core(now_s)
+
+    def _record(self, payload: WorkPayload | None) -> TaskRecord:
         return TaskRecord(task_id=self.id, kind=self.kind, priority=int(self.priority),
-                          pool=self.pool, payload=self.payload.to_work(pickled),
+                          pool=self.pool, payload=payload,
                           deadline_s=self.deadline_s,
                           sla_s=None if self.sla_ms is None else self.sla_ms / 1e3,
                           best_effort=self.best_effort,
@@ -242,10 +261,6 @@ class Task(BaseModel):
                           max_new_tokens=self.payload.max_new_tokens or 0,
                           min_context_tokens=self.requirements.context_tokens or 0,
                           tenant=self.tenant, alternatives=self.pools[1:])
-
-    def to_core(self, now_s: float) -> CoreTask:
-        """The scheduler's view of this task, with the deadline made absolute at ``now_s``."""
-        return self.to_record().to_core(now_s)
 
 
 class Result(BaseModel):

@@ -11,6 +11,7 @@ the ``LoadTable`` on one worker) or finished (an ``Outcome`` was returned, exact
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from raysched.core.load import LoadTable, WorkerLoad
@@ -147,6 +148,9 @@ class SchedulerCore:
         self._expiry: list[tuple[float, int, str]] = []  # (latest_start_s, seq, task_id)
         self._seq = 0
         self.counts: dict[Status, int] = {s: 0 for s in Status}
+        # Per pool: tasks taken back from its workers, and tokens the resumed ones kept.
+        self._preempted: Counter[str] = Counter()
+        self._tokens_kept: Counter[str] = Counter()
         # Pools that cannot serve (no worker and none coming), with the reason: their tasks
         # are refused at once instead of waiting for a worker that will not come.
         self._down: dict[str, str] = {}
@@ -459,6 +463,7 @@ class SchedulerCore:
         self.table.finish(v.task.task_id, now_s, completed=False)
         v.attempts -= 1
         v.preemptions += 1
+        self._preempted[pool] += 1
         decisions.preempted.append(Preemption(v.task.task_id, w.worker_id, task.task_id,
                                               v.bindings))
         self._requeue(v)
@@ -578,7 +583,8 @@ class SchedulerCore:
                 free_slots=sum(w.free_slots for w in workers),
                 backlog_s=sum(w.backlog_s for w in workers),
                 utilization=_mean([w.utilization(now_s) for w in workers]),
-                down=self._down.get(pool, ""))
+                down=self._down.get(pool, ""), preempted=self._preempted[pool],
+                tokens_kept=self._tokens_kept[pool])
         worker_stats = {
             w.worker_id: WorkerStats(pool=w.spec.pool, in_flight=len(w.in_flight),
                                      free_slots=w.free_slots, backlog_s=w.backlog_s,
@@ -623,6 +629,7 @@ class SchedulerCore:
         if generated_tokens >= t.max_new_tokens:
             return None
         self._queues[t.pool].remove(task_id)
+        self._tokens_kept[t.pool] += generated_tokens
         rec.task = replace(t, num_prompt_tokens=t.num_prompt_tokens + generated_tokens,
                            max_new_tokens=t.max_new_tokens - generated_tokens)
         if rec.latest_start_s != _INF:

@@ -188,6 +188,8 @@ class PoolStats:
     ``backlog_s`` is the predicted seconds of work in flight, summed over workers;
     ``utilization`` is the mean over workers of the fraction of time each had work in flight.
     ``down`` is empty while the pool can serve, else why it cannot (no worker and none coming).
+    ``preempted``: tasks taken back from its workers so far; ``tokens_kept``: the tokens those
+    that ran again did not have to generate again (``SchedulerCore.resume``).
     """
 
     queued: dict[str, int]
@@ -198,6 +200,8 @@ class PoolStats:
     backlog_s: float
     utilization: float
     down: str = ""
+    preempted: int = 0
+    tokens_kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 import raysched
-from raysched import Status, Task
+from raysched import PoolConfig, SchedulerConfig, Status, Task
 from raysched.bench.workloads import arrivals
 
 pytestmark = pytest.mark.ray
@@ -98,6 +98,18 @@ def test_bad_input_never_enters_the_queue(make_client):
     assert sum(stats["results"].values()) == 0 and stats["queued"] == 0
 
 
+def test_a_callable_that_cannot_be_pickled_submits_nothing(make_client):
+    import threading
+
+    client = make_client()
+    lock = threading.Lock()
+    tasks = [cpu_task(_sleep, 0.01), Task(kind="custom", sla_ms=1_000,
+                                          payload={"fn": lambda: lock})]
+    with pytest.raises(TypeError, match="payload.fn"):
+        client.submit_many(tasks)
+    assert client.outstanding() == 0 and client.stats()["results"]["completed"] == 0
+
+
 def test_infeasible_deadline_rejected_at_once_with_reason(make_client):
     client = make_client()
     r = client.submit(Task(kind="reasoning", priority="HIGH", sla_ms=5,
@@ -141,6 +153,27 @@ def test_critical_overtakes_queued_low_work(make_client):
     finished_low = [h for h in low if h.done()]
     assert len(finished_low) <= 1, "CRITICAL waited behind queued LOW work"
     assert all(h.result(10).ok for h in low)
+
+
+def test_a_sequence_taken_back_for_critical_work_goes_on_from_its_tokens(make_client):
+    # One simulated 7B worker of batch 1 (20x real time) decoding a LOW agent run of 1,500
+    # tokens; a CRITICAL task with 300 ms to spare takes its slot. The LOW run goes on from
+    # what it had generated: its one Result says all 1,500 tokens, and the pool counts the
+    # tokens it kept.
+    llm = PoolConfig(name="llm-7b", kind="llm", model="7b", replicas=1, max_batch_size=1,
+                     num_cpus=0.25, time_scale=0.05)
+    cpu = PoolConfig(name="cpu", kind="cpu", replicas=1, num_cpus=0.25)
+    client = make_client(SchedulerConfig(name=f"sched-progress-{os.getpid()}", pools=[cpu, llm]))
+    low = client.submit(Task(kind="agent", priority="LOW", sla_ms=60_000,
+                             payload={"prompt": "x" * 2_000, "max_new_tokens": 1_500}))
+    time.sleep(0.3)
+    crit = client.run(Task(kind="summarization", priority="CRITICAL", sla_ms=300,
+                           payload={"prompt": "y" * 400, "max_new_tokens": 16}), timeout=10)
+    assert crit.ok and crit.deadline_met, crit
+    r = low.result(30)
+    assert r.ok and r.attempts == 1 and "1500 tokens" in r.output, r
+    pool = client.stats()["pools"]["llm-7b"]
+    assert pool["preempted"] == 1 and 0 < pool["tokens_kept"] < 1_500
 
 
 def test_a_task_for_several_pools_runs_on_the_one_routing_picks(make_client):

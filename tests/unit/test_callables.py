@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+
 from actors.cpu_actor import load_callable
 from raysched import Task
 
@@ -37,3 +41,11 @@ def test_one_submit_call_pickles_a_function_once_and_each_task_gets_its_own() ->
     calls.append(0)
     again = Task(kind="noop", sla_ms=1_000, payload={"fn": work}).to_record({}).payload
     assert load_callable(again.fn)() == 2
+
+
+def test_a_callable_that_cannot_be_pickled_is_refused_by_name() -> None:
+    lock = threading.Lock()
+    task = Task(kind="noop", sla_ms=1_000, payload={"fn": lambda: lock})
+    with pytest.raises(TypeError, match="payload.fn .* cannot be pickled"):
+        task.to_record()
+    assert task.to_core(0.0).task_id == task.id  # the core's view needs no pickle

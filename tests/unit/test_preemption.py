@@ -80,6 +80,8 @@ def test_a_task_taken_back_goes_on_from_where_it_stopped() -> None:
     assert by_id["crit"].deadline_met
     assert by_id["low"].status is Status.COMPLETED and by_id["low"].attempts == 1
     assert by_id["low"].end_s < alone_s + 0.5
+    pool = core.stats(run.end_s).pools["llm-7b"]
+    assert pool.preempted == 1 and 0 < pool.tokens_kept < 1500
 
 
 def test_resume_rewrites_only_a_queued_task() -> None:
