@@ -358,7 +358,7 @@ class Client:
             # The last results received are acknowledged before the client goes, so they are
             # not owed (and kept in the scheduler's log) for ever.
             ack += self._take_acks()
-            if ack:
+            if ack and _ray_up():
                 import ray
 
                 # Bounded: a scheduler that is gone or restarting owes them to no one.
@@ -372,7 +372,15 @@ class Client:
             try:
                 results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
                                                            ack=ack))
-            except Exception as exc:  # noqa: BLE001 - a lost scheduler fails in many ways
+            # Ray raises SystemExit in a thread waiting in ray.get when the driver shuts it down.
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a lost scheduler fails in many ways
+                if not _ray_up():
+                    # The driver shut Ray down without closing this client: its results
+                    # cannot come, and connecting again would start a Ray of its own.
+                    self._fail_all("Ray was shut down in this driver before the result came")
+                    return
+                if isinstance(exc, SystemExit):
+                    raise
                 # The scheduler restarts (max_restarts) and replays its task log: wait for it,
                 # then keep polling with the same client id. Unacknowledged results come again.
                 if not self._reconnect():
@@ -400,7 +408,7 @@ class Client:
         import ray
 
         give_up = time.monotonic() + self.reconnect_s
-        while time.monotonic() < give_up and not self._closed.is_set():
+        while time.monotonic() < give_up and not self._closed.is_set() and _ray_up():
             try:
                 actor = (self.actor if self._owns_actor
                          else ray.get_actor(self.name, namespace=self.namespace))
@@ -438,6 +446,14 @@ class Client:
             self._room.notify_all()
         for task_id, h in handles.items():
             h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))
+
+
+def _ray_up() -> bool:
+    """Whether this process is still connected to Ray: a call after ``ray.shutdown`` would
+    start or join a Ray again on its own."""
+    import ray
+
+    return bool(ray.is_initialized())
 
 
 def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, Any] | None = None,

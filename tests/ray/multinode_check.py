@@ -50,6 +50,7 @@ def main() -> dict:
         tasks = [t.model_copy(update={"sla_ms": 5_000.0}) if t.kind == "classification" else t
                  for _, t in arrivals(1.0, seed=7)]
         results = list(client.map(tasks, timeout=120))
+        client.close()
         ray.kill(client.actor)
         return {
             "expected_nodes": {pool: n.node_id for pool, n in nodes.items()},
