@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.ray.checks import run_check
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pools_land_on_their_nodes_and_a_mixed_batch_completes():
-    proc = subprocess.run([sys.executable, "-m", "tests.ray.multinode_check"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_check("tests.ray.multinode_check", timeout_s=300)
     expected = out["expected_nodes"]
     pools = [pool for pool, _ in out["placement"].values()]
     assert sorted(pools) == ["cpu", "cpu", "llm-70b", "llm-7b", "llm-7b"]  # replicas="auto"
