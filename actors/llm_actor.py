@@ -85,8 +85,7 @@ class LLMActor:
             seq = Sequence(item.task_id, p.prompt, self.engine.count_tokens(p.prompt),
                            p.max_new_tokens, item.priority)
             ids, done = item.progress or ((), 0)
-            if done and getattr(self.engine, "resumes", False) and (
-                    len(ids) == done or self.engine.simulated):
+            if done and self.engine.resumes and (len(ids) == done or self.engine.simulated):
                 # Taken back before, it goes on from there: the engine prefills the prompt and
                 # the tokens generated so far (a simulated engine has their count only).
                 seq.num_generated, seq.token_ids = done, list(ids)
@@ -204,8 +203,7 @@ class LLMActor:
         output: Any = None
         if ok:
             output = self.engine.text(seq)  # earlier attempts' tokens decoded with this one's
-        elif (error == ABORTED and seq.num_generated > req.done
-                and getattr(self.engine, "resumes", False)):
+        elif error == ABORTED and seq.num_generated > req.done and self.engine.resumes:
             # Its progress, should the scheduler run it again (a preemption): every token so
             # far, as ids, so the next attempt decodes them with its own in one piece.
             output = list(seq.token_ids)

@@ -155,6 +155,7 @@ class Client:
         """``submit_many``; with ``wait_s`` (one task), by the scheduler's ``run`` call, which
         waits up to that long for the task to end and answers with its Result."""
         checked = [self.validate(t) for t in tasks]
+        self._check_ray()  # before a large payload's ray.put, which would start a Ray
         if len(checked) > self.max_outstanding:
             raise BackpressureError(f"{len(checked)} tasks in one call exceed max_outstanding="
                                     f"{self.max_outstanding}; submit them in smaller parts")
@@ -268,6 +269,7 @@ class Client:
         """
         from ray.exceptions import RayActorError
 
+        self._check_ray()
         try:
             return self._get(getattr(self.actor, method).remote(*args))
         except RayActorError:
@@ -275,6 +277,14 @@ class Client:
                 raise SchedulerNotFoundError(f"scheduler {self.name!r} is gone and did not come "
                                              f"back within {self.reconnect_s:.0f} s") from None
             return self._get(getattr(self.actor, method).remote(*args))
+
+    def _check_ray(self) -> None:
+        """``SchedulerNotFoundError`` once this driver has shut Ray down: a call would start
+        or join a Ray of its own (``ray.init`` again, and ``connect``, reach the scheduler)."""
+        if not _ray_up():
+            raise SchedulerNotFoundError(f"Ray was shut down in this driver: scheduler "
+                                         f"{self.name!r} cannot be reached; ray.init and "
+                                         f"raysched.connect again to reach it")
 
     def _to_record(self, task: Task, pickled: dict[int, bytes]) -> TaskRecord:
         """``task`` as sent to the scheduler, its payload by reference when it is large
@@ -369,16 +379,19 @@ class Client:
         """Poll until the client closes; ``ack`` holds, in place, the ids received and not yet
         acknowledged."""
         while not self._closed.is_set():
+            if not _ray_up():
+                # The driver shut Ray down without closing this client: its results cannot
+                # come, and a call now would start or join a Ray of its own.
+                self._fail_all("Ray was shut down in this driver before the result came")
+                return
             try:
                 results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
                                                            ack=ack))
-            # Ray raises SystemExit in a thread waiting in ray.get when the driver shuts it down.
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a lost scheduler fails in many ways
+            # A lost scheduler fails in many ways; and Ray raises SystemExit in a thread
+            # waiting in ray.get when the driver shuts it down (the loop's head ends then).
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 if not _ray_up():
-                    # The driver shut Ray down without closing this client: its results
-                    # cannot come, and connecting again would start a Ray of its own.
-                    self._fail_all("Ray was shut down in this driver before the result came")
-                    return
+                    continue
                 if isinstance(exc, SystemExit):
                     raise
                 # The scheduler restarts (max_restarts) and replays its task log: wait for it,

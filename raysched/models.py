@@ -114,9 +114,8 @@ class Payload(BaseModel):
         would; the function is taken as it is at that call."""
         fn = None
         if self.fn is not None:
-            if pickled is None:
-                fn = _pickle_callable(self.fn)
-            elif (fn := pickled.get(id(self.fn))) is None:
+            pickled = {} if pickled is None else pickled
+            if (fn := pickled.get(id(self.fn))) is None:
                 fn = pickled[id(self.fn)] = _pickle_callable(self.fn)
         return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
                            self.kwargs)

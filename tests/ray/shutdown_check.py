@@ -26,9 +26,17 @@ def main() -> dict:
     time.sleep(1.0)
     ray.shutdown()
     result = handle.result(timeout=30)
+    refusals = []
+    for call in (lambda: client.submit(Task(kind="classification", sla_ms=1_000,
+                                            payload={"features": [0.5] * 8})),
+                 lambda: client.stats()):
+        try:
+            call()
+        except raysched.SchedulerNotFoundError as exc:
+            refusals.append(str(exc))
     time.sleep(2.0)  # a poller that connected again would have by now
-    return {"status": result.status.value, "reason": result.reason,
-            "ray_initialized": ray.is_initialized()}
+    return {"status": result.status.value, "reason": result.reason, "refusals": refusals,
+            "ray_initialized": ray.is_initialized(), "outstanding": client.outstanding()}
 
 
 if __name__ == "__main__":
