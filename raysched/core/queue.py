@@ -18,7 +18,9 @@ the first task of some class is getting tight (less slack before its latest star
 highest such class goes first, even before higher classes whose work has slack to spare. A
 CRITICAL arrival still overtakes queued work with time to spare, and a MEDIUM task about to miss
 is not held back behind HIGH work that could wait: class order spends slack, it does not waste
-deadlines.
+deadlines. The guard does not undo aging: a task aged up to HIGH goes before tight work of HIGH
+and lower classes (tight CRITICAL work still goes first), or a saturating stream whose first task
+is always tight would hold it for as long as the stream lasts.
 
 Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
 priority classes, FIFO inside), ``deadline`` (plain EDF, classes ignored) and ``arrival`` (FIFO).
@@ -41,6 +43,7 @@ from raysched.core.types import CoreTask, Priority
 _CLASSES: tuple[Priority, ...] = tuple(Priority)
 # Aged work may reach HIGH at most: CRITICAL is never shared.
 _AGING_CEILING = Priority.HIGH
+_AGED_CLASSES: tuple[Priority, ...] = tuple(c for c in _CLASSES if c > _AGING_CEILING)
 
 
 # A task is tight when its slack before its latest start is under this many best-case services.
@@ -204,6 +207,16 @@ class DeadlineQueue:
         if self._guarded:
             tight = self._tightest(now_s)
             if tight is not None:
+                # An aged task that reached the top class it may reach goes before tight work
+                # that is not CRITICAL: a stream whose first task is always tight (a saturating
+                # one with short deadlines) would otherwise hold it for as long as the stream
+                # lasts. Below the top it is work of the class it reached, which tight work of
+                # any class may pass as it passes that class's own.
+                if tight.cls >= _AGING_CEILING:
+                    aged = min((a for a in self._aged(now_s) if a[0][0] == _AGING_CEILING),
+                               default=None, key=lambda a: a[0])
+                    if aged is not None:
+                        return aged[0], aged[1].task
                 return (int(tight.cls), tight.key_s, tight.seq), tight.task
         return self._peek_ordered(now_s)
 
@@ -211,30 +224,39 @@ class DeadlineQueue:
         """The first task by the ordering's key, aging included."""
         best: tuple[QueueKey, _Entry] | None = None
         for cls in _CLASSES:
-            if not self._members[cls]:
-                continue
-            if best is None:
+            if self._members[cls]:
                 # Classes come in order, so a later class's own head never goes first; only
                 # an aged task of a later class can, and none ages past _AGING_CEILING.
                 head = self._head(self._heaps[cls])
                 best = ((int(cls), head.key_s, head.seq), head)
-                if self.aging_s is None or cls < _AGING_CEILING:
-                    break
-            if self.aging_s is not None and cls > _AGING_CEILING:
-                oldest = self._by_arrival[cls].oldest()
-                steps = int((now_s - oldest.arrival_s) // self.aging_s)
-                if steps > 0:
-                    aged = max(int(_AGING_CEILING), int(cls) - steps)
-                    # Inside the class it reached, an aged task is keyed by the moment it got
-                    # there, not by its own (far) deadline: work of that class whose deadline
-                    # is later no longer goes first, so a saturating stream cannot hold it.
-                    promoted_s = oldest.arrival_s + (int(cls) - aged) * self.aging_s
-                    key = (aged, min(oldest.key_s, promoted_s), oldest.seq)
-                    if key < best[0]:
-                        best = (key, oldest)
+                break
         if best is None:
             return None
+        if self.aging_s is not None and best[0][0] >= _AGING_CEILING:
+            for aged in self._aged(now_s):
+                if aged[0] < best[0]:
+                    best = aged
         return best[0], best[1].task
+
+    def _aged(self, now_s: float) -> list[tuple[QueueKey, _Entry]]:
+        """The oldest task of each class that ages (below ``_AGING_CEILING``) and has waited
+        ``aging_s`` or more, keyed in the class it reached."""
+        out: list[tuple[QueueKey, _Entry]] = []
+        if self.aging_s is None:
+            return out
+        for cls in _AGED_CLASSES:
+            if not self._members[cls]:
+                continue
+            oldest = self._by_arrival[cls].oldest()
+            steps = int((now_s - oldest.arrival_s) // self.aging_s)
+            if steps > 0:
+                aged = max(int(_AGING_CEILING), int(cls) - steps)
+                # Inside the class it reached, an aged task is keyed by the moment it got
+                # there, not by its own (far) deadline: work of that class whose deadline is
+                # later no longer goes first, so a saturating stream cannot hold it.
+                promoted_s = oldest.arrival_s + (int(cls) - aged) * self.aging_s
+                out.append(((aged, min(oldest.key_s, promoted_s), oldest.seq), oldest))
+        return out
 
     def _tightest(self, now_s: float) -> _Entry | None:
         """The first task of the highest class whose first task is getting tight (less slack

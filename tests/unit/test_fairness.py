@@ -41,15 +41,18 @@ def test_low_work_spreads_over_idle_workers() -> None:
 
 
 @pytest.mark.parametrize("low_deadline_s", [600.0, math.inf])
+@pytest.mark.parametrize("high_slack_s", [30.0, 0.5])
 def test_aging_bounds_how_long_low_work_waits_behind_a_saturating_stream(
-        low_deadline_s: float) -> None:
+        low_deadline_s: float, high_slack_s: float) -> None:
     # One worker, aging_s = 1, a HIGH stream at 1.2x its capacity for 10 s: a LOW task (far
     # deadline, or best effort) must start within about 2 x aging_s, not when the stream ends.
+    # With 0.5 s deadlines the stream's first task is always tight (its slack is a few services),
+    # which must not hold the aged task back either.
     aging_s, service_s = 1.0, 0.1
     core = build_core("raysched", config=CoreConfig(aging_s=aging_s))
     sim = Simulator(core, cpu_workers(1, prior_s=service_s))
     gap_s = service_s / 1.2
-    tasks = [SimTask(i * gap_s, task(f"high-{i}", Priority.HIGH, i * gap_s + 30.0),
+    tasks = [SimTask(i * gap_s, task(f"high-{i}", Priority.HIGH, i * gap_s + high_slack_s),
                      cpu_service_s=service_s) for i in range(int(10.0 / gap_s))]
     low = task("low", Priority.LOW, low_deadline_s, best_effort=math.isinf(low_deadline_s))
     tasks.append(SimTask(0.05, low, cpu_service_s=service_s))
