@@ -453,3 +453,36 @@ def test_guarded_class_order_lets_tight_lower_class_work_go_first() -> None:
     q.push(task("low-tight", L, 1.2), 3, 0.0, latest_start_s=1.0)
     q.push(task("med-tight-2", M, 1.3), 4, 0.0, latest_start_s=1.1)
     assert drain(q, 0.9) == ["med-tight-2", "low-tight"]
+
+
+def test_guarded_class_order_lets_work_aged_to_high_pass_tight_work_once_per_aging_s() -> None:
+    q = DeadlineQueue(aging_s=1.0, ordering="guarded_class")
+    # Three LOW tasks with far deadlines, waiting since 0; a MEDIUM stream whose first task is
+    # always tight (0.2 s of slack before its latest start against 4 x 0.1 s of service).
+    for i in range(3):
+        q.push(task(f"low-{i}", L, 600.0), i, 0.0, latest_start_s=599.9)
+    seq = 10
+
+    def tight_medium(now_s: float) -> None:
+        nonlocal seq
+        seq += 1
+        q.push(task(f"med-{seq}", M, now_s + 0.3), seq, now_s, latest_start_s=now_s + 0.2)
+
+    popped = []
+    for step in range(60):  # one start every 0.1 s for 6 s
+        now_s = 0.1 * step
+        tight_medium(now_s)
+        got = q.pop(now_s)
+        assert got is not None
+        popped.append((round(now_s, 1), got.task_id))
+    lows = [(t, tid) for t, tid in popped if tid.startswith("low")]
+    # At 1 s the oldest LOW task is MEDIUM, which tight MEDIUM work may pass; at 2 s it is
+    # HIGH and goes first; the next ones then go one per aging_s, not all at once.
+    assert lows == [(2.0, "low-0"), (3.0, "low-1"), (4.0, "low-2")]
+
+
+def test_guarded_class_order_lets_tight_critical_work_pass_aged_work() -> None:
+    q = DeadlineQueue(aging_s=1.0, ordering="guarded_class")
+    q.push(task("low", L, 600.0), 1, 0.0, latest_start_s=599.9)
+    q.push(task("crit", C, 5.2), 2, 5.0, latest_start_s=5.1)
+    assert drain(q, 5.0) == ["crit", "low"]
