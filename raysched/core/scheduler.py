@@ -466,8 +466,11 @@ class SchedulerCore:
         self._preempted[pool] += 1
         decisions.preempted.append(Preemption(v.task.task_id, w.worker_id, task.task_id,
                                               v.bindings))
+        # The head peeked above, taken by pop (the queue is unchanged since), which notes an
+        # aged task going before tight work as the queue's bound on that counts.
+        taken = queue.pop(now_s)
+        assert taken is task
         self._requeue(v)
-        queue.remove(task.task_id)
         choice = self.placement.place(task, self.table, now_s)
         if choice is None:
             queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
