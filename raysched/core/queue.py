@@ -18,11 +18,11 @@ the first task of some class is getting tight (less slack before its latest star
 highest such class goes first, even before higher classes whose work has slack to spare. A
 CRITICAL arrival still overtakes queued work with time to spare, and a MEDIUM task about to miss
 is not held back behind HIGH work that could wait: class order spends slack, it does not waste
-deadlines. The guard does not undo aging: once per ``aging_s``, a task aged up to HIGH goes
-before tight work of HIGH and lower classes (tight CRITICAL work still goes first), or a
-saturating stream whose first task is always tight would hold it for as long as the stream
-lasts. Once per ``aging_s``, not always: a steady flow of aged work would otherwise take a
-saturated pool from the deadlines it can still meet.
+deadlines. The guard does not undo aging: once per ``aging_s``, a task aged up to HIGH whose
+own deadline is not near goes before tight work of HIGH and lower classes (tight CRITICAL work
+still goes first), or a saturating stream whose first task is always tight would hold it for as
+long as the stream lasts. Once per ``aging_s``, not always: a steady flow of aged work would
+otherwise take a saturated pool from the deadlines it can still meet.
 
 Other orderings serve the baseline policies on the same structure: ``class_arrival`` (static
 priority classes, FIFO inside), ``deadline`` (plain EDF, classes ignored) and ``arrival`` (FIFO).
@@ -77,6 +77,12 @@ class _Entry:
 
 
 QueueKey = tuple[int, float, int]
+
+
+def _is_tight(entry: _Entry, now_s: float) -> bool:
+    """Less slack before its latest start than ``TIGHT_FACTOR`` best-case services."""
+    return (entry.latest_start_s - now_s
+            < TIGHT_FACTOR * (entry.task.deadline_s - entry.latest_start_s))
 
 
 class _ArrivalOrder:
@@ -215,17 +221,21 @@ class DeadlineQueue:
         if self._guarded:
             tight = self._tightest(now_s)
             if tight is not None:
-                # An aged task that reached the top class it may reach goes before tight work
-                # that is not CRITICAL, once per ``aging_s``: a stream whose first task is
-                # always tight (a saturating one with short deadlines) would otherwise hold it
-                # for as long as the stream lasts, and more often a steady flow of aged work
-                # would take a saturated pool from the deadlines it can still meet (on the
-                # conversation trace at 1.3x load it cost MEDIUM work half its deadlines).
-                # Below the top it is work of the class it reached, which tight work of any
-                # class may pass as it passes that class's own.
+                # An aged task that reached the top class it may reach, and whose own deadline
+                # is not near, goes before tight work that is not CRITICAL, once per
+                # ``aging_s``: a stream whose first task is always tight (a saturating one
+                # with short deadlines) would otherwise hold it for as long as the stream
+                # lasts. Once per ``aging_s``: a steady flow of aged work would take a
+                # saturated pool from the deadlines it can still meet (on the conversation
+                # trace at 1.3x load it cost MEDIUM work half its deadlines). Not when it is
+                # tight itself: it then competes as tight work of its class, as it would
+                # without aging (letting it pass cost LOW work deadlines on the same trace at
+                # full load: started that late, a long answer mostly misses). Below the top it
+                # is work of the class it reached, which tight work may pass.
                 if (tight.cls >= _AGING_CEILING and self.aging_s is not None
                         and now_s - self._overtook_s >= self.aging_s):
-                    aged = min((a for a in self._aged(now_s) if a[0][0] == _AGING_CEILING),
+                    aged = min((a for a in self._aged(now_s) if a[0][0] == _AGING_CEILING
+                                and not _is_tight(a[1], now_s)),
                                default=None, key=lambda a: a[0])
                     if aged is not None:
                         return aged[0], aged[1].task, True
@@ -278,8 +288,7 @@ class DeadlineQueue:
             if not self._members[cls]:
                 continue
             head = self._head(self._heaps[cls])
-            if head.latest_start_s - now_s < TIGHT_FACTOR * (head.task.deadline_s
-                                                             - head.latest_start_s):
+            if _is_tight(head, now_s):
                 return head
         return None
 
