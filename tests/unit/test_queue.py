@@ -486,3 +486,12 @@ def test_guarded_class_order_lets_tight_critical_work_pass_aged_work() -> None:
     q.push(task("low", L, 600.0), 1, 0.0, latest_start_s=599.9)
     q.push(task("crit", C, 5.2), 2, 5.0, latest_start_s=5.1)
     assert drain(q, 5.0) == ["crit", "low"]
+
+
+def test_guarded_class_order_keeps_a_tight_aged_task_in_its_own_class() -> None:
+    # A LOW task aged up to HIGH whose own deadline is near (0.2 s of slack before its latest
+    # start against 4 x 0.1 s of service) competes as tight LOW work: tight MEDIUM work first.
+    q = DeadlineQueue(aging_s=1.0, ordering="guarded_class")
+    q.push(task("low", L, 5.5), 1, 0.0, latest_start_s=5.4)
+    q.push(task("med", M, 5.5), 2, 5.0, latest_start_s=5.3)
+    assert drain(q, 5.2) == ["med", "low"]
