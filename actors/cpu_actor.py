@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from raysched.core.protocol import (
     FRAUD_NUM_FEATURES,
     ByRef,
     Completion,
+    PickledOutput,
     WorkerInfo,
     WorkItem,
     split_outputs,
@@ -36,6 +38,9 @@ FRAUD_MODEL = "fraud-logreg-v1"
 CPU_PRIOR_S = 1e-3
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
+# Abort marks a worker keeps (``CPUActor.abort``): far more than the tasks one worker is ever
+# sent ahead, so a mark goes only long after its task could have arrived.
+ABORT_MARKS_KEPT = 100_000
 # Cancels and liveness checks run on their own thread beside the work (Ray concurrency
 # groups), so they are answered while a task runs; the actor is created with
 # ``concurrency_groups=CONCURRENCY_GROUPS``.
@@ -56,9 +61,13 @@ class CPUActor:
         self.worker_id = worker_id
         self.pool = pool
         self.fixed_s = CPU_PRIOR_S
-        # Tasks cancelled while they wait here: written by ``abort`` on the control thread,
-        # read before each task starts (a set add or lookup is atomic under the GIL).
-        self._aborted: set[str] = set()
+        # Tasks to drop before they start: task id -> when the scheduler asked (its clock),
+        # oldest first. Written by ``abort`` on the control thread, read before each task
+        # starts. A mark stops only an item made before it (``WorkItem.sent_s``): one left by
+        # an abort that came too late (the task was running, or done) must not stop the next
+        # attempt, or a later task given the same id.
+        self._aborted: dict[str, float] = {}
+        self._marks = threading.Lock()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine="cpu",
@@ -66,15 +75,23 @@ class CPUActor:
                           prior=ServicePrior(fixed_s=self.fixed_s))
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    def abort(self, task_ids: list[str]) -> int:
-        """Make sure the given tasks never start here; returns how many were not yet seen.
+    def abort(self, task_ids: list[str], issued_s: float = float("inf")) -> int:
+        """Make sure the given tasks, as sent before ``issued_s`` (the scheduler's clock),
+        never start here; returns how many were not marked yet.
 
         Runs on the control thread, beside ``execute``, so a cancel holds while the worker is
-        busy with the task in front.
+        busy with the task in front. Marks are kept for the ``ABORT_MARKS_KEPT`` latest.
         """
-        new = [t for t in task_ids if t not in self._aborted]
-        self._aborted.update(new)
-        return len(new)
+        marks = self._aborted
+        new = 0
+        with self._marks:
+            for t in task_ids:
+                new += t not in marks
+                marks.pop(t, None)  # re-inserted as the newest
+                marks[t] = issued_s
+            while len(marks) > ABORT_MARKS_KEPT:
+                del marks[next(iter(marks))]
+        return new
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def ping(self) -> str:
@@ -110,8 +127,9 @@ class CPUActor:
     def _one(self, item: WorkItem) -> Completion:
         """Run one task, unless it was cancelled (reported aborted) or its latest start has
         passed (reported ``expired``): both are checked just before it would start."""
-        if item.task_id in self._aborted:
-            self._aborted.discard(item.task_id)
+        with self._marks:
+            mark_s = self._aborted.pop(item.task_id, None)
+        if mark_s is not None and mark_s > item.sent_s:
             return Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
                               error="aborted before it started", binding=item.binding)
         if time.time() > item.latest_start_s:
@@ -127,7 +145,7 @@ class CPUActor:
             if isinstance(p, ByRef):
                 p = ray.get(p.ref)
             if p.fn is not None:
-                output = load_callable(p.fn)(*p.args, **p.kwargs)
+                output = _pickled(load_callable(p.fn)(*p.args, **p.kwargs))
             elif item.kind == "classification":
                 if len(p.features) != FRAUD_WEIGHTS.size:
                     raise ValueError(f"{FRAUD_MODEL} takes {FRAUD_WEIGHTS.size} features, "
@@ -136,12 +154,25 @@ class CPUActor:
                 output = {"fraud_probability": prob, "flagged": prob >= 0.5, "model": FRAUD_MODEL}
             else:
                 raise ValueError(f"a CPU worker cannot run kind {item.kind!r} without payload.fn")
-        except Exception as exc:  # noqa: BLE001 - the task's own failure, reported, not retried
+        # The task's own failure, reported, not retried. BaseException: a callable's
+        # KeyboardInterrupt or SystemExit ends its own task, not the call carrying the batch
+        # (the batch's other tasks would fail with it) or the worker.
+        except BaseException as exc:  # noqa: BLE001
             return Completion(item.task_id, self.worker_id, ok=False,
                               service_s=time.perf_counter() - start,
                               error=f"{type(exc).__name__}: {exc}", binding=item.binding)
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start, binding=item.binding)
+
+
+def _pickled(output: Any) -> PickledOutput:
+    """A callable's output pickled on its own (``PickledOutput``); ``TypeError`` saying so when
+    it cannot be pickled (a lock, a generator)."""
+    try:
+        return PickledOutput(cloudpickle.dumps(output))
+    except Exception as exc:  # noqa: BLE001 - pickling fails in many ways
+        raise TypeError(f"the callable's output ({type(output).__name__}) cannot be pickled: "
+                        f"{type(exc).__name__}: {exc}") from None
 
 
 def load_callable(fn: bytes | Callable[..., Any]) -> Callable[..., Any]:

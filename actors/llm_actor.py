@@ -113,8 +113,10 @@ class LLMActor:
             if big:
                 yield big
 
-    async def abort(self, task_ids: list[str]) -> int:
-        """Stop the given requests wherever they are; their completions say aborted."""
+    async def abort(self, task_ids: list[str], issued_s: float = float("inf")) -> int:
+        """Stop the given requests wherever they are; their completions say aborted.
+        (``issued_s``: as for ``CPUActor.abort``; a request here is one this worker has, so
+        any it names is one sent before the abort.)"""
         n = 0
         for task_id in task_ids:
             req = self._by_id.get(task_id)

@@ -18,8 +18,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle  # type: ignore[import-untyped]
+
 from raysched.config import SchedulerConfig, default_config
-from raysched.core.protocol import INLINE_PAYLOAD_BYTES, ByRef, ResultRecord, TaskRecord
+from raysched.core.protocol import (
+    INLINE_PAYLOAD_BYTES,
+    ByRef,
+    PickledOutput,
+    ResultRecord,
+    TaskRecord,
+)
 from raysched.core.types import Status
 from raysched.errors import (
     BackpressureError,
@@ -306,24 +314,29 @@ class Client:
         lists: dict[Any, Any] = {}
         ack = []
         for r in records:
-            out = r.output
-            if not isinstance(out, ByRef):
-                self._resolve(Result.from_record(r))
-                ack.append(r.task_id)
-                continue
+            value = out = r.output
             try:
-                if out.ref not in lists:
-                    lists[out.ref] = self._get(out.ref)
-                value = lists[out.ref] if out.index is None else lists[out.ref][out.index]
+                if isinstance(out, ByRef):
+                    if out.ref not in lists:
+                        lists[out.ref] = self._get(out.ref)
+                    value = lists[out.ref] if out.index is None else lists[out.ref][out.index]
             except OwnerDiedError:
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure to fetch ends the task here
-                self._resolve(Result.from_record(replace(
-                    r, status=Status.FAILED, output=None,
-                    reason=f"its output ({out.size_bytes} bytes, by reference) could not be "
-                           f"fetched: {type(exc).__name__}: {str(exc)[:300]}")))
-            else:
-                self._resolve(Result.from_record(r, output=value))
+                self._resolve(_failed(r, f"its output ({out.size_bytes} bytes, by reference) "
+                                         f"could not be fetched: {type(exc).__name__}: "
+                                         f"{str(exc)[:300]}"))
+                ack.append(r.task_id)
+                continue
+            if isinstance(value, PickledOutput):
+                try:
+                    value = cloudpickle.loads(value.data)
+                except Exception as exc:  # noqa: BLE001 - a class this driver lacks, say
+                    self._resolve(_failed(r, f"its output could not be unpickled in this "
+                                             f"driver: {type(exc).__name__}: {str(exc)[:300]}"))
+                    ack.append(r.task_id)
+                    continue
+            self._resolve(Result.from_record(r, output=value))
             ack.append(r.task_id)
         return ack
 
@@ -459,6 +472,12 @@ class Client:
             self._room.notify_all()
         for task_id, h in handles.items():
             h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))
+
+
+def _failed(r: ResultRecord, reason: str) -> Result:
+    """The Result of ``r`` ended ``failed`` here, at the driver, for ``reason``."""
+    return Result.from_record(replace(r, status=Status.FAILED, output=None, reason=reason),
+                              output=None)
 
 
 def _ray_up() -> bool:

@@ -292,13 +292,12 @@ class Result(BaseModel):
         return self.status is Status.COMPLETED
 
     @classmethod
-    def from_record(cls, r: ResultRecord, output: Any = None) -> Result:
-        """The Result of a scheduler's record. Not validated again: the scheduler built the
-        record from validated parts. ``output``, when given, stands in for the record's (an
-        output sent by reference, once fetched)."""
+    def from_record(cls, r: ResultRecord, output: Any) -> Result:
+        """The Result of a scheduler's record, with ``output`` for the record's (the driver's
+        copy of it: fetched where it went by reference, unpickled where it was pickled). Not
+        validated again: the scheduler built the record from validated parts."""
         return cls.model_construct(
-            task_id=r.task_id, status=Status(r.status),
-            output=r.output if output is None else output, reason=r.reason,
+            task_id=r.task_id, status=Status(r.status), output=output, reason=r.reason,
             worker_id=r.worker_id, kind=r.kind, priority=Priority(r.priority), pool=r.pool,
             queue_s=r.queue_s, service_s=r.service_s, total_s=r.total_s,
             deadline_met=r.deadline_met, attempts=r.attempts)

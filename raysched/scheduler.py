@@ -391,10 +391,11 @@ class SchedulerActor:
         """Ask workers to drop tasks the core no longer wants from them. An LLM worker stops the
         sequence mid-batch; a CPU worker skips a task it has not started (one it is running runs
         to its end). Fire and forget: the core ignores whatever they report for these."""
+        issued_s = self.service.clock()
         for worker_id, ids in task_ids_by_worker.items():
             handle = self.workers.get(worker_id)
             if handle is not None:
-                handle.abort.remote(ids)
+                handle.abort.remote(ids, issued_s)
 
     async def _run_batch(self, worker_id: str, items: list[WorkItem], call: Any,
                          timeout_s: float, sent_s: float | None, plain: bool) -> None:

@@ -488,7 +488,8 @@ class SchedulerService:
                                                a.task.deadline_s, payload,
                                                latest_start_s=a.latest_start_s,
                                                binding=a.binding,
-                                               progress=self._progress.get(a.task.task_id)))
+                                               progress=self._progress.get(a.task.task_id),
+                                               sent_s=now))
             expected_s[a.worker_id] = max(expected_s[a.worker_id], a.predicted_finish_s - now)
         workers = self.core.table.workers
         return Dispatch(dict(take_back),

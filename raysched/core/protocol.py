@@ -51,6 +51,18 @@ class ByRef:
 
 
 @dataclass(frozen=True, slots=True)
+class PickledOutput:
+    """A callable's output as its worker pickled it (cloudpickle), in ``data``.
+
+    A user's callable may return anything. Pickled on its own, an output that cannot be pickled
+    fails its own task at the worker, and one that cannot be unpickled where the driver runs (a
+    class of a package only the cluster has) fails its own task at the driver: not the batch,
+    the scheduler's call or the driver's poll that carries it with others."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class WorkPayload:
     """What a worker needs to run one task: a prompt and its token budget (LLM pools), a
     feature vector (the fraud classifier), or a Python callable with its arguments. ``fn``
@@ -229,19 +241,23 @@ class WorkItem:
     # the prompt followed by those tokens, generates what is left of the budget, and decodes
     # them all as its output.
     progress: tuple[tuple[int, ...], int] | None = None
+    # When the scheduler made this item (its clock): a request to drop the task applies to
+    # the items made before the request, not to a later attempt, nor to a later task given
+    # the same id (``CPUActor.abort``).
+    sent_s: float = 0.0
 
     def to_wire(self) -> tuple[Any, ...]:
         """This item as a plain tuple, as the scheduler sends it in a plain call."""
         p = self.payload
         return (self.task_id, self.kind, self.priority, self.deadline_s,
                 p.to_wire() if isinstance(p, WorkPayload) else p, self.latest_start_s,
-                self.binding, self.progress)
+                self.binding, self.progress, self.sent_s)
 
     @classmethod
     def from_wire(cls, t: tuple[Any, ...]) -> WorkItem:
         p = t[4]
         return cls(t[0], t[1], t[2], t[3], WorkPayload(*p) if isinstance(p, tuple) else p,
-                   t[5], t[6], t[7])
+                   t[5], t[6], t[7], t[8])
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +280,12 @@ class WorkerInfo:
 
 
 def value_size_bytes(value: Any) -> int:
-    """The size of a value where it is cheap to know: text and bytes by their length, arrays
-    by ``nbytes``; 0 for anything else (sent inline, whatever its size)."""
+    """The size of a value where it is cheap to know: text, bytes and a pickled output by their
+    length, arrays by ``nbytes``; 0 for anything else (sent inline, whatever its size)."""
     if isinstance(value, (str, bytes, bytearray)):
         return len(value)
+    if isinstance(value, PickledOutput):
+        return len(value.data)
     nbytes = getattr(value, "nbytes", None)
     return nbytes if isinstance(nbytes, int) else 0
 

@@ -54,4 +54,5 @@ def test_large_payloads_and_outputs_go_by_reference_and_arrive_whole(make_client
     counted = client.stats()["by_reference"]
     # The array's payload and the long prompt went by reference; so did the array's output.
     assert counted["payloads"] == 2 and counted["payload_bytes"] >= BIG_BYTES + len(prompt)
-    assert counted["outputs"] == 1 and counted["output_bytes"] == BIG_BYTES
+    # A callable's output is counted as pickled (the array's bytes and pickle's own, a little).
+    assert counted["outputs"] == 1 and BIG_BYTES <= counted["output_bytes"] < BIG_BYTES + 1024

@@ -1,0 +1,106 @@
+"""One task's trouble stays its own: an output that cannot be pickled where it runs, or unpickled
+where the driver runs, a callable that raises KeyboardInterrupt, a cancel that came too late.
+
+Each runs on the shared local Ray, through the public API, with short callables on one CPU
+worker so that they travel in one batch (one plain call answering for all of them).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from ray import cloudpickle
+
+from raysched import Status, Task
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+DRIVER_FLAG = "RAYSCHED_TEST_THIS_IS_THE_DRIVER"
+
+
+def _rebuild(value: int) -> ClusterOnly:
+    # Stands in for a class from a package the cluster has and the driver does not: it
+    # unpickles in Ray's worker processes (started before the flag was set) and fails here.
+    if os.environ.get(DRIVER_FLAG):
+        raise ImportError("No module named 'clusteronly'")
+    return ClusterOnly(value)
+
+
+class ClusterOnly:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (self.value,))
+
+
+def _cluster_only() -> ClusterOnly:
+    return ClusterOnly(1)
+
+
+def _lock() -> object:
+    return threading.Lock()
+
+
+def _interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+def _value(i: int) -> int:
+    return i
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def task(fn, *args, task_id: str | None = None) -> Task:
+    kw = {"id": task_id} if task_id else {}
+    return Task(kind="custom", priority="LOW", sla_ms=30_000.0,
+                payload={"fn": fn, "args": args}, **kw)
+
+
+def test_an_output_the_driver_cannot_unpickle_fails_only_its_own_task(make_client, monkeypatch):
+    client = make_client(cpu={"replicas": 1})
+    monkeypatch.setenv(DRIVER_FLAG, "1")
+    handles = client.submit_many([task(_value, 1), task(_cluster_only), task(_value, 2)])
+    first, odd, second = (h.result(30) for h in handles)
+    assert (first.status, first.output) == (Status.COMPLETED, 1)
+    assert (second.status, second.output) == (Status.COMPLETED, 2)
+    assert odd.status is Status.FAILED
+    assert "could not be unpickled in this driver" in odd.reason and "clusteronly" in odd.reason
+    # Nothing is owed or waiting: the poll that carried it went on.
+    assert client.outstanding() == 0
+    later = client.run(task(_value, 3), timeout=30)
+    assert (later.status, later.output) == (Status.COMPLETED, 3)
+
+
+def test_an_output_that_cannot_be_pickled_fails_only_its_own_task(make_client):
+    client = make_client(cpu={"replicas": 1})
+    handles = client.submit_many([task(_value, 1), task(_lock), task(_value, 2)])
+    first, odd, second = (h.result(30) for h in handles)
+    assert (first.output, second.output) == (1, 2)
+    assert odd.status is Status.FAILED and "cannot be pickled" in odd.reason
+
+
+def test_a_callable_raising_keyboard_interrupt_fails_only_its_own_task(make_client):
+    client = make_client(cpu={"replicas": 1})
+    handles = client.submit_many([task(_value, 1), task(_interrupted), task(_value, 2)])
+    first, odd, second = (h.result(30) for h in handles)
+    assert (first.output, second.output) == (1, 2)
+    assert odd.status is Status.FAILED and "KeyboardInterrupt" in odd.reason
+
+
+def test_a_cancel_that_came_too_late_does_not_stop_the_next_task_with_its_id(make_client):
+    client = make_client(cpu={"replicas": 1})
+    running = client.submit(task(_sleep, 0.5, task_id="again"))
+    time.sleep(0.2)  # it has started on the one worker
+    assert running.cancel() is True
+    assert running.result(30).status is Status.CANCELLED
+    time.sleep(0.5)  # the cancelled callable has run to its end
+    again = client.run(task(_value, 7, task_id="again"), timeout=30)
+    assert (again.status, again.output) == (Status.COMPLETED, 7)
