@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from raysched.core.protocol import (
 from raysched.core.types import Status
 from raysched.errors import (
     BackpressureError,
+    ClientClosedError,
     SchedulerNotFoundError,
     SubmitError,
     TaskTimeoutError,
@@ -40,12 +42,17 @@ from raysched.models import DEFAULT_POOL_KINDS, Result, Task
 if TYPE_CHECKING:
     from raysched.shards import ShardedClient
 
+log = logging.getLogger(__name__)
+
 SUBMIT_CHUNK = 512
 POLL_TIMEOUT_S = 0.5
 # How long ``Client.run``'s call waits in the scheduler for the task to end, so its Result comes
 # in the call's own answer; a task that takes longer gets its Result as a submitted one does.
 # Short, as the call holds one of the scheduler's concurrent calls while it waits.
 RUN_WAIT_S = 1.0
+# How long ``Client.close`` waits for the scheduler to cancel the client's unfinished tasks and
+# hand over the results it holds for it.
+CLOSE_WAIT_S = 5.0
 
 
 class TaskHandle:
@@ -230,7 +237,10 @@ class Client:
         return await handle
 
     def cancel(self, task_ids: list[str]) -> list[bool]:
-        return self._call("cancel", task_ids)
+        """Cancel tasks by id: True for each one this call ended (queued, or running: a
+        running CPU task runs to its end, its Result is ``cancelled``); False for one that had
+        ended, or is unknown. ``TypeError`` unless ``task_ids`` is a list of strings."""
+        return self._call("cancel", task_id_list(task_ids))
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's load tables, queue depths, result counts and startup notes."""
@@ -246,14 +256,46 @@ class Client:
             return task_id in self._handles
 
     def close(self) -> None:
-        """Stop polling; shut the embedded Ray down if this client started it."""
+        """Stop polling and end what this client still waits for; shut the embedded Ray down
+        if this client started it. Idempotent.
+
+        The client's unfinished tasks are cancelled at the scheduler (a running one runs to its
+        end there, as any cancelled task), and every handle still waiting gets its Result:
+        the one the scheduler had for it, else ``cancelled`` with the reason. Later calls
+        (``submit``, ``run``, ``cancel``, ``stats``) raise ``ClientClosedError``.
+        """
+        if self._closed.is_set():
+            return
         self._closed.set()
         if self._poller is not None:
             self._poller.join(timeout=POLL_TIMEOUT_S * 4)
+        with self._lock:
+            unfinished = list(self._handles)
+        if unfinished and _ray_up():
+            self._hand_over(unfinished)
+        self._end_unfinished(Status.CANCELLED, "the client was closed before the task ended; "
+                                               "it was cancelled at the scheduler")
         if self._owns_ray:
             import ray
 
             ray.shutdown()
+
+    def _hand_over(self, task_ids: list[str]) -> None:
+        """Cancel ``task_ids`` at the scheduler and deliver what it holds for this client:
+        the Results of the tasks cancelled, and of those that ended before. Best effort, within
+        ``CLOSE_WAIT_S``: a scheduler that does not answer leaves them to ``close``."""
+        import ray
+
+        try:
+            ray.get(self.actor.cancel.remote(task_ids), timeout=CLOSE_WAIT_S)
+            records = ray.get(self.actor.poll.remote(self.client_id, 0.0, ack=self._take_acks()),
+                              timeout=CLOSE_WAIT_S)
+            received = self._deliver([ResultRecord.from_wire(r) for r in records])
+            if received:
+                self.actor.ack.remote(self.client_id, received)
+        except Exception:  # noqa: BLE001 - a lost or stuck scheduler: close goes on
+            log.warning("closing client %s: the scheduler did not hand over its results",
+                        self.client_id, exc_info=True)
 
     def __enter__(self) -> Client:
         return self
@@ -287,8 +329,12 @@ class Client:
             return self._get(getattr(self.actor, method).remote(*args))
 
     def _check_ray(self) -> None:
-        """``SchedulerNotFoundError`` once this driver has shut Ray down: a call would start
-        or join a Ray of its own (``ray.init`` again, and ``connect``, reach the scheduler)."""
+        """``ClientClosedError`` once the client is closed; ``SchedulerNotFoundError`` once
+        this driver has shut Ray down: a call would start or join a Ray of its own
+        (``ray.init`` again, and ``connect``, reach the scheduler)."""
+        if self._closed.is_set():
+            raise ClientClosedError(f"this client of scheduler {self.name!r} is closed; "
+                                    f"raysched.connect again for a new one")
         if not _ray_up():
             raise SchedulerNotFoundError(f"Ray was shut down in this driver: scheduler "
                                          f"{self.name!r} cannot be reached; ray.init and "
@@ -466,12 +512,26 @@ class Client:
             self._room.notify_all()
 
     def _fail_all(self, reason: str) -> None:
+        self._end_unfinished(Status.FAILED, reason)
+
+    def _end_unfinished(self, status: Status, reason: str) -> None:
+        """End every handle still waiting with ``status`` and ``reason``, here."""
         with self._room:
             handles, self._handles = self._handles, {}
             self._by_ref.clear()
             self._room.notify_all()
         for task_id, h in handles.items():
-            h._set(Result(task_id=task_id, status=Status.FAILED, reason=reason))
+            h._set(Result(task_id=task_id, status=status, reason=reason))
+
+
+def task_id_list(task_ids: Iterable[str]) -> list[str]:
+    """``task_ids`` as a list; ``TypeError`` for a string (it would be read as its characters)
+    or anything but strings in it."""
+    ids = [] if isinstance(task_ids, str) else list(task_ids)
+    if isinstance(task_ids, str) or not all(isinstance(t, str) for t in ids):
+        raise TypeError(f"cancel takes a list of task ids (strings), got {task_ids!r}; for "
+                        f"one task, cancel([task_id]) or handle.cancel()")
+    return ids
 
 
 def _failed(r: ResultRecord, reason: str) -> Result:

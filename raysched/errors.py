@@ -12,6 +12,10 @@ class SchedulerNotFoundError(RayschedError):
     """No scheduler actor answers under the given name and namespace."""
 
 
+class ClientClosedError(RayschedError):
+    """The client was closed: it submits, cancels and asks nothing more."""
+
+
 class TaskTimeoutError(RayschedError, TimeoutError):
     """A result was not ready within the caller's timeout (the task itself goes on)."""
 

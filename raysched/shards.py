@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from raysched.client import Client, TaskHandle, as_completed_results
+from raysched.client import Client, TaskHandle, as_completed_results, task_id_list
 from raysched.errors import SubmitError
 from raysched.models import Result, Task
 
@@ -119,7 +119,9 @@ class ShardedClient:
 
     def cancel(self, task_ids: list[str]) -> list[bool]:
         """Cancel on the shard that holds each task (asked of every shard when this client
-        did not submit it); True for each task a call ended."""
+        did not submit it); True for each task a call ended. ``TypeError`` as
+        ``Client.cancel``."""
+        task_ids = task_id_list(task_ids)
         ended = [False] * len(task_ids)
         asks: dict[int, list[int]] = defaultdict(list)  # shard -> positions in task_ids
         for i, task_id in enumerate(task_ids):
@@ -140,7 +142,8 @@ class ShardedClient:
         return sum(c.outstanding() for c in self.clients)
 
     def close(self) -> None:
-        """Stop polling every shard; shut the embedded Ray down if this client started it."""
+        """Close every shard's client (``Client.close``); shut the embedded Ray down if this
+        client started it."""
         for c in self.clients:
             c.close()
         if self._owns_ray:

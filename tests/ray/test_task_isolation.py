@@ -1,5 +1,6 @@
 """One task's trouble stays its own: an output that cannot be pickled where it runs, or unpickled
-where the driver runs, a callable that raises KeyboardInterrupt, a cancel that came too late.
+where the driver runs, a callable that raises KeyboardInterrupt, a cancel that came too late;
+and a client closed with tasks unfinished leaves no handle waiting.
 
 Each runs on the shared local Ray, through the public API, with short callables on one CPU
 worker so that they travel in one batch (one plain call answering for all of them).
@@ -12,9 +13,11 @@ import sys
 import threading
 import time
 
+import pytest
 from ray import cloudpickle
 
 from raysched import Status, Task
+from raysched.errors import ClientClosedError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -104,3 +107,28 @@ def test_a_cancel_that_came_too_late_does_not_stop_the_next_task_with_its_id(mak
     time.sleep(0.5)  # the cancelled callable has run to its end
     again = client.run(task(_value, 7, task_id="again"), timeout=30)
     assert (again.status, again.output) == (Status.COMPLETED, 7)
+
+
+def test_close_ends_every_unfinished_handle_and_refuses_later_calls(make_client):
+    client = make_client(cpu={"replicas": 1, "slots": 1})
+    running = client.submit(task(_sleep, 1.0))
+    queued = client.submit(task(_value, 1))
+    time.sleep(0.3)
+    client.close()
+    for h in (running, queued):
+        r = h.result(0)  # ended by close, not left waiting: the scheduler's own cancelled Result
+        assert r.status is Status.CANCELLED and r.reason
+    assert client.outstanding() == 0
+    for call in (lambda: client.submit(task(_value, 2)), client.stats,
+                 lambda: client.cancel([running.task_id])):
+        with pytest.raises(ClientClosedError):
+            call()
+    client.close()  # again: nothing to do
+
+
+def test_cancel_takes_a_list_of_ids(make_client):
+    client = make_client()
+    for bad in ("abc", [None], [1]):
+        with pytest.raises(TypeError, match="list of task ids"):
+            client.cancel(bad)
+    assert client.cancel(["never-submitted"]) == [False]
