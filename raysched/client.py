@@ -108,7 +108,10 @@ class Client:
         self.notes: list[str] = stats["notes"] + _waiting_pools(stats)
         self._handles: dict[str, TaskHandle] = {}
         # Results received in a call's answer (not a poll), acknowledged with the next poll.
+        # Ids of Results received and not yet acknowledged to the scheduler (sent with the
+        # next poll), and those the poll now on its way carries.
         self._acks: list[str] = []
+        self._acks_in_flight: frozenset[str] = frozenset()
         # Unfinished tasks whose payloads went by reference: sent again to a restarted
         # scheduler, whose task log keeps no object refs. The refs keep the payloads alive.
         self._by_ref: dict[str, TaskRecord] = {}
@@ -192,11 +195,20 @@ class Client:
                                  f"has no result yet; nothing submitted")
             for h in handles:
                 self._handles[h.task_id] = h
-            if self._acks:
-                # An id submitted again: an acknowledgement of its earlier Result not yet sent
-                # must not acknowledge the new one.
-                again = set(ids)
+            # An id submitted again whose earlier Result this client received: that Result is
+            # acknowledged before the new task goes, or the scheduler, which still owes it,
+            # would answer the new task with it (as it answers a call repeated after a lost
+            # reply); and a later acknowledgement must not acknowledge the new one.
+            again = set(ids)
+            received = sorted(again.intersection(self._acks) | again & self._acks_in_flight)
+            if received:
                 self._acks = [a for a in self._acks if a not in again]
+        if received:
+            try:
+                self._call("ack", self.client_id, received)
+            except BaseException:
+                self._forget(ids)
+                raise
         try:
             # Large payloads go to the object store only once the call is sure to be sent.
             pickled: dict[int, bytes] = {}  # one pickle per callable in this call
@@ -290,8 +302,8 @@ class Client:
             ray.get(self.actor.cancel.remote(task_ids), timeout=CLOSE_WAIT_S)
             records = ray.get(self.actor.poll.remote(self.client_id, 0.0, ack=self._take_acks()),
                               timeout=CLOSE_WAIT_S)
-            received = self._deliver([ResultRecord.from_wire(r) for r in records])
-            if received:
+            self._deliver([ResultRecord.from_wire(r) for r in records])
+            if received := self._take_acks():
                 self.actor.ack.remote(self.client_id, received)
         except Exception:  # noqa: BLE001 - a lost or stuck scheduler: close goes on
             log.warning("closing client %s: the scheduler did not hand over its results",
@@ -353,12 +365,21 @@ class Client:
 
     def _deliver(self, records: list[ResultRecord]) -> list[str]:
         """Resolve the handles of ``records``, fetching outputs sent by reference; returns the
-        ids to acknowledge. A result whose output died with a scheduler that restarted is not
-        acknowledged: the restarted scheduler runs its task again and sends a new one."""
+        ids received, which are acknowledged with the next poll (each is noted for that before
+        its handle is resolved: a driver may submit the id again at once). A result whose
+        output died with a scheduler that restarted is not acknowledged: the restarted
+        scheduler runs its task again and sends a new one."""
         from ray.exceptions import OwnerDiedError
 
         lists: dict[Any, Any] = {}
-        ack = []
+        ack: list[str] = []
+
+        def deliver(result: Result) -> None:
+            with self._lock:
+                self._acks.append(result.task_id)
+            ack.append(result.task_id)
+            self._resolve(result)
+
         for r in records:
             value = out = r.output
             try:
@@ -369,30 +390,23 @@ class Client:
             except OwnerDiedError:
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure to fetch ends the task here
-                self._resolve(_failed(r, f"its output ({out.size_bytes} bytes, by reference) "
-                                         f"could not be fetched: {type(exc).__name__}: "
-                                         f"{str(exc)[:300]}"))
-                ack.append(r.task_id)
+                deliver(_failed(r, f"its output ({out.size_bytes} bytes, by reference) could "
+                                   f"not be fetched: {type(exc).__name__}: {str(exc)[:300]}"))
                 continue
             if isinstance(value, PickledOutput):
                 try:
                     value = cloudpickle.loads(value.data)
                 except Exception as exc:  # noqa: BLE001 - a class this driver lacks, say
-                    self._resolve(_failed(r, f"its output could not be unpickled in this "
-                                             f"driver: {type(exc).__name__}: {str(exc)[:300]}"))
-                    ack.append(r.task_id)
+                    deliver(_failed(r, f"its output could not be unpickled in this driver: "
+                                       f"{type(exc).__name__}: {str(exc)[:300]}"))
                     continue
-            self._resolve(Result.from_record(r, output=value))
-            ack.append(r.task_id)
+            deliver(Result.from_record(r, output=value))
         return ack
 
     def _deliver_replies(self, replies: list[tuple[Any, ...] | None]) -> None:
         """Deliver the Results a submit's or run's answer carried; they are acknowledged with
         the next poll."""
-        received = self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
-        if received:
-            with self._lock:
-                self._acks.extend(received)
+        self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
 
     def _take_acks(self) -> list[str]:
         """The ids received in answers and not yet acknowledged, taken."""
@@ -420,13 +434,12 @@ class Client:
             self._poller.start()
 
     def _poll_loop(self) -> None:
-        ack: list[str] = []
         try:
-            self._poll_until_closed(ack)
+            self._poll_until_closed()
         finally:
             # The last results received are acknowledged before the client goes, so they are
             # not owed (and kept in the scheduler's log) for ever.
-            ack += self._take_acks()
+            ack = self._take_acks()
             if ack and _ray_up():
                 import ray
 
@@ -434,21 +447,27 @@ class Client:
                 with contextlib.suppress(Exception):
                     ray.get(self.actor.ack.remote(self.client_id, ack), timeout=POLL_TIMEOUT_S * 2)
 
-    def _poll_until_closed(self, ack: list[str]) -> None:
-        """Poll until the client closes; ``ack`` holds, in place, the ids received and not yet
-        acknowledged."""
+    def _poll_until_closed(self) -> None:
+        """Poll until the client closes, each poll acknowledging the Results received since
+        the last one."""
         while not self._closed.is_set():
             if not _ray_up():
                 # The driver shut Ray down without closing this client: its results cannot
                 # come, and a call now would start or join a Ray of its own.
                 self._fail_all("Ray was shut down in this driver before the result came")
                 return
+            with self._lock:
+                ack, self._acks = self._acks, []
+                self._acks_in_flight = frozenset(ack)
             try:
                 results = self._get(self.actor.poll.remote(self.client_id, POLL_TIMEOUT_S,
                                                            ack=ack))
             # A lost scheduler fails in many ways; and Ray raises SystemExit in a thread
             # waiting in ray.get when the driver shuts it down (the loop's head ends then).
             except (Exception, SystemExit) as exc:  # noqa: BLE001
+                with self._lock:  # sent again with the next poll
+                    self._acks[:0] = ack
+                    self._acks_in_flight = frozenset()
                 if not _ray_up():
                     continue
                 if isinstance(exc, SystemExit):
@@ -463,7 +482,9 @@ class Client:
                                    f"tasks: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
                     return
                 continue
-            ack[:] = self._deliver([ResultRecord.from_wire(r) for r in results]) + self._take_acks()
+            with self._lock:
+                self._acks_in_flight = frozenset()
+            self._deliver([ResultRecord.from_wire(r) for r in results])
             if results:
                 # Let a thread waiting on one of these results run before this one sends the
                 # next poll (which holds the GIL for a while).

@@ -132,3 +132,15 @@ def test_cancel_takes_a_list_of_ids(make_client):
         with pytest.raises(TypeError, match="list of task ids"):
             client.cancel(bad)
     assert client.cancel(["never-submitted"]) == [False]
+
+
+def test_an_id_submitted_again_runs_again(make_client):
+    # At once, before the acknowledgement of the first Result would go with the next poll: the
+    # scheduler, still owing that Result, must not answer the new task with it.
+    client = make_client()
+    for i in range(3):
+        r = client.run(task(_value, i, task_id="same"), timeout=30)
+        assert (r.status, r.output) == (Status.COMPLETED, i)
+    for i in range(3):
+        h = client.submit(task(_value, 10 + i, task_id="same-submitted"))
+        assert h.result(30).output == 10 + i
