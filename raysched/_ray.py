@@ -8,6 +8,23 @@ import os
 LOOPBACK = "127.0.0.1"
 
 
+def reachable(address: str | None) -> None:
+    """``ConnectionError`` within two seconds when ``address`` (``HOST:PORT``) does not answer,
+    or is not a Ray address: Ray itself retries an unreachable address for a minute or more.
+    Nothing is checked for ``auto``, a ``ray://`` address or none."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"not a Ray address (HOST:PORT, ray://..., or auto): {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
+
+
 def loopback_env() -> None:
     """Make a local Ray bind to 127.0.0.1 and phone nowhere.
 

@@ -1,9 +1,14 @@
-"""The ``raysched`` command line: ``demo``, ``status``, ``submit``."""
+"""The ``raysched`` command line: ``demo``, ``status``, ``submit``.
+
+Exit status: 0 done (for ``submit``, the task completed); 1 the task ended otherwise; 2 bad input
+or no scheduler or cluster to reach; 3 no Result within ``--timeout`` (the task goes on).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -110,20 +115,23 @@ def _ms(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.3f}"
 
 
-def _join(address: str | None) -> Any:
-    import socket
+def _positive(text: str) -> float:
+    """An argument that must be a finite number above 0 (seconds, a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
 
+
+def _join(address: str | None) -> Any:
     import ray
 
-    from raysched._ray import loopback_env
+    from raysched._ray import loopback_env, reachable
 
-    if address and "://" not in address and ":" in address:
-        # Ray retries an unreachable address for a minute or more; say so in two seconds.
-        host, port = address.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-        except OSError as exc:
-            raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
+    reachable(address)
     loopback_env()
     try:
         ray.init(address=address or "auto", log_to_driver=False)
@@ -211,7 +219,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     try:
         text = sys.stdin.read() if args.task in (None, "-") else Path(args.task).read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         print(f"raysched submit: cannot read the task: {exc}", file=sys.stderr)
         return 2
     try:
@@ -219,7 +227,11 @@ def _submit(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         print(f"raysched submit: invalid task: {exc}", file=sys.stderr)
         return 2
-    client = raysched.connect(address=args.address)
+    try:
+        client = raysched.connect(address=args.address)
+    except (raysched.RayschedError, ConnectionError) as exc:
+        print(f"raysched submit: {exc}", file=sys.stderr)
+        return 2
     try:
         # Checked against the scheduler's own pools (their kinds), as any driver's task is.
         handle = client.submit(data)
@@ -241,10 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raysched", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the financial mix on an embedded local Ray")
-    d.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
+    d.add_argument("--duration", type=_positive, default=20.0, help="seconds of arrivals")
     d.add_argument("--json", help="write the summary as JSON here")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--rate-scale", type=float, default=1.0, help="multiply every arrival rate")
+    d.add_argument("--rate-scale", type=_positive, default=1.0,
+                   help="multiply every arrival rate")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray offers")
     d.add_argument("--engine", choices=DEMO_ENGINES, default="auto",
                    help="LLM engine: auto (real where available, else simulated), sim, hf (the "
@@ -262,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("task", nargs="?", help="path to a JSON task, or - for stdin")
     u.add_argument("--address", default=None,
                    help="Ray address; without one an embedded Ray is started for this task")
-    u.add_argument("--timeout", type=float, default=120.0)
+    u.add_argument("--timeout", type=_positive, default=120.0,
+                   help="seconds to wait for the Result (exit status 3 after that)")
     u.set_defaults(func=_submit)
     from raysched.bench.runner import add_parser
 

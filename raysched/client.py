@@ -582,10 +582,12 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
     - With ``config.shards`` > 1 (or a running scheduler started so), every shard is started
       or found and a ``ShardedClient`` is returned: the same calls, spread over the shards
       (``raysched.shards``). ``max_outstanding`` then holds per shard.
+
+    ``ConnectionError`` at once (two seconds) for an address that does not answer.
     """
     import ray
 
-    from raysched._ray import init_local, loopback_env
+    from raysched._ray import init_local, loopback_env, reachable
     from raysched.config import shard_name
     from raysched.scheduler import SchedulerActor
 
@@ -597,6 +599,7 @@ def connect(address: str | None = None, config: SchedulerConfig | Mapping[str, A
             init_local(num_cpus=num_cpus, namespace=cfg.namespace)
             owns_ray = True
         else:
+            reachable(address or os.environ.get("RAY_ADDRESS"))
             loopback_env()
             ray.init(address=address, namespace=cfg.namespace, log_to_driver=False)
     if name:

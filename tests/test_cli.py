@@ -24,11 +24,34 @@ def test_submit_rejects_bad_json_before_starting_anything():
     assert "invalid task" in proc.stderr and "sla_ms" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["--address", "127.0.0.1:1"]])
+@pytest.mark.parametrize("args", [[], ["--address", "127.0.0.1:1"], ["--address", "nonsense"]])
 def test_status_without_a_cluster_says_so(args):
     proc = run("status", *args, timeout=120)
     assert proc.returncode == 2
-    assert "raysched status:" in proc.stderr
+    assert "raysched status:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_submit_to_an_address_nothing_answers_says_so_at_once():
+    # Ray would retry the address for a minute or more.
+    proc = run("submit", "-", "--address", "127.0.0.1:1",
+               stdin='{"kind": "job", "payload": {"prompt": "x"}}', timeout=30)
+    assert proc.returncode == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in proc.stderr
+
+
+def test_submit_of_a_file_that_is_not_text_says_so(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_bytes(b"\xff\xfe{}")
+    proc = run("submit", str(path))
+    assert proc.returncode == 2
+    assert "cannot read the task" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("duration", ["nan", "inf", "-5", "0"])
+def test_demo_refuses_a_duration_that_is_not_a_positive_number(duration):
+    proc = run("demo", "--duration", duration, timeout=30)
+    assert proc.returncode == 2
+    assert "--duration: must be a finite number above 0" in proc.stderr
 
 
 class _DropsOne:
