@@ -187,10 +187,16 @@ class SchedulerCore:
                     reason: str = "worker lost") -> list[Outcome]:
         """Remove a worker at once; requeue its tasks or fail those out of attempts.
 
-        A worker runs its tasks in the order they were bound, ``concurrency`` at a time, so only
-        the first ``concurrency`` of those still in flight may have started: they are charged
-        the attempt (retries are at-least-once: the worker may or may not have run them) and
-        counted towards quarantine; the rest go back to the queue as if never bound.
+        A worker runs its tasks in the order they were bound, ``concurrency`` at a time: the
+        first ``concurrency`` of those still in flight are charged the attempt (retries are
+        at-least-once: the worker may or may not have run them); the rest go back to the queue
+        as if never bound. Every one of them counts the loss towards quarantine, though: a
+        worker reports a batch's tasks together (a short batch in one answer, a longer one in
+        groups), so the task that killed it may be any of them, behind others that ran and
+        whose reports died with it. Charging only the first would let such a task kill worker
+        after worker and fail the one in front of it instead; this way, after
+        ``quarantine_after`` losses each runs alone, and only the one that kills its worker
+        alone fails.
         """
         w = self.table.workers.get(worker_id)
         if w is None:
@@ -202,11 +208,11 @@ class SchedulerCore:
             if rec.state == CANCELLING:
                 del self._records[task_id]
                 continue
-            if i >= concurrency:
-                rec.attempts -= 1  # it waited in a prefetch slot and never ran there
+            rec.kills += 1
+            if i >= concurrency:  # (a quarantined task runs alone: it is never one of these)
+                rec.attempts -= 1  # it waited in a prefetch slot: not an attempt of its own
                 self._requeue(rec)
                 continue
-            rec.kills += 1
             if rec.kills > self.config.quarantine_after:
                 outcomes.append(self._finish(
                     rec, Status.FAILED, now_s,

@@ -111,3 +111,38 @@ def test_a_refusal_names_the_context_that_was_asked_for() -> None:
                   min_context_tokens=8000)
     [out] = core.submit(t, 0.0)
     assert out.status is Status.REJECTED and "8000 tokens" in out.reason
+
+
+def test_a_poison_task_behind_others_in_a_batch_is_the_one_that_fails() -> None:
+    # One worker, one task at a time, four slots: [a, poison, b, c] go to it together, and it
+    # reports them together, so when the poison kills it the report of a, which ran, dies too.
+    # Each loss counts against every one of them; after two, each runs alone, and only the
+    # poison, alone, kills its worker again.
+    core = build_core("raysched")
+    core.add_worker(cpu("w0"), 0.0)
+    for tid in ("a", "poison", "b", "c"):
+        assert core.submit(task(tid), 0.0) == []
+    now, ended, n = 0.0, {}, 1
+    for _ in range(20):
+        now += 1.0
+        bound = core.assign(now).assignments
+        if any(a.task.task_id == "poison" for a in bound):
+            lost_on = core.table.worker_of("poison")
+            assert lost_on is not None
+            for o in core.worker_lost(lost_on, now, "worker died"):
+                ended[o.task_id] = o
+            core.add_worker(cpu(f"w{n}"), now)
+            n += 1
+            continue
+        for a in bound:
+            out = core.complete(ok(a, service_s=0.05), now)
+            assert out is not None
+            ended[out.task_id] = out
+        if len(ended) == 4:
+            break
+    assert ended["poison"].status is Status.FAILED and "quarantine" in ended["poison"].reason
+    assert all(ended[t].status is Status.COMPLETED for t in ("a", "b", "c"))
+    assert ended["a"].attempts == 3 and ended["b"].attempts == ended["c"].attempts == 1
+    # It killed three workers: two in the batch, one alone (charging only the task in front
+    # let it kill two more, as the first of later batches, before it was quarantined).
+    assert n - 1 == 3
