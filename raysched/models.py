@@ -62,6 +62,16 @@ def _priority(value: Any) -> Any:
 PriorityField = Annotated[Priority, BeforeValidator(_priority)]
 
 
+def _not_a_boolean(value: Any) -> Any:
+    """A number as given; a boolean refused (pydantic would take True as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+# A number field that refuses booleans.
+NoBool = BeforeValidator(_not_a_boolean)
+
 
 def _pickle_callable(fn: Callable[..., Any]) -> bytes:
     """``fn`` pickled for the workers; ``TypeError`` naming the field if it cannot be."""
@@ -71,6 +81,7 @@ def _pickle_callable(fn: Callable[..., Any]) -> bytes:
         raise TypeError(f"payload.fn {fn!r} cannot be pickled for the workers: "
                         f"{type(exc).__name__}: {exc}") from exc
     return blob
+
 
 class Payload(BaseModel):
     """What the worker needs to run the task.
@@ -83,8 +94,9 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    max_new_tokens: int | None = Field(default=None, gt=0, le=MAX_NEW_TOKENS)
-    features: list[float] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
+    max_new_tokens: Annotated[int | None, NoBool] = Field(default=None, gt=0, le=MAX_NEW_TOKENS)
+    features: list[Annotated[float, NoBool]] | None = Field(default=None, min_length=1,
+                                                            max_length=MAX_FEATURES)
     fn: Callable[..., Any] | None = None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -131,8 +143,8 @@ class Requirements(BaseModel):
 
     pool: str | None = None
     pools: list[str] | None = Field(default=None, min_length=1, max_length=8)
-    num_gpus: float = Field(default=0.0, ge=0, le=64)
-    context_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
+    num_gpus: Annotated[float, NoBool] = Field(default=0.0, ge=0, le=64)
+    context_tokens: Annotated[int | None, NoBool] = Field(default=None, gt=0, le=1_048_576)
 
 
 class Task(BaseModel):
@@ -152,8 +164,9 @@ class Task(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     kind: str = Field(min_length=1, max_length=64)
     priority: PriorityField = Priority.MEDIUM
-    sla_ms: float | None = Field(default=None, gt=0, le=MAX_SLA_MS, allow_inf_nan=False)
-    deadline_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    sla_ms: Annotated[float | None, NoBool] = Field(default=None, gt=0, le=MAX_SLA_MS,
+                                                    allow_inf_nan=False)
+    deadline_s: Annotated[float | None, NoBool] = Field(default=None, gt=0, allow_inf_nan=False)
     best_effort: bool = False
     payload: Payload = Field(default_factory=Payload)
     requirements: Requirements = Field(default_factory=Requirements)
@@ -182,6 +195,14 @@ class Task(BaseModel):
         known = (info.context or {}).get("pools") if info is not None else None
         for pool in self.pools:
             self._check_pool(pool, known)
+        kinds = known if isinstance(known, Mapping) else DEFAULT_POOL_KINDS
+        p = self.payload
+        if ((p.fn is not None or p.features is not None)
+                and all(kinds.get(pool) == "llm" for pool in self.pools)):
+            given = "payload.fn" if p.fn is not None else "payload.features"
+            raise ValueError(f"{given} would never run: {', '.join(self.pools)} "
+                             f"{'is an LLM pool' if len(self.pools) == 1 else 'are LLM pools'}, "
+                             f"which generate from payload.prompt")
         return self
 
     def _check_pool(self, pool: str, known: Any) -> None:

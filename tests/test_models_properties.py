@@ -340,7 +340,7 @@ def test_the_pools_kind_not_its_name_decides_the_payload(pool, kind, llm_payload
     assert_names_exactly(info.value, {"payload.prompt" if kind == "llm" else "payload.fn"})
 
 
-# -- gaps these tests found, now closed; and one known gap (strict xfail) --------------------------
+# -- gaps these tests found, now closed ---------------------------------------------------------
 
 
 def _llm_task(**kw: Any) -> dict[str, Any]:
@@ -369,14 +369,16 @@ def test_empty_pool_name_is_rejected(context):
 
 
 
-@pytest.mark.xfail(strict=True, reason="pydantic lax mode takes True/False as 1/0 for numeric "
-                   "fields (sla_ms=True is a 1 ms deadline), while priority=True is refused")
+# pydantic's lax mode would take True/False as 1/0 (sla_ms=True a 1 ms deadline).
 @pytest.mark.parametrize("data,field", [
     (_llm_task(sla_ms=True), "sla_ms"),
     (_llm_task(sla_ms=None, deadline_s=True), "deadline_s"),
     (_llm_task(payload={"prompt": "x", "max_new_tokens": True}), "payload.max_new_tokens"),
     (_llm_task(requirements={"context_tokens": True}), "requirements.context_tokens"),
-], ids=["sla_ms", "deadline_s", "max_new_tokens", "context_tokens"])
+    (_llm_task(requirements={"num_gpus": True}), "requirements.num_gpus"),
+    ({"kind": "classification", "sla_ms": 50, "payload": {"features": [True] + [0.5] * 7}},
+     "payload.features.0"),
+], ids=["sla_ms", "deadline_s", "max_new_tokens", "context_tokens", "num_gpus", "features"])
 def test_booleans_are_not_numbers(data, field):
     with pytest.raises(ValidationError) as info:
         Task.model_validate(data, context=CONTEXT)

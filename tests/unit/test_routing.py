@@ -100,3 +100,15 @@ def test_the_edge_checks_every_pool_a_task_names() -> None:
     with pytest.raises(ValidationError, match="payload.prompt is required .* on llm-70b"):
         Task(kind="custom", sla_ms=5_000, requirements={"pools": ["cpu", "llm-70b"]},
              payload={"fn": print})
+
+
+def test_a_callable_or_features_for_llm_pools_only_is_refused() -> None:
+    # They would never run: an LLM pool generates from the prompt.
+    for extra in ({"fn": print}, {"features": [0.1] * 8}):
+        with pytest.raises(ValidationError, match="would never run"):
+            Task(kind="summarization", sla_ms=5_000,
+                 payload={"prompt": "p", "max_new_tokens": 8, **extra})
+    # With a CPU pool among those it may run on, the callable is what runs there.
+    t = Task(kind="custom", sla_ms=5_000, requirements={"pools": ["cpu", "llm-7b"]},
+             payload={"fn": print, "prompt": "p", "max_new_tokens": 8})
+    assert t.pools == ("cpu", "llm-7b")
