@@ -82,20 +82,15 @@ def test_an_output_the_driver_cannot_unpickle_fails_only_its_own_task(make_clien
     assert (later.status, later.output) == (Status.COMPLETED, 3)
 
 
-def test_an_output_that_cannot_be_pickled_fails_only_its_own_task(make_client):
+@pytest.mark.parametrize("odd_fn,reason", [(_lock, "cannot be pickled"),
+                                            (_interrupted, "KeyboardInterrupt")],
+                         ids=["unpicklable-output", "keyboard-interrupt"])
+def test_a_task_that_fails_in_its_batch_fails_only_itself(make_client, odd_fn, reason):
     client = make_client(cpu={"replicas": 1})
-    handles = client.submit_many([task(_value, 1), task(_lock), task(_value, 2)])
+    handles = client.submit_many([task(_value, 1), task(odd_fn), task(_value, 2)])
     first, odd, second = (h.result(30) for h in handles)
     assert (first.output, second.output) == (1, 2)
-    assert odd.status is Status.FAILED and "cannot be pickled" in odd.reason
-
-
-def test_a_callable_raising_keyboard_interrupt_fails_only_its_own_task(make_client):
-    client = make_client(cpu={"replicas": 1})
-    handles = client.submit_many([task(_value, 1), task(_interrupted), task(_value, 2)])
-    first, odd, second = (h.result(30) for h in handles)
-    assert (first.output, second.output) == (1, 2)
-    assert odd.status is Status.FAILED and "KeyboardInterrupt" in odd.reason
+    assert odd.status is Status.FAILED and reason in odd.reason
 
 
 def test_a_cancel_that_came_too_late_does_not_stop_the_next_task_with_its_id(make_client):
