@@ -396,7 +396,9 @@ class Client:
             if isinstance(value, PickledOutput):
                 try:
                     value = cloudpickle.loads(value.data)
-                except Exception as exc:  # noqa: BLE001 - a class this driver lacks, say
+                # A class this driver lacks, say; BaseException: whatever a __reduce__ raises
+                # (SystemExit too) ends this task, not the thread delivering the others.
+                except BaseException as exc:  # noqa: BLE001
                     deliver(_failed(r, f"its output could not be unpickled in this driver: "
                                        f"{type(exc).__name__}: {str(exc)[:300]}"))
                     continue

@@ -193,17 +193,21 @@ class SchedulerCore:
         as if never bound. Every one of them counts the loss towards quarantine, though: a
         worker reports a batch's tasks together (a short batch in one answer, a longer one in
         groups), so the task that killed it may be any of them, behind others that ran and
-        whose reports died with it. Charging only the first would let such a task kill worker
-        after worker and fail the one in front of it instead; this way, after
-        ``quarantine_after`` losses each runs alone, and only the one that kills its worker
-        alone fails.
+        whose reports died with it. So a loss ends a task for its attempts only when it was
+        the task's own (nothing else was in flight but what was running): charging a shared
+        one would fail the task in front of the one that killed the worker. After
+        ``quarantine_after`` losses, shared or not, a task runs alone, where a loss is its own
+        and one more ends it; so every task runs at most ``quarantine_after + max_attempts``
+        times, and only one that kills its worker alone fails.
         """
         w = self.table.workers.get(worker_id)
         if w is None:
             return []
         concurrency = w.spec.concurrency
         outcomes: list[Outcome] = []
-        for i, task_id in enumerate(self.table.remove(worker_id, now_s)):
+        lost = self.table.remove(worker_id, now_s)
+        own = len(lost) <= concurrency  # every task in flight was running: the loss is theirs
+        for i, task_id in enumerate(lost):
             rec = self._records[task_id]
             if rec.state == CANCELLING:
                 del self._records[task_id]
@@ -218,7 +222,7 @@ class SchedulerCore:
                     rec, Status.FAILED, now_s,
                     f"{reason} (worker {worker_id}) while running alone in quarantine; its "
                     f"worker was lost {rec.kills} times while it ran"))
-            elif rec.attempts >= self.config.max_attempts:
+            elif own and rec.attempts >= self.config.max_attempts:
                 outcomes.append(self._finish(rec, Status.FAILED, now_s,
                                              f"{reason} (worker {worker_id}); "
                                              f"gave up after {rec.attempts} attempts"))

@@ -26,7 +26,10 @@ DRIVER_FLAG = "RAYSCHED_TEST_THIS_IS_THE_DRIVER"
 
 def _rebuild(value: int) -> ClusterOnly:
     # Stands in for a class from a package the cluster has and the driver does not: it
-    # unpickles in Ray's worker processes (started before the flag was set) and fails here.
+    # unpickles in Ray's worker processes (started before the flag was set) and fails here,
+    # with the exception the flag names.
+    if os.environ.get(DRIVER_FLAG) == "SystemExit":
+        raise SystemExit(7)
     if os.environ.get(DRIVER_FLAG):
         raise ImportError("No module named 'clusteronly'")
     return ClusterOnly(value)
@@ -67,19 +70,22 @@ def task(fn, *args, task_id: str | None = None) -> Task:
                 payload={"fn": fn, "args": args}, **kw)
 
 
-def test_an_output_the_driver_cannot_unpickle_fails_only_its_own_task(make_client, monkeypatch):
+@pytest.mark.parametrize("raised,reason", [("ImportError", "clusteronly"),
+                                            ("SystemExit", "SystemExit")])
+def test_an_output_the_driver_cannot_unpickle_fails_only_its_own_task(make_client, monkeypatch,
+                                                                      raised, reason):
     client = make_client(cpu={"replicas": 1})
-    monkeypatch.setenv(DRIVER_FLAG, "1")
+    monkeypatch.setenv(DRIVER_FLAG, raised)
     handles = client.submit_many([task(_value, 1), task(_cluster_only), task(_value, 2)])
     first, odd, second = (h.result(30) for h in handles)
     assert (first.status, first.output) == (Status.COMPLETED, 1)
     assert (second.status, second.output) == (Status.COMPLETED, 2)
     assert odd.status is Status.FAILED
-    assert "could not be unpickled in this driver" in odd.reason and "clusteronly" in odd.reason
-    # Nothing is owed or waiting: the poll that carried it went on.
+    assert "could not be unpickled in this driver" in odd.reason and reason in odd.reason
+    # Nothing is owed or waiting: the poll that carried it went on, and so does the next.
     assert client.outstanding() == 0
-    later = client.run(task(_value, 3), timeout=30)
-    assert (later.status, later.output) == (Status.COMPLETED, 3)
+    later = client.submit(task(_value, 3))
+    assert (later.result(30).status, later.result(0).output) == (Status.COMPLETED, 3)
 
 
 @pytest.mark.parametrize("odd_fn,reason", [(_lock, "cannot be pickled"),

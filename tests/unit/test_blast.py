@@ -394,20 +394,23 @@ class Harness:
         assert wid not in self.core.table.workers
         expect_failed = set()
         # Tasks run in the order they were bound, `concurrency` at a time: only the first
-        # `concurrency` may have started; the rest were prefetched and are not charged.
+        # `concurrency` are charged the attempt; the rest were prefetched. Every one counts
+        # the loss towards quarantine, and attempts end a task only when the loss was its own
+        # (nothing in flight but what was running).
+        own = len(held) <= concurrency
         for i, tid in enumerate(held):
             if tid in self.cancelled_running:
                 self.cancelled_running.discard(tid)
                 assert self.core.state_of(tid) is None
                 continue
+            self.kills[tid] += 1
             if i >= concurrency:
                 self.attempts[tid] -= 1
                 assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"
                 self.queued.add(tid)
                 continue
-            self.kills[tid] += 1
             if (self.kills[tid] > self.cfg.quarantine_after
-                    or self.attempts[tid] >= self.cfg.max_attempts):
+                    or (own and self.attempts[tid] >= self.cfg.max_attempts)):
                 expect_failed.add(tid)
             else:
                 assert self.core.state_of(tid) is TaskState.QUEUED, f"{tid} not requeued"

@@ -3,6 +3,8 @@ serve, and tasks a worker skips because their deadline passed before their turn.
 
 from __future__ import annotations
 
+import pytest
+
 from raysched.core import (
     CoreTask,
     Priority,
@@ -12,6 +14,7 @@ from raysched.core import (
     WorkerSpec,
     build_core,
 )
+from raysched.core.scheduler import CoreConfig
 from tests.builders import failed, make_task, make_worker, ok
 
 PRIOR = ServicePrior(fixed_s=0.05)
@@ -113,12 +116,14 @@ def test_a_refusal_names_the_context_that_was_asked_for() -> None:
     assert out.status is Status.REJECTED and "8000 tokens" in out.reason
 
 
-def test_a_poison_task_behind_others_in_a_batch_is_the_one_that_fails() -> None:
+@pytest.mark.parametrize("max_attempts", [1, 2, 3])
+def test_a_poison_task_behind_others_in_a_batch_is_the_one_that_fails(max_attempts: int) -> None:
     # One worker, one task at a time, four slots: [a, poison, b, c] go to it together, and it
     # reports them together, so when the poison kills it the report of a, which ran, dies too.
     # Each loss counts against every one of them; after two, each runs alone, and only the
-    # poison, alone, kills its worker again.
-    core = build_core("raysched")
+    # poison, alone, kills its worker again. A shared loss ends no task for its attempts (the
+    # one in front would fail in the poison's place).
+    core = build_core("raysched", config=CoreConfig(max_attempts=max_attempts))
     core.add_worker(cpu("w0"), 0.0)
     for tid in ("a", "poison", "b", "c"):
         assert core.submit(task(tid), 0.0) == []
