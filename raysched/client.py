@@ -470,10 +470,12 @@ class Client:
                 with self._lock:  # sent again with the next poll
                     self._acks[:0] = ack
                     self._acks_in_flight = frozenset()
-                if not _ray_up():
-                    continue
-                if isinstance(exc, SystemExit):
-                    raise
+                if isinstance(exc, SystemExit) or not _ray_up():
+                    # Ray raises SystemExit here only when this driver shuts it down, and it
+                    # may do so before ray.is_initialized() turns False: either way the
+                    # results cannot come.
+                    self._fail_all("Ray was shut down in this driver before the result came")
+                    return
                 # The scheduler restarts (max_restarts) and replays its task log: wait for it,
                 # then keep polling with the same client id. Unacknowledged results come again.
                 if not self._reconnect():

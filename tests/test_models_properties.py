@@ -92,6 +92,11 @@ def cross_field_errors(data: dict[str, Any], pools: Collection[str] | None) -> s
             broken.add("payload.prompt")
         if max_new is None:
             broken.add("payload.max_new_tokens")
+        # A callable or features would never run there (the one pool is an LLM pool).
+        if fn is not None:
+            broken.add("payload.fn")
+        elif features is not None:
+            broken.add("payload.features")
     elif kind == "classification" and features is None and fn is None:
         broken.add("payload.features")
     elif kind != "classification" and fn is None:
