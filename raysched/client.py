@@ -107,7 +107,6 @@ class Client:
         self.pools: dict[str, str] = {name: p["kind"] for name, p in stats["pool_config"].items()}
         self.notes: list[str] = stats["notes"] + _waiting_pools(stats)
         self._handles: dict[str, TaskHandle] = {}
-        # Results received in a call's answer (not a poll), acknowledged with the next poll.
         # Ids of Results received and not yet acknowledged to the scheduler (sent with the
         # next poll), and those the poll now on its way carries.
         self._acks: list[str] = []
@@ -283,19 +282,18 @@ class Client:
             self._poller.join(timeout=POLL_TIMEOUT_S * 4)
         with self._lock:
             unfinished = list(self._handles)
-        if unfinished and _ray_up():
-            self._hand_over(unfinished)
-        self._end_unfinished(Status.CANCELLED, "the client was closed before the task ended; "
-                                               "it was cancelled at the scheduler")
+        handed = bool(unfinished) and _ray_up() and self._hand_over(unfinished)
+        self._end_unfinished(Status.CANCELLED, "the client was closed before the task ended" + (
+            "; it was cancelled at the scheduler" if handed else ""))
         if self._owns_ray:
             import ray
 
             ray.shutdown()
 
-    def _hand_over(self, task_ids: list[str]) -> None:
+    def _hand_over(self, task_ids: list[str]) -> bool:
         """Cancel ``task_ids`` at the scheduler and deliver what it holds for this client:
         the Results of the tasks cancelled, and of those that ended before. Best effort, within
-        ``CLOSE_WAIT_S``: a scheduler that does not answer leaves them to ``close``."""
+        ``CLOSE_WAIT_S``: False when the scheduler did not answer (``close`` ends the rest)."""
         import ray
 
         try:
@@ -308,6 +306,8 @@ class Client:
         except Exception:  # noqa: BLE001 - a lost or stuck scheduler: close goes on
             log.warning("closing client %s: the scheduler did not hand over its results",
                         self.client_id, exc_info=True)
+            return False
+        return True
 
     def __enter__(self) -> Client:
         return self
@@ -363,21 +363,19 @@ class Client:
 
         return replace(record, payload=ByRef(ray.put(record.payload), size))
 
-    def _deliver(self, records: list[ResultRecord]) -> list[str]:
-        """Resolve the handles of ``records``, fetching outputs sent by reference; returns the
-        ids received, which are acknowledged with the next poll (each is noted for that before
-        its handle is resolved: a driver may submit the id again at once). A result whose
-        output died with a scheduler that restarted is not acknowledged: the restarted
-        scheduler runs its task again and sends a new one."""
+    def _deliver(self, records: list[ResultRecord]) -> None:
+        """Resolve the handles of ``records``, fetching outputs sent by reference. Each id is
+        noted for acknowledgement with the next poll before its handle is resolved (a driver
+        may submit the id again at once). A result whose output died with a scheduler that
+        restarted is not acknowledged: the restarted scheduler runs its task again and sends a
+        new one."""
         from ray.exceptions import OwnerDiedError
 
         lists: dict[Any, Any] = {}
-        ack: list[str] = []
 
         def deliver(result: Result) -> None:
             with self._lock:
                 self._acks.append(result.task_id)
-            ack.append(result.task_id)
             self._resolve(result)
 
         for r in records:
@@ -403,7 +401,6 @@ class Client:
                                        f"{type(exc).__name__}: {str(exc)[:300]}"))
                     continue
             deliver(Result.from_record(r, output=value))
-        return ack
 
     def _deliver_replies(self, replies: list[tuple[Any, ...] | None]) -> None:
         """Deliver the Results a submit's or run's answer carried; they are acknowledged with
@@ -411,7 +408,7 @@ class Client:
         self._deliver([ResultRecord.from_wire(r) for r in replies if r is not None])
 
     def _take_acks(self) -> list[str]:
-        """The ids received in answers and not yet acknowledged, taken."""
+        """The ids of Results received and not yet acknowledged, taken."""
         if not self._acks:
             return []
         with self._lock:
