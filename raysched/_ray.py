@@ -8,11 +8,14 @@ import os
 LOOPBACK = "127.0.0.1"
 
 
-def reachable(address: str | None) -> None:
-    """``ConnectionError`` within two seconds when ``address`` (``HOST:PORT``) does not answer,
-    or is not a Ray address: Ray itself retries an unreachable address for a minute or more.
+def reachable(address: str | None, timeout_s: float = 2.0) -> None:
+    """``ConnectionError`` within about ``timeout_s`` when ``address`` (``HOST:PORT``) does not
+    answer, answers but not as a Ray cluster does (its GCS speaks gRPC: a dashboard's port, say,
+    does not), or is not a Ray address: Ray itself waits a minute or more on such an address.
     Nothing is checked for ``auto``, a ``ray://`` address or none."""
     import socket
+
+    import grpc
 
     if not address or address == "auto" or "://" in address:
         return
@@ -20,9 +23,18 @@ def reachable(address: str | None) -> None:
     if not host or not port.isdigit():
         raise ConnectionError(f"not a Ray address (HOST:PORT, ray://..., or auto): {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=2).close()
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise ConnectionError(f"{address} answers, but not as a Ray cluster (no gRPC there): "
+                              f"give the address `ray start --head` printed, not the "
+                              f"dashboard's") from None
+    finally:
+        channel.close()
 
 
 def loopback_env() -> None:

@@ -39,6 +39,24 @@ def test_submit_to_an_address_nothing_answers_says_so_at_once():
     assert "no Ray cluster answers at 127.0.0.1:1" in proc.stderr
 
 
+def test_an_address_that_answers_but_is_not_ray_says_so_at_once():
+    # A dashboard's port, say: Ray would wait on it for a minute or more.
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        for command in (["status", "--address", address],
+                        ["submit", "-", "--address", address]):
+            proc = run(*command, stdin='{"kind": "job", "payload": {"prompt": "x"}}', timeout=30)
+            assert proc.returncode == 2
+            assert "not as a Ray cluster" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        server.shutdown()
+
+
 def test_submit_of_a_file_that_is_not_text_says_so(tmp_path):
     path = tmp_path / "task.json"
     path.write_bytes(b"\xff\xfe{}")
