@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,6 +10,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import numpy as np
 import ray
 
+from actors.aborts import AbortMarks
 from raysched.core.protocol import (
     FRAUD_NUM_FEATURES,
     ByRef,
@@ -38,9 +38,6 @@ FRAUD_MODEL = "fraud-logreg-v1"
 CPU_PRIOR_S = 1e-3
 # Reports are coalesced: one streamed message per this many seconds of work, not one per task.
 COALESCE_S = 0.001
-# Abort marks a worker keeps (``CPUActor.abort``): far more than the tasks one worker is ever
-# sent ahead, so a mark goes only long after its task could have arrived.
-ABORT_MARKS_KEPT = 100_000
 # Cancels and liveness checks run on their own thread beside the work (Ray concurrency
 # groups), so they are answered while a task runs; the actor is created with
 # ``concurrency_groups=CONCURRENCY_GROUPS``.
@@ -61,13 +58,9 @@ class CPUActor:
         self.worker_id = worker_id
         self.pool = pool
         self.fixed_s = CPU_PRIOR_S
-        # Tasks to drop before they start: task id -> when the scheduler asked (its clock),
-        # oldest first. Written by ``abort`` on the control thread, read before each task
-        # starts. A mark stops only an item made before it (``WorkItem.sent_s``): one left by
-        # an abort that came too late (the task was running, or done) must not stop the next
-        # attempt, or a later task given the same id.
-        self._aborted: dict[str, float] = {}
-        self._marks = threading.Lock()
+        # Tasks to drop before they start: marked by ``abort`` on the control thread, read
+        # before each task starts.
+        self._aborted = AbortMarks()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine="cpu",
@@ -80,18 +73,9 @@ class CPUActor:
         never start here; returns how many were not marked yet.
 
         Runs on the control thread, beside ``execute``, so a cancel holds while the worker is
-        busy with the task in front. Marks are kept for the ``ABORT_MARKS_KEPT`` latest.
+        busy with the task in front (``actors.aborts``).
         """
-        marks = self._aborted
-        new = 0
-        with self._marks:
-            for t in task_ids:
-                new += t not in marks
-                marks.pop(t, None)  # re-inserted as the newest
-                marks[t] = issued_s
-            while len(marks) > ABORT_MARKS_KEPT:
-                del marks[next(iter(marks))]
-        return new
+        return self._aborted.mark(task_ids, issued_s)
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def ping(self) -> str:
@@ -127,9 +111,7 @@ class CPUActor:
     def _one(self, item: WorkItem) -> Completion:
         """Run one task, unless it was cancelled (reported aborted) or its latest start has
         passed (reported ``expired``): both are checked just before it would start."""
-        with self._marks:
-            mark_s = self._aborted.pop(item.task_id, None)
-        if mark_s is not None and mark_s > item.sent_s:
+        if self._aborted.stops(item):
             return Completion(item.task_id, self.worker_id, ok=False, service_s=0.0,
                               error="aborted before it started", binding=item.binding)
         if time.time() > item.latest_start_s:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from actors.aborts import AbortMarks
 from actors.engines import Engine, Sequence, make_engine
 from raysched.core.protocol import (
     ABORTED,
@@ -61,6 +62,7 @@ class LLMActor:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.steps = 0
+        self._aborted = AbortMarks()
 
     def info(self) -> WorkerInfo:
         import ray
@@ -93,6 +95,11 @@ class LLMActor:
                 done = 0
             req = _Request(seq, loop.create_future(), item.latest_start_s, item.binding, done)
             self._by_id[item.task_id] = req
+            if self._aborted.stops(item):  # dropped before it came (``actors.aborts``)
+                seq.finished_early = True
+                self._resolve(req, ok=False, error=ABORTED)
+                pending.append(req.future)
+                continue
             if limit and seq.num_prompt_tokens + seq.max_new_tokens > limit:
                 # The engine's own token count can exceed the scheduler's estimate: refuse this
                 # request alone, before it can fail a batch; the same input fails every time.
@@ -114,9 +121,9 @@ class LLMActor:
                 yield big
 
     async def abort(self, task_ids: list[str], issued_s: float = float("inf")) -> int:
-        """Stop the given requests wherever they are; their completions say aborted.
-        (``issued_s``: as for ``CPUActor.abort``; a request here is one this worker has, so
-        any it names is one sent before the abort.)"""
+        """Stop the given requests wherever they are; their completions say aborted. One not
+        here yet (its call still on its way) is marked, and stopped when it comes if it was
+        sent before ``issued_s`` (the scheduler's clock; ``actors.aborts``)."""
         n = 0
         for task_id in task_ids:
             req = self._by_id.get(task_id)
@@ -124,6 +131,8 @@ class LLMActor:
                 req.seq.finished_early = True
                 self._resolve(req, ok=False, error=ABORTED)
                 n += 1
+            else:
+                self._aborted.mark([task_id], issued_s)
         return n
 
     def set_speed(self, speed: float) -> None:

@@ -172,7 +172,7 @@ class Client:
         """``submit_many``; with ``wait_s`` (one task), by the scheduler's ``run`` call, which
         waits up to that long for the task to end and answers with its Result."""
         checked = [self.validate(t) for t in tasks]
-        self._check_ray()  # before a large payload's ray.put, which would start a Ray
+        self._check_usable()  # before a large payload's ray.put, which would start a Ray
         if len(checked) > self.max_outstanding:
             raise BackpressureError(f"{len(checked)} tasks in one call exceed max_outstanding="
                                     f"{self.max_outstanding}; submit them in smaller parts")
@@ -198,9 +198,10 @@ class Client:
             # acknowledged before the new task goes, or the scheduler, which still owes it,
             # would answer the new task with it (as it answers a call repeated after a lost
             # reply); and a later acknowledgement must not acknowledge the new one.
-            again = set(ids)
-            received = sorted(again.intersection(self._acks) | again & self._acks_in_flight)
-            if received:
+            received: list[str] = []
+            if self._acks or self._acks_in_flight:
+                again = set(ids)
+                received = sorted(again.intersection(self._acks) | again & self._acks_in_flight)
                 self._acks = [a for a in self._acks if a not in again]
         if received:
             try:
@@ -331,7 +332,7 @@ class Client:
         """
         from ray.exceptions import RayActorError
 
-        self._check_ray()
+        self._check_usable()
         try:
             return self._get(getattr(self.actor, method).remote(*args))
         except RayActorError:
@@ -340,7 +341,7 @@ class Client:
                                              f"back within {self.reconnect_s:.0f} s") from None
             return self._get(getattr(self.actor, method).remote(*args))
 
-    def _check_ray(self) -> None:
+    def _check_usable(self) -> None:
         """``ClientClosedError`` once the client is closed; ``SchedulerNotFoundError`` once
         this driver has shut Ray down: a call would start or join a Ray of its own
         (``ray.init`` again, and ``connect``, reach the scheduler)."""
@@ -372,12 +373,8 @@ class Client:
         from ray.exceptions import OwnerDiedError
 
         lists: dict[Any, Any] = {}
-
-        def deliver(result: Result) -> None:
-            with self._lock:
-                self._acks.append(result.task_id)
-            self._resolve(result)
-
+        results: list[Result] = []
+        deliver = results.append
         for r in records:
             value = out = r.output
             try:
@@ -401,6 +398,11 @@ class Client:
                                        f"{type(exc).__name__}: {str(exc)[:300]}"))
                     continue
             deliver(Result.from_record(r, output=value))
+        if results:
+            with self._lock:
+                self._acks.extend(r.task_id for r in results)
+            for result in results:
+                self._resolve(result)
 
     def _deliver_replies(self, replies: list[tuple[Any, ...] | None]) -> None:
         """Deliver the Results a submit's or run's answer carried; they are acknowledged with
@@ -558,8 +560,7 @@ def task_id_list(task_ids: Iterable[str]) -> list[str]:
 
 def _failed(r: ResultRecord, reason: str) -> Result:
     """The Result of ``r`` ended ``failed`` here, at the driver, for ``reason``."""
-    return Result.from_record(replace(r, status=Status.FAILED, output=None, reason=reason),
-                              output=None)
+    return Result.from_record(replace(r, status=Status.FAILED, reason=reason), output=None)
 
 
 def _ray_up() -> bool:
