@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,7 +43,10 @@ COALESCE_S = 0.001
 # groups), so they are answered while a task runs; the actor is created with
 # ``concurrency_groups=CONCURRENCY_GROUPS``.
 CONTROL_GROUP = "control"
-CONCURRENCY_GROUPS = {CONTROL_GROUP: 1}
+# Tasks a driver sends straight here under an express lease (``raysched.client``), and the
+# lease's grant and end, run on a thread of their own; the worker still runs one task at a time.
+EXPRESS_GROUP = "express"
+CONCURRENCY_GROUPS = {CONTROL_GROUP: 1, EXPRESS_GROUP: 1}
 
 
 def fraud_probability(features: np.ndarray) -> np.ndarray:
@@ -61,6 +65,10 @@ class CPUActor:
         # Tasks to drop before they start: marked by ``abort`` on the control thread, read
         # before each task starts.
         self._aborted = AbortMarks()
+        # The express lease the scheduler granted on this worker ("" for none), and the lock
+        # that keeps one task at a time across the scheduler's calls and the express thread.
+        self._lease = ""
+        self._running = threading.Lock()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(worker_id=self.worker_id, pool=self.pool, engine="cpu",
@@ -82,6 +90,35 @@ class CPUActor:
         """A liveness check: answers at once, even while a task runs."""
         return self.worker_id
 
+    @ray.method(concurrency_group=EXPRESS_GROUP)
+    def grant(self, lease_id: str) -> None:
+        """Take express tasks under ``lease_id`` from now on (the scheduler holds this worker
+        out of placement for it)."""
+        self._lease = lease_id
+
+    @ray.method(concurrency_group=EXPRESS_GROUP)
+    def revoke(self, lease_id: str) -> bool:
+        """End ``lease_id``: express tasks sent under it from now on are refused. On the
+        express thread, so it answers once the express task running (if any) has ended, and
+        the scheduler may place work here again. False when it was not the current lease."""
+        if self._lease != lease_id:
+            return False
+        self._lease = ""
+        return True
+
+    @ray.method(concurrency_group=EXPRESS_GROUP)
+    def express(self, lease_id: str, item: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Run one task (``WorkItem.to_wire``) a driver sent straight here under ``lease_id``
+        and answer with its ``Completion.to_wire``; None, without running it, when that lease
+        is not (or no longer) this worker's, or the worker is busy: the driver then submits
+        it to the scheduler. Cancel and latest start are checked as for any task."""
+        if lease_id != self._lease or not self._running.acquire(blocking=False):
+            return None
+        try:
+            return self._one(WorkItem.from_wire(item)).to_wire()
+        finally:
+            self._running.release()
+
     def execute(self, items: list[WorkItem]) -> Iterator[list[Any]]:
         """Run ``items`` in order, streaming completions back in small groups.
 
@@ -92,7 +129,8 @@ class CPUActor:
         done: list[Completion] = []
         last_flush = time.perf_counter()
         for item in items:
-            done.append(self._one(item))
+            with self._running:
+                done.append(self._one(item))
             if time.perf_counter() - last_flush >= COALESCE_S:
                 yield from _messages(done)
                 done, last_flush = [], time.perf_counter()
@@ -105,7 +143,8 @@ class CPUActor:
         (``Completion.to_wire``) and the list of large outputs (``split_outputs``). For short
         batches, where a stream's own cost (a message per group) is more than the wait for the
         last task; plain tuples cost Ray less to send than dataclasses."""
-        done, big = split_outputs([self._one(WorkItem.from_wire(t)) for t in items])
+        with self._running:
+            done, big = split_outputs([self._one(WorkItem.from_wire(t)) for t in items])
         return [c.to_wire() for c in done], big
 
     def _one(self, item: WorkItem) -> Completion:

@@ -23,11 +23,14 @@ import cloudpickle  # type: ignore[import-untyped]
 
 from raysched.config import SchedulerConfig, default_config
 from raysched.core.protocol import (
+    ABORTED,
     INLINE_PAYLOAD_BYTES,
     ByRef,
+    Completion,
     PickledOutput,
     ResultRecord,
     TaskRecord,
+    WorkItem,
 )
 from raysched.core.types import Status
 from raysched.errors import (
@@ -37,6 +40,7 @@ from raysched.errors import (
     SubmitError,
     TaskTimeoutError,
 )
+from raysched.express import EXPRESS_CLASSES, ExpressLeases, Lease
 from raysched.models import DEFAULT_POOL_KINDS, Result, Task
 
 if TYPE_CHECKING:
@@ -92,7 +96,8 @@ class Client:
 
     def __init__(self, actor: Any, owns_ray: bool, max_outstanding: int = 100_000,
                  name: str = "raysched-scheduler", namespace: str = "raysched",
-                 reconnect_s: float = 60.0, owns_actor: bool | None = None) -> None:
+                 reconnect_s: float = 60.0, owns_actor: bool | None = None,
+                 express: bool = True) -> None:
         self.actor = actor
         # An embedded scheduler lives as long as the handle that created it (it is not
         # detached): the client keeps that handle for the scheduler's whole life.
@@ -119,6 +124,10 @@ class Client:
         self._room = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
         self._closed = threading.Event()
+        # The express lane (``raysched.express``): leases, and the tasks now on it.
+        self.express = express
+        self._express = ExpressLeases(lambda: self.actor, self.client_id)
+        self._on_express: dict[str, Lease] = {}
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -146,10 +155,16 @@ class Client:
         the Result, with no poll in between: the lowest latency for a single urgent task),
         else the Result comes as a submitted task's does. Raises as ``submit`` does, and
         ``TaskTimeoutError`` after ``timeout`` seconds without a Result (the task goes on)."""
+        checked = self.validate(task)
+        if self.express:
+            result = self._run_express(checked, timeout)
+            if result is not None:
+                return result
         if timeout is None:
-            return self._submit([task], True, None, RUN_WAIT_S)[0].result()
+            return self._submit_checked([checked], True, None, RUN_WAIT_S)[0].result()
         end_s = time.monotonic() + timeout
-        handle = self._submit([task], True, timeout, max(0.0, min(timeout, RUN_WAIT_S)))[0]
+        handle = self._submit_checked([checked], True, timeout,
+                                      max(0.0, min(timeout, RUN_WAIT_S)))[0]
         return handle.result(max(0.0, end_s - time.monotonic()))
 
     def submit_many(self, tasks: Iterable[Task | Mapping[str, Any]], *, block: bool = True,
@@ -171,7 +186,26 @@ class Client:
                 timeout: float | None, wait_s: float = 0.0) -> list[TaskHandle]:
         """``submit_many``; with ``wait_s`` (one task), by the scheduler's ``run`` call, which
         waits up to that long for the task to end and answers with its Result."""
-        checked = [self.validate(t) for t in tasks]
+        return self._submit_checked([self.validate(t) for t in tasks], block, timeout, wait_s)
+
+    def _submit_checked(self, checked: list[Task], block: bool, timeout: float | None,
+                        wait_s: float = 0.0) -> list[TaskHandle]:
+        handles = self._register(checked, block, timeout)
+        try:
+            # Large payloads go to the object store only once the call is sure to be sent.
+            pickled: dict[int, bytes] = {}  # one pickle per callable in this call
+            records = [self._to_record(t, pickled) for t in checked]
+        except BaseException:
+            self._forget([t.id for t in checked])
+            raise
+        self._send(records, handles, wait_s)
+        return handles
+
+    def _register(self, checked: list[Task], block: bool, timeout: float | None
+                  ) -> list[TaskHandle]:
+        """Handles for ``checked`` (validated tasks), within ``max_outstanding`` (waiting for
+        room as ``submit_many`` says); ``ValueError`` for an id given twice or still
+        unfinished here."""
         self._check_usable()  # before a large payload's ray.put, which would start a Ray
         if len(checked) > self.max_outstanding:
             raise BackpressureError(f"{len(checked)} tasks in one call exceed max_outstanding="
@@ -209,13 +243,13 @@ class Client:
             except BaseException:
                 self._forget(ids)
                 raise
-        try:
-            # Large payloads go to the object store only once the call is sure to be sent.
-            pickled: dict[int, bytes] = {}  # one pickle per callable in this call
-            records = [self._to_record(t, pickled) for t in checked]
-        except BaseException:
-            self._forget([t.id for t in checked])
-            raise
+        return handles
+
+    def _send(self, records: list[TaskRecord], handles: list[TaskHandle], wait_s: float = 0.0
+              ) -> None:
+        """Send registered tasks to the scheduler, ``SUBMIT_CHUNK`` per call (with ``wait_s``,
+        one task by its ``run`` call), and deliver the refusals and Results the answers carry.
+        ``SubmitError`` when a call fails: the tasks from there on were not submitted."""
         self._ensure_poller()
         for i in range(0, len(records), SUBMIT_CHUNK):
             chunk = records[i:i + SUBMIT_CHUNK]
@@ -227,15 +261,113 @@ class Client:
             except Exception as exc:
                 # Nothing from here on reached the scheduler: forget those handles, so no task
                 # is left waiting for a Result that cannot come, and say what was sent.
-                self._forget([t.id for t in checked[i:]])
-                raise SubmitError(f"{len(checked) - i} of {len(checked)} tasks were not "
+                self._forget([r.task_id for r in records[i:]])
+                raise SubmitError(f"{len(records) - i} of {len(records)} tasks were not "
                                   f"submitted: {type(exc).__name__}: {str(exc)[:500]}",
                                   submitted=handles[:i]) from exc
             # In the scheduler now: a restarted one gets these payloads from here again.
             with self._lock:
                 self._by_ref.update((r.task_id, r) for r in chunk if isinstance(r.payload, ByRef))
             self._deliver_replies(replies)
-        return handles
+
+    def _run_express(self, task: Task, timeout: float | None) -> Result | None:
+        """``run`` by the express lane (``raysched.express``): straight to the worker this
+        client holds a lease on, when the task takes the lane (CRITICAL or HIGH, one CPU
+        pool, an inline payload, a kind the lease has estimates for) and can meet its deadline
+        there by the scheduler's own estimates. None when it does not take it: the caller
+        runs it through the scheduler, which also refuses, with its reason, what cannot meet
+        its deadline. A task the worker refuses unrun (the lease ended) or loses goes to the
+        scheduler from here, its deadline as it was."""
+        if (task.priority not in EXPRESS_CLASSES or len(task.pools) != 1
+                or self.pools.get(task.pool) != "cpu"):
+            return None
+        self._check_usable()
+        lease = self._express.get(task.pool, task.kind)
+        cases = lease.cases.get(task.kind) if lease is not None else None
+        if lease is None or cases is None:
+            return None
+        record = task.to_record()
+        if record.payload.size_bytes() > INLINE_PAYLOAD_BYTES:
+            return None
+        submit_s = time.time()
+        deadline_s = (task.deadline_s if task.deadline_s is not None
+                      else submit_s + task.sla_ms / 1e3 if task.sla_ms is not None
+                      else float("inf"))
+        latest_start_s = float("inf")
+        if not task.best_effort:
+            if deadline_s - submit_s < cases[0]:
+                return None
+            latest_start_s = deadline_s - max(cases)
+        # Its deadline fixed now: time spent here counts if it goes to the scheduler after all.
+        record = replace(record, sla_s=None,
+                         deadline_s=deadline_s if deadline_s != float("inf") else None)
+        handle = self._register([task], True, timeout)[0]
+        with self._lock:
+            self._on_express[task.id] = lease
+        end_s = None if timeout is None else time.monotonic() + timeout
+        item = WorkItem(task.id, task.kind, int(task.priority), deadline_s, record.payload,
+                        latest_start_s, sent_s=submit_s).to_wire()
+        self._ensure_poller()
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        if handle.done():  # cancelled (or the client closed) before it was sent
+            with self._lock:
+                self._on_express.pop(task.id, None)
+            return handle.result()
+        ref = lease.worker.express.remote(lease.lease_id, item)
+        try:
+            answer = ray.get(ref, timeout=timeout)
+        except GetTimeoutError:
+            threading.Thread(target=self._express_later, name="raysched-express",
+                             args=(ref, record, lease, submit_s, handle), daemon=True).start()
+            raise TaskTimeoutError(f"task {task.id} has no result after {timeout} s") from None
+        except Exception:  # noqa: BLE001 - the worker is gone: the scheduler runs it
+            answer = None
+        self._express_answer(answer, record, lease, submit_s, handle)
+        return handle.result(None if end_s is None else max(0.0, end_s - time.monotonic()))
+
+    def _express_later(self, ref: Any, record: TaskRecord, lease: Lease, submit_s: float,
+                       handle: TaskHandle) -> None:
+        """The rest of an express task whose ``run`` timed out: its answer, when it comes."""
+        try:
+            answer = self._get(ref)
+        except Exception:  # noqa: BLE001 - as in _run_express
+            answer = None
+        self._express_answer(answer, record, lease, submit_s, handle)
+
+    def _express_answer(self, answer: tuple[Any, ...] | None, record: TaskRecord, lease: Lease,
+                        submit_s: float, handle: TaskHandle) -> None:
+        """Resolve an express task's handle from its worker's answer (``Completion.to_wire``),
+        or, without one (the lease ended, the worker is gone), submit it to the scheduler."""
+        with self._lock:
+            self._on_express.pop(record.task_id, None)
+        if answer is None:
+            self._express.drop(record.pool, lease)
+            if not handle.done():  # not cancelled meanwhile
+                try:
+                    self._send([record], [handle], RUN_WAIT_S)
+                except Exception as exc:  # noqa: BLE001 - SubmitError, the client closed
+                    self._resolve(Result(task_id=record.task_id, status=Status.FAILED,
+                                         reason=f"its express worker refused or lost it, and "
+                                                f"it could not be submitted to the scheduler: "
+                                                f"{type(exc).__name__}: {str(exc)[:300]}"))
+            return
+        c = Completion(*answer)
+        end_s = time.time()
+        deadline_s = record.deadline_s if record.deadline_s is not None else float("inf")
+        status = (Status.COMPLETED if c.ok else Status.EXPIRED if c.expired
+                  else Status.CANCELLED if c.error.startswith(ABORTED) else Status.FAILED)
+        reason = ("" if c.ok else f"deadline could no longer be met when worker {c.worker_id} "
+                  f"was about to start it; not run" if c.expired
+                  else "cancelled by the caller" if status is Status.CANCELLED else c.error)
+        self._express.report((replace(record, payload=None).to_wire(),
+                              replace(c, output=None).to_wire(), status.value, submit_s, end_s))
+        self._deliver([ResultRecord(
+            record.task_id, status, c.output, reason, c.worker_id, record.kind,
+            record.priority, record.pool, queue_s=max(0.0, end_s - submit_s - c.service_s),
+            service_s=c.service_s, total_s=end_s - submit_s,
+            deadline_met=c.ok and end_s <= deadline_s, attempts=1)], ack=False)
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
             ) -> Iterator[Result]:
@@ -252,10 +384,25 @@ class Client:
         """Cancel tasks by id: True for each one this call ended (queued, or running: a
         running CPU task runs to its end, its Result is ``cancelled``); False for one that had
         ended, or is unknown. ``TypeError`` unless ``task_ids`` is a list of strings."""
-        return self._call("cancel", task_id_list(task_ids))
+        ids = task_id_list(task_ids)
+        with self._lock:
+            express = {i: self._on_express[i] for i in ids if i in self._on_express}
+        sent = [i for i in ids if i not in express]
+        ended = dict(zip(sent, self._call("cancel", sent), strict=True)) if sent else {}
+        issued_s = time.time()
+        for task_id, lease in express.items():
+            # Stops it at the worker if it has not started there; its handle ends here, now.
+            lease.worker.abort.remote([task_id], issued_s)
+            ended[task_id] = self._resolve(Result(task_id=task_id, status=Status.CANCELLED,
+                                                  reason="cancelled by the caller"),
+                                           delivered=False)
+        return [ended[i] for i in ids]
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's load tables, queue depths, result counts and startup notes."""
+        reports = self._express.take_reports()
+        if reports:  # the express tasks ended so far count in them
+            self._call("express_done", reports)
         return self._call("stats")
 
     def outstanding(self) -> int:
@@ -283,6 +430,12 @@ class Client:
             self._poller.join(timeout=POLL_TIMEOUT_S * 4)
         with self._lock:
             unfinished = list(self._handles)
+        if _ray_up():
+            with contextlib.suppress(Exception):  # best effort: a lease also ends unrenewed
+                self._send_reports()
+                if self._express.held():
+                    self.actor.release_leases.remote(self.client_id)
+        self._express.clear()
         handed = bool(unfinished) and _ray_up() and self._hand_over(unfinished)
         self._end_unfinished(Status.CANCELLED, "the client was closed before the task ended" + (
             "; it was cancelled at the scheduler" if handed else ""))
@@ -364,10 +517,11 @@ class Client:
 
         return replace(record, payload=ByRef(ray.put(record.payload), size))
 
-    def _deliver(self, records: list[ResultRecord]) -> None:
-        """Resolve the handles of ``records``, fetching outputs sent by reference. Each id is
-        noted for acknowledgement with the next poll before its handle is resolved (a driver
-        may submit the id again at once). A result whose output died with a scheduler that
+    def _deliver(self, records: list[ResultRecord], ack: bool = True) -> None:
+        """Resolve the handles of ``records``, fetching outputs sent by reference. With ``ack``
+        (results the scheduler owes; an express task's it does not), each id is noted for
+        acknowledgement with the next poll before its handle is resolved (a driver may submit
+        the id again at once). A result whose output died with a scheduler that
         restarted is not acknowledged: the restarted scheduler runs its task again and sends a
         new one."""
         from ray.exceptions import OwnerDiedError
@@ -399,8 +553,9 @@ class Client:
                     continue
             deliver(Result.from_record(r, output=value))
         if results:
-            with self._lock:
-                self._acks.extend(r.task_id for r in results)
+            if ack:
+                with self._lock:
+                    self._acks.extend(r.task_id for r in results)
             for result in results:
                 self._resolve(result)
 
@@ -417,16 +572,26 @@ class Client:
             taken, self._acks = self._acks, []
         return taken
 
-    def _resolve(self, result: Result) -> None:
+    def _resolve(self, result: Result, delivered: bool = True) -> bool:
+        """Resolve the handle of ``result``'s task; False when it has none (resolved before:
+        a ``delivered`` result is then counted as a duplicate dropped)."""
         with self._room:
             self._by_ref.pop(result.task_id, None)
             handle = self._handles.pop(result.task_id, None)
-            if handle is None:
+            if handle is None and delivered:
                 # A result delivered again after a scheduler restart: the first one stands.
                 self.duplicates_dropped += 1
             self._room.notify_all()
         if handle is not None:
             handle._set(result)
+        return handle is not None
+
+    def _send_reports(self) -> None:
+        """Send the scheduler the reports of express tasks that ended (fire and forget: they
+        are its counts and telemetry, not anybody's Result)."""
+        reports = self._express.take_reports()
+        if reports and _ray_up():
+            self.actor.express_done.remote(reports)
 
     def _ensure_poller(self) -> None:
         if self._poller is None:
@@ -457,6 +622,7 @@ class Client:
                 # come, and a call now would start or join a Ray of its own.
                 self._fail_all("Ray was shut down in this driver before the result came")
                 return
+            self._send_reports()
             with self._lock:
                 ack, self._acks = self._acks, []
                 self._acks_in_flight = frozenset(ack)

@@ -109,6 +109,9 @@ class SchedulerConfig(BaseModel):
     shards: int = Field(default=1, ge=1, le=64)
     # Which shard this scheduler is (0 .. shards - 1); ``connect`` sets it for each actor.
     shard: int = Field(default=0, ge=0)
+    # Lend idle CPU workers to drivers for their urgent single tasks (``raysched.express``):
+    # a CRITICAL or HIGH ``Client.run`` then makes one round trip instead of two.
+    express_leases: bool = True
 
     @model_validator(mode="after")
     def _unique_pools(self) -> SchedulerConfig:

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class SchedulerActor:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._worker_seq = itertools.count()
         self._starting: set[asyncio.Task[Any]] = set()
+        self._ending: set[asyncio.Task[Any]] = set()  # express leases being ended
         self._started = False
         # Set when there is something new to dispatch: the dispatch loop waits on it.
         self._wake: asyncio.Future[None] | None = None
@@ -239,6 +241,53 @@ class SchedulerActor:
                     and (got := answer.result()) is not None):
                 self.service.post(client_id, got)
 
+    async def lease(self, client_id: str, pool: str) -> tuple[str, str, Any, dict] | None:
+        """An express lease for ``client_id`` on an idle worker of the CPU pool ``pool``
+        (``SchedulerService.lease``): ``(lease_id, worker_id, worker handle, cases)``, or None
+        when the pool cannot spare a worker now. The driver sends its urgent single tasks
+        straight to that worker (``CPUActor.express``) until the lease ends, and reports them
+        after (``express_done``). The lease is granted at the worker before this answers."""
+        await self.start()
+        if not self.config.express_leases:
+            return None
+        lease = self.service.lease(client_id, pool, uuid.uuid4().hex)
+        if lease is None:
+            return None
+        handle = self.workers.get(lease.worker_id)
+        try:
+            if handle is None:
+                raise RayActorError()
+            await handle.grant.remote(lease.lease_id)
+        except RayActorError:
+            self.service.release(lease.worker_id, lease.lease_id)
+            return None
+        return lease.lease_id, lease.worker_id, handle, lease.cases
+
+    async def release_leases(self, client_id: str) -> None:
+        """End every express lease of ``client_id`` (it is closing)."""
+        for worker_id, lease_id in self.service.leases_of(client_id):
+            self._end_lease(worker_id, lease_id)
+
+    async def express_done(self, reports: list[tuple[Any, ...]]) -> None:
+        """Reports of tasks drivers ran under express leases (``SchedulerService.express_done``):
+        counted, measured and learned from like any."""
+        self.service.express_done(reports)
+
+    def _end_lease(self, worker_id: str, lease_id: str) -> None:
+        """End a lease at its worker, then give the worker back to placement and dispatch."""
+        handle = self.workers.get(worker_id)
+
+        async def end() -> None:
+            with contextlib.suppress(RayActorError):  # a dead worker: _worker_lost drops it
+                if handle is not None:
+                    await handle.revoke.remote(lease_id)
+                self.service.release(worker_id, lease_id)
+                self._kick()
+
+        task = asyncio.get_running_loop().create_task(end())
+        self._ending.add(task)  # kept referenced until it ends
+        task.add_done_callback(self._ending.discard)
+
     async def ack(self, client_id: str, task_ids: list[str]) -> None:
         """The driver ``client_id`` has received these results (see ``poll``)."""
         await self.start()
@@ -361,6 +410,8 @@ class SchedulerActor:
         (not when the task that waits for its answer first runs)."""
         dispatch = self.service.assign()
         self._abort(dispatch.take_back)
+        for worker_id, lease_id in dispatch.revoke:
+            self._end_lease(worker_id, lease_id)
         loop = asyncio.get_running_loop()
         for batch in dispatch.batches:
             timeout_s = max(self.config.hang_grace_s, self.config.hang_factor * batch.expected_s)
@@ -495,6 +546,8 @@ class SchedulerActor:
         while True:
             await asyncio.sleep(period_s)
             self._top_up()
+            for worker_id, lease_id in self.service.stale_leases():
+                self._end_lease(worker_id, lease_id)
             workers = list(self.workers.items())
             if not workers:
                 continue

@@ -44,6 +44,22 @@ log = logging.getLogger("raysched")
 # (one that went by reference): as long as a driver waits for a restarting scheduler
 # (``Client.reconnect_s``).
 PAYLOAD_RESEND_S = 60.0
+# An express lease its driver has not asked for again in this long is ended: a driver that
+# uses its lease renews it every ``raysched.client.LEASE_RENEW_S``; one that stopped (or died)
+# holds a worker idle for no one.
+LEASE_TTL_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An express lease (``SchedulerService.lease``): ``worker_id`` runs the tasks its driver
+    sends it directly under ``lease_id``; ``cases`` maps each task kind the pool has seen to
+    ``(best_case_s, planned_case_s)`` as admission and expiry use them."""
+
+    lease_id: str
+    worker_id: str
+    pool: str
+    cases: dict[str, tuple[float, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,8 @@ class Dispatch:
 
     take_back: dict[str, list[str]]
     batches: list[Batch]
+    # (worker_id, lease_id) of express leases to end at their workers, then ``release``.
+    revoke: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +208,8 @@ class SchedulerService:
         self._progress: dict[str, tuple[tuple[int, ...], int]] = {}
         # Results a waiting call takes instead of the mailbox (``claim``): task_id -> receiver.
         self._claims: dict[str, Callable[[ResultRecord], None]] = {}
+        # Express leases: worker_id -> (client_id, lease, when its driver last asked for it).
+        self._leases: dict[str, tuple[str, Lease, float]] = {}
 
     # -- the task log ------------------------------------------------------------------------
 
@@ -495,7 +515,8 @@ class SchedulerService:
         return Dispatch(dict(take_back),
                         [Batch(w, batch, expected_s[w],
                                idle=len(workers[w].in_flight) == len(batch))
-                         for w, batch in items.items()])
+                         for w, batch in items.items()],
+                        [(w, workers[w].held) for w in decisions.revoke])
 
     def complete(self, completions: Iterable[Completion]) -> None:
         """Take workers' reports; the tasks they end get their Results."""
@@ -510,6 +531,62 @@ class SchedulerService:
                 self.end([outcome])
             elif c.error == ABORTED and c.num_generated_tokens and isinstance(c.output, list):
                 self._keep_progress(c)
+
+    # -- express leases ----------------------------------------------------------------------
+
+    def lease(self, client_id: str, pool: str, lease_id: str) -> Lease | None:
+        """An express lease on an idle worker of ``pool`` for ``client_id``: the one it holds
+        there (renewed, with fresh ``cases``), else a new one named ``lease_id`` when the pool
+        can spare a worker (``SchedulerCore.lease``). None for an LLM pool (a batch engine
+        gains nothing from it), an unknown one, or one that cannot spare a worker now.
+
+        A new lease is the driver's once the caller has told the worker (``grant``); a caller
+        that cannot ``release``s it."""
+        now = self.clock()
+        for held_on, (owner, held, _) in self._leases.items():
+            if owner == client_id and held.pool == pool:
+                held = replace(held, cases=self.core.lease_cases(pool))
+                self._leases[held_on] = (owner, held, now)
+                return held
+        config = self.pools.get(pool)
+        if config is None or config.kind != "cpu":
+            return None
+        worker_id = self.core.lease(pool, lease_id)
+        if worker_id is None:
+            return None
+        lease = Lease(lease_id, worker_id, pool, self.core.lease_cases(pool))
+        self._leases[worker_id] = (client_id, lease, now)
+        return lease
+
+    def release(self, worker_id: str, lease_id: str) -> None:
+        """The lease ``lease_id`` on ``worker_id`` has ended at the worker: the worker is
+        placement's again."""
+        held = self._leases.get(worker_id)
+        if held is not None and held[1].lease_id == lease_id:
+            del self._leases[worker_id]
+            self.core.release(worker_id)
+
+    def leases_of(self, client_id: str) -> list[tuple[str, str]]:
+        """(worker_id, lease_id) of every lease ``client_id`` holds (to end when it closes)."""
+        return [(w, lease.lease_id) for w, (owner, lease, _) in self._leases.items()
+                if owner == client_id]
+
+    def stale_leases(self) -> list[tuple[str, str]]:
+        """(worker_id, lease_id) of the leases not asked for in ``LEASE_TTL_S``."""
+        now = self.clock()
+        return [(w, lease.lease_id) for w, (_, lease, asked_s) in self._leases.items()
+                if now - asked_s > LEASE_TTL_S]
+
+    def express_done(self, reports: Iterable[tuple[Any, ...]]) -> None:
+        """Tasks a driver ran under its express leases have ended; each report is
+        ``(TaskRecord.to_wire, Completion.to_wire, status, submit_s, end_s)``, the record's
+        ``deadline_s`` absolute. They count and teach the core as any task (its metrics, its
+        learned models); their Results went to their driver straight from the worker, and the
+        driver held each task while it ran, so none is owed or in the task log."""
+        for task, completion, status, submit_s, end_s in reports:
+            record = TaskRecord.from_wire(task)
+            self._record(self.core.express_done(record.to_core(submit_s), Completion(*completion),
+                                                Status(status), submit_s, end_s))
 
     def _keep_progress(self, c: Completion) -> None:
         """A task taken back after its attempt generated ``c.num_generated_tokens`` tokens
@@ -546,6 +623,7 @@ class SchedulerService:
         pool = self.pool_of(worker_id)
         self.worker_info.pop(worker_id, None)
         self._depth.pop(worker_id, None)
+        self._leases.pop(worker_id, None)
         if pool is not None:
             self.supervisor.lost(pool.name, worker_id)
         self.end(self.core.worker_lost(worker_id, self.clock(), reason))
@@ -641,6 +719,7 @@ class SchedulerService:
                                 for name in self.supervisor.pools}
         stats["learned"] = self.core.placement.learned()
         stats["by_reference"] = dict(self.by_reference.counts)
+        stats["express_leases"] = {w: lease.pool for w, (_, lease, _) in self._leases.items()}
         return stats
 
     # -- internals ---------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class WorkerLoad:
     version: int = 0
     # A task that must run alone (quarantined): while it is in flight, nothing else is placed.
     alone_task: str = ""
+    # The express lease holding it (``LoadTable.hold``): while set, nothing is placed on it.
+    held: str = ""
     # The group it belongs to, set when the table adds it; kept here so the hot path does not
     # hash the group key on every start and finish.
     group: WorkerGroup = None  # type: ignore[assignment]
@@ -42,7 +44,7 @@ class WorkerLoad:
     @property
     def free_slots(self) -> int:
         free = self.spec.slots - len(self.in_flight)
-        return free if free > 0 and not self.alone_task else 0
+        return free if free > 0 and not self.alone_task and not self.held else 0
 
     def wait_s(self) -> float:
         """Predicted time before a newly placed task starts running."""
@@ -189,6 +191,25 @@ class LoadTable:
 
     def free_slots(self, pool: str) -> int:
         return self._free_by_pool.get(pool, 0)
+
+    def hold(self, worker_id: str, lease_id: str) -> None:
+        """Take an idle worker out of placement for an express lease (its slots are the
+        lease's until ``release``)."""
+        w = self.workers[worker_id]
+        assert not w.in_flight and not w.held, f"worker {worker_id} is not idle"
+        self._free_by_pool[w.spec.pool] -= w.free_slots
+        w.held = lease_id
+        w.group.offer(w)
+
+    def release(self, worker_id: str) -> str:
+        """Give a held worker back to placement; returns the lease it held ("" for none)."""
+        w = self.workers.get(worker_id)
+        if w is None or not w.held:
+            return ""
+        lease_id, w.held = w.held, ""
+        self._free_by_pool[w.spec.pool] += w.free_slots
+        w.group.offer(w)
+        return lease_id
 
     def idle_worker(self, pool: str, fits: Callable[[WorkerLoad], bool]) -> WorkerLoad | None:
         """The first worker of ``pool``, in joining order, with nothing in flight that ``fits``."""

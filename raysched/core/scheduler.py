@@ -134,6 +134,9 @@ class Decisions:
     ended: list[Outcome] = field(default_factory=list)
     # Tasks taken back from their workers to make room for urgent work: abort these first.
     preempted: list[Preemption] = field(default_factory=list)
+    # Workers held by express leases whose pool now has work waiting and no free slot: the
+    # driver ends those leases at the worker, then gives the workers back (``release``).
+    revoke: list[str] = field(default_factory=list)
 
 
 class SchedulerCore:
@@ -158,6 +161,11 @@ class SchedulerCore:
         # counterfactual replay of the tasks a run refused (would they have met their deadline
         # had they been run?).
         self.spared: frozenset[str] = frozenset()
+        # Per pool, the workers express leases hold (``lease``), and those being given back.
+        self._held: dict[str, set[str]] = {}
+        self._revoking: set[str] = set()
+        # Per pool, the kinds of task submitted to it: what an express lease says it may run.
+        self._kinds: dict[str, set[str]] = {}
 
     # -- pools and workers -------------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class SchedulerCore:
     def add_worker(self, spec: WorkerSpec, now_s: float) -> None:
         self.add_pool(spec.pool)
         self._down.pop(spec.pool, None)
+        self._kinds.setdefault(spec.pool, set())
         if self.config.early_binding:
             spec = replace(spec, slots=max(spec.slots, spec.concurrency * EARLY_BINDING_SLOTS))
         self.table.add(spec, now_s)
@@ -205,6 +214,8 @@ class SchedulerCore:
             return []
         concurrency = w.spec.concurrency
         outcomes: list[Outcome] = []
+        self._held.get(w.spec.pool, set()).discard(worker_id)
+        self._revoking.discard(worker_id)
         lost = self.table.remove(worker_id, now_s)
         own = len(lost) <= concurrency  # every task in flight was running: the loss is theirs
         for i, task_id in enumerate(lost):
@@ -286,6 +297,9 @@ class SchedulerCore:
             return [self._reject(rec, now_s, f"tenant {task.tenant!r} already has "
                                              f"{config.max_queued_per_tenant} tasks queued "
                                              f"for {task.pool}")]
+        kinds = self._kinds.get(task.pool)
+        if kinds is not None and task.kind not in kinds:
+            kinds.add(task.kind)
         if cases is None:
             cases = self.placement.cases_s(task, self.table)
         if cases is None:
@@ -425,9 +439,80 @@ class SchedulerCore:
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
-            if self.config.preemption and queue and not self.table.free_slots(pool):
-                self._preempt_for_head(pool, queue, decisions, now_s)
+            if queue and not table.free_slots(pool):
+                if self._held.get(pool):
+                    self._revoke(pool, decisions)
+                if self.config.preemption:
+                    self._preempt_for_head(pool, queue, decisions, now_s)
         return decisions
+
+    # -- express leases ----------------------------------------------------------------------
+
+    def lease(self, pool: str, lease_id: str) -> str | None:
+        """Hold an idle worker of ``pool`` for the express lease ``lease_id`` and return its id;
+        None when the pool cannot spare one.
+
+        A held worker takes nothing from the queue: its driver sends it tasks directly, and
+        the core learns of them when they end (``express_done``). A pool spares a worker only
+        while nothing waits for it, and never its last one free for placement; as soon as work
+        waits and no slot is free, the next ``assign`` asks for its held workers back
+        (``Decisions.revoke``).
+        """
+        queue = self._queues.get(pool)
+        if queue is None or len(queue) or pool in self._down:
+            return None
+        free = [w for w in self.table.ordered(pool) if not w.held]
+        idle = [w for w in free if not w.in_flight and not w.alone_task]
+        if len(free) < 2 or not idle:
+            return None
+        worker = idle[-1]  # placement takes the first idle one it finds: keep that one
+        self.table.hold(worker.worker_id, lease_id)
+        self._held.setdefault(pool, set()).add(worker.worker_id)
+        return worker.worker_id
+
+    def release(self, worker_id: str) -> str:
+        """Give a worker an express lease held back to placement (its lease is over at the
+        worker); returns the lease ("" when it held none)."""
+        lease_id = self.table.release(worker_id)
+        self._revoking.discard(worker_id)
+        w = self.table.workers.get(worker_id)
+        if w is not None:
+            self._held.get(w.spec.pool, set()).discard(worker_id)
+        return lease_id
+
+    def lease_cases(self, pool: str) -> dict[str, tuple[float, float]]:
+        """Per kind submitted to ``pool``: ``(best_case_s, planned_case_s)`` as admission and
+        expiry use them, for an express lease to decide as the queue would (a task with less
+        slack than its best case is refused; past ``deadline - planned`` it is not started)."""
+        out: dict[str, tuple[float, float]] = {}
+        for kind in self._kinds.get(pool, ()):
+            cases = self.placement.cases_s(CoreTask("", kind, Priority.CRITICAL, _INF, pool),
+                                           self.table)
+            if cases is not None:
+                out[kind] = cases
+        return out
+
+    def express_done(self, task: CoreTask, completion: Completion, status: Status,
+                     submit_s: float, end_s: float) -> Outcome:
+        """A task an express lease ran outside the queue ended with ``status`` (its driver's
+        verdict: it may have been cancelled) after its worker's report ``completion``: learn
+        from it as from any completion, count it, and return its Outcome."""
+        worker = self.table.workers.get(completion.worker_id)
+        if worker is not None:
+            # Asked first as placement would be: a learning placement learns a worker's times
+            # against its prior, which it takes up when it first predicts for that worker (a
+            # held worker's may not have been yet).
+            self.placement.service_s(task, worker)
+            self.placement.observe(task, completion, end_s)
+        self.counts[status] += 1
+        return Outcome(task.task_id, status, completion.error, completion.worker_id, submit_s,
+                       end_s - completion.service_s, end_s, task.deadline_s, 1, None,
+                       task.priority, task.pool)
+
+    def _revoke(self, pool: str, decisions: Decisions) -> None:
+        for worker_id in self._held[pool] - self._revoking:
+            self._revoking.add(worker_id)
+            decisions.revoke.append(worker_id)
 
     def _preempt_for_head(self, pool: str, queue: DeadlineQueue, decisions: Decisions,
                           now_s: float) -> None:
