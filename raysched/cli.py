@@ -179,9 +179,12 @@ def _status(args: argparse.Namespace) -> int:
                     f"running, up {stats['uptime_s']:.0f} s{shards}")
     for col in ("worker", "pool", "engine", "in flight", "free", "backlog s", "done", "util"):
         t.add_column(col, justify="right")
+    lent = stats.get("express_leases", {})
     for wid, w in stats["workers"].items():
         engine = f"{w['engine']}{' (sim)' if w['simulated'] else ''}"
-        t.add_row(wid, w["pool"], engine, str(w["in_flight"]), str(w["free_slots"]),
+        # A worker lent to a driver's express lane takes nothing from the queue meanwhile.
+        free = "lent" if wid in lent else str(w["free_slots"])
+        t.add_row(wid, w["pool"], engine, str(w["in_flight"]), free,
                   f"{w['backlog_s']:.2f}", str(w["completed"]), f"{100 * w['utilization']:.0f}%")
     console.print(t)
     if stats.get("supervision"):

@@ -176,6 +176,8 @@ def merge_stats(shards: list[dict[str, Any]]) -> dict[str, Any]:
         "results": _add(s["results"] for s in shards),
         "by_reference": _add(s.get("by_reference", {}) for s in shards),
         "workers": {w: row for s in shards for w, row in s["workers"].items()},
+        "express_leases": {w: pool for s in shards
+                           for w, pool in s.get("express_leases", {}).items()},
         "learned": [row for s in shards for row in s.get("learned", [])],
         "shards": len(shards), "shard": None, "per_shard": shards,
     }

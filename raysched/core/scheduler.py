@@ -439,11 +439,10 @@ class SchedulerCore:
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
-            if queue and not table.free_slots(pool):
-                if self._held.get(pool):
-                    self._revoke(pool, decisions)
-                if self.config.preemption:
-                    self._preempt_for_head(pool, queue, decisions, now_s)
+            if self._held.get(pool) and self._waits(pool):
+                self._revoke(pool, decisions)
+            if self.config.preemption and queue and not table.free_slots(pool):
+                self._preempt_for_head(pool, queue, decisions, now_s)
         return decisions
 
     # -- express leases ----------------------------------------------------------------------
@@ -454,12 +453,11 @@ class SchedulerCore:
 
         A held worker takes nothing from the queue: its driver sends it tasks directly, and
         the core learns of them when they end (``express_done``). A pool spares a worker only
-        while nothing waits for it, and never its last one free for placement; as soon as work
-        waits and no slot is free, the next ``assign`` asks for its held workers back
+        while no work waits for it (``_waits``), and never its last one free for placement; as
+        soon as work waits, the next ``assign`` asks for its held workers back
         (``Decisions.revoke``).
         """
-        queue = self._queues.get(pool)
-        if queue is None or len(queue) or pool in self._down:
+        if pool not in self._queues or pool in self._down or self._waits(pool):
             return None
         free = [w for w in self.table.ordered(pool) if not w.held]
         idle = [w for w in free if not w.in_flight and not w.alone_task]
@@ -508,6 +506,12 @@ class SchedulerCore:
         return Outcome(task.task_id, status, completion.error, completion.worker_id, submit_s,
                        end_s - completion.service_s, end_s, task.deadline_s, 1, None,
                        task.priority, task.pool)
+
+    def _waits(self, pool: str) -> bool:
+        """Whether work waits for ``pool``: queued, or bound to a worker behind the work it
+        runs (in a prefetch slot), where a held worker could have run it at once."""
+        return bool(len(self._queues[pool])) or any(
+            len(w.in_flight) > w.spec.concurrency for w in self.table.ordered(pool))
 
     def _revoke(self, pool: str, decisions: Decisions) -> None:
         for worker_id in self._held[pool] - self._revoking:

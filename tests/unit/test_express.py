@@ -63,6 +63,19 @@ def test_waiting_work_asks_for_the_held_worker_back_once_then_runs_on_it() -> No
     assert core.lease("cpu", "L2") is None  # work in flight on both, none idle
 
 
+def test_work_waiting_in_a_prefetch_slot_asks_for_the_held_worker_back() -> None:
+    # The queue empties into the other worker's prefetch slots: work still waits there, where
+    # the held worker could run it at once.
+    core = cpu_core(slots=4)
+    held = core.lease("cpu", "L1")
+    core.submit(cpu_task(), 0.0)
+    assert core.assign(0.0).revoke == []  # one task, running: nothing waits
+    core.submit(cpu_task(), 0.0)
+    decisions = core.assign(0.0)
+    assert len(decisions.assignments) == 1 and decisions.revoke == [held]
+    assert core.lease("cpu", "L2") is None  # nor is a lease granted while work waits
+
+
 def test_a_lost_held_worker_leaves_nothing_held() -> None:
     core = cpu_core()
     held = core.lease("cpu", "L1")
