@@ -450,8 +450,16 @@ class AdaptiveEstimator:
         mix). Not faster than the prior: the engine model is a mean, and where the work itself
         varies (a CPU callable of 10-20 ms) a task started later than the prior allows mostly
         misses (CRITICAL work on the CPU pool met fewer deadlines so)."""
-        prior_s, ratio = self._idle_ratio_s(task, group, round(self.expected_new_tokens(task)))
-        return max(max(ratio, 1.0) * prior_s, self.idle_service_s(task, group))
+        return self.idle_cases_s(task, group)[1]
+
+    def idle_cases_s(self, task: CoreTask, group: WorkerGroup) -> tuple[float, float]:
+        short = self.short_new_tokens(task)
+        prior_s, ratio = self._idle_ratio_s(task, group, short)
+        idle_s = max(ratio * prior_s, 1e-6)
+        planned = round(self.expected_new_tokens(task))
+        if planned != short:  # (a CPU task answers no tokens: the same figures)
+            prior_s, ratio = self._idle_ratio_s(task, group, planned)
+        return idle_s, max(max(ratio, 1.0) * prior_s, idle_s)
 
     def started(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
         """Note that ``task`` was placed on ``worker`` at ``now_s``. If the worker's batch has

@@ -34,6 +34,11 @@ class ServiceEstimator(Protocol):
         must not be optimistic."""
         ...
 
+    def idle_cases_s(self, task: CoreTask, group: WorkerGroup) -> tuple[float, float]:
+        """``(idle_service_s, planned_idle_s)`` at once: admission asks for both on every
+        submit, and the planned figure is bounded below by the idle one."""
+        ...
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         """Learn from a completion (a no-op for fixed priors)."""
         ...
@@ -51,6 +56,10 @@ class PriorEstimator:
 
     def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
         return self.idle_service_s(task, group)
+
+    def idle_cases_s(self, task: CoreTask, group: WorkerGroup) -> tuple[float, float]:
+        idle_s = group.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
+        return idle_s, idle_s
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
@@ -143,10 +152,10 @@ class EstimatorPlacement:
     def cases_s(self, task: CoreTask, table: LoadTable) -> tuple[float, float] | None:
         # Admission asks for both on every submit: one walk over the groups, not two.
         cases: tuple[float, float] | None = None
-        idle, planned = self.estimator.idle_service_s, self.estimator.planned_idle_s
+        idle_cases = self.estimator.idle_cases_s
         for g in table.groups(task.pool):
             if fits_context(task, g.max_context_tokens):
-                best_s, planned_s = idle(task, g), planned(task, g)
+                best_s, planned_s = idle_cases(task, g)
                 if cases is None:
                     cases = (best_s, planned_s)
                 elif best_s < cases[0] or planned_s < cases[1]:

@@ -46,6 +46,10 @@ _CLASSES: tuple[Priority, ...] = tuple(Priority)
 # Aged work may reach HIGH at most: CRITICAL is never shared.
 _AGING_CEILING = Priority.HIGH
 _AGED_CLASSES: tuple[Priority, ...] = tuple(c for c in _CLASSES if c > _AGING_CEILING)
+# The search for aged tasks is skipped only until this long before the oldest could have aged:
+# the float sum and the floor division that counts aging steps may differ in the last place
+# (2e-7 s at today's epoch seconds).
+_AGE_CHECK_SLACK_S = 1e-3
 
 
 # A task is tight when its slack before its latest start is under this many best-case services.
@@ -156,6 +160,10 @@ class DeadlineQueue:
         self._by_real = (self._members if self._by_class
                          else {c: {} for c in _CLASSES})
         self._overtook_s = -float("inf")  # when an aged task last went before tight work
+        # No task of a class that ages can have waited ``aging_s`` before this moment (a lower
+        # bound: the oldest of each such class plus ``aging_s``, lowered by a push), so the
+        # search for aged tasks is skipped until then.
+        self._age_check_s = float("inf")
 
     def __len__(self) -> int:
         return len(self._live)
@@ -181,6 +189,10 @@ class DeadlineQueue:
         self._tenant_depth[task.tenant] = self._tenant_depth.get(task.tenant, 0) + 1
         heapq.heappush(self._heaps[cls], (key_s, seq, entry))
         self._by_arrival[cls].push(entry)
+        if self.aging_s is not None and cls > _AGING_CEILING:
+            ages_s = arrival_s + self.aging_s - _AGE_CHECK_SLACK_S
+            if ages_s < self._age_check_s:
+                self._age_check_s = ages_s
 
     def remove(self, task_id: str) -> CoreTask | None:
         """Take a task out wherever it is (cancel, expiry); None when it is not queued."""
@@ -265,12 +277,14 @@ class DeadlineQueue:
         """The oldest task of each class that ages (below ``_AGING_CEILING``) and has waited
         ``aging_s`` or more, keyed in the class it reached."""
         out: list[tuple[QueueKey, _Entry]] = []
-        if self.aging_s is None:
+        if self.aging_s is None or now_s < self._age_check_s:
             return out
+        check_s = float("inf")
         for cls in _AGED_CLASSES:
             if not self._members[cls]:
                 continue
             oldest = self._by_arrival[cls].oldest()
+            check_s = min(check_s, oldest.arrival_s + self.aging_s - _AGE_CHECK_SLACK_S)
             steps = int((now_s - oldest.arrival_s) // self.aging_s)
             if steps > 0:
                 aged = max(int(_AGING_CEILING), int(cls) - steps)
@@ -279,6 +293,7 @@ class DeadlineQueue:
                 # later no longer goes first, so a saturating stream cannot hold it.
                 promoted_s = oldest.arrival_s + (int(cls) - aged) * self.aging_s
                 out.append(((aged, min(oldest.key_s, promoted_s), oldest.seq), oldest))
+        self._age_check_s = check_s
         return out
 
     def _tightest(self, now_s: float) -> _Entry | None:
@@ -294,6 +309,14 @@ class DeadlineQueue:
 
     def pop(self, now_s: float) -> CoreTask | None:
         """Remove and return the first task at ``now_s``; None when empty."""
+        if not self._guarded and (self.aging_s is None or now_s < self._age_check_s):
+            # Nothing has aged: the first task is the head of the first class with work.
+            for cls in _CLASSES:
+                if self._members[cls]:
+                    task = self._head(self._heaps[cls]).task
+                    self.remove(task.task_id)
+                    return task
+            return None
         top = self._select(now_s)
         if top is None:
             return None

@@ -99,6 +99,8 @@ class ServicePrior:
                   kv_tokens: float | None = None) -> float:
         """Seconds for one request, in a batch of ``batch_size`` holding ``kv_tokens`` of KV
         cache (see ``decode_step_s``)."""
+        if not max_new_tokens:  # a CPU task, or a prefill alone: no decode step to price
+            return self.fixed_s + num_prompt_tokens * self.prefill_s_per_token
         return (self.fixed_s + num_prompt_tokens * self.prefill_s_per_token
                 + max_new_tokens * self.decode_step_s(batch_size, kv_tokens))
 

@@ -208,5 +208,9 @@ class Oracle:
     def planned_idle_s(self, task: CoreTask, group: WorkerGroup) -> float:
         return self.idle_service_s(task, group)
 
+    def idle_cases_s(self, task: CoreTask, group: WorkerGroup) -> tuple[float, float]:
+        idle_s = self.idle_service_s(task, group)
+        return idle_s, idle_s
+
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
