@@ -152,9 +152,11 @@ class Client:
     def run(self, task: Task | Mapping[str, Any], timeout: float | None = None) -> Result:
         """Submit one task and wait for its Result: ``submit(task).result(timeout)`` in one
         scheduler call where the task ends within ``RUN_WAIT_S`` (the call's answer carries
-        the Result, with no poll in between: the lowest latency for a single urgent task),
-        else the Result comes as a submitted task's does. Raises as ``submit`` does, and
-        ``TaskTimeoutError`` after ``timeout`` seconds without a Result (the task goes on)."""
+        the Result, with no poll in between), else the Result comes as a submitted task's
+        does. A CRITICAL or HIGH task for a CPU pool takes the express lane when this client
+        holds a lease there (``raysched.express``): straight to the leased worker, one round
+        trip. Raises as ``submit`` does, and ``TaskTimeoutError`` after ``timeout`` seconds
+        without a Result (the task goes on)."""
         checked = self.validate(task)
         if self.express:
             result = self._run_express(checked, timeout)
