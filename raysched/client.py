@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -57,6 +57,9 @@ RUN_WAIT_S = 1.0
 # How long ``Client.close`` waits for the scheduler to cancel the client's unfinished tasks and
 # hand over the results it holds for it.
 CLOSE_WAIT_S = 5.0
+# How long a cancel (or ``close``) waits for the workers of express tasks to note that they are
+# not to start them.
+CANCEL_WAIT_S = 5.0
 
 
 class TaskHandle:
@@ -89,6 +92,17 @@ class TaskHandle:
         if not self._future.done():
             self.resolved_at = time.monotonic()
             self._future.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
+class _OnExpress:
+    """An express task on its way: the lease it went under, its record (deadline made
+    absolute), when it was sent (``time.time()``) and its handle."""
+
+    lease: Lease
+    record: TaskRecord
+    submit_s: float
+    handle: TaskHandle
 
 
 class Client:
@@ -127,7 +141,10 @@ class Client:
         # The express lane (``raysched.express``): leases, and the tasks now on it.
         self.express = express
         self._express = ExpressLeases(lambda: self.actor, self.client_id)
-        self._on_express: dict[str, Lease] = {}
+        self._on_express: dict[str, _OnExpress] = {}
+        # Express tasks lost with their workers and sent to the scheduler: the attempt each
+        # may have made counts in its Result.
+        self._extra_attempts: dict[str, int] = {}
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -275,87 +292,88 @@ class Client:
     def _run_express(self, task: Task, timeout: float | None) -> Result | None:
         """``run`` by the express lane (``raysched.express``): straight to the worker this
         client holds a lease on, when the task takes the lane (CRITICAL or HIGH, one CPU
-        pool, an inline payload, a kind the lease has estimates for) and can meet its deadline
-        there by the scheduler's own estimates. None when it does not take it: the caller
-        runs it through the scheduler, which also refuses, with its reason, what cannot meet
-        its deadline. A task the worker refuses unrun (the lease ended) or loses goes to the
-        scheduler from here, its deadline as it was."""
+        pool, an inline payload, a kind the lease has estimates for), no other task of this
+        client is on that lease now, and the task can meet its deadline there by the
+        scheduler's own estimates. None when it does not take it: the caller runs it through
+        the scheduler, which also refuses, with its reason, what cannot meet its deadline. A
+        task the worker refuses unrun (the lease ended) or loses goes to the scheduler from
+        here, its deadline as it was.
+
+        The caller waits on the task's handle, not in Ray: ``close`` or ``cancel`` from
+        another thread ends it at once."""
         if (task.priority not in EXPRESS_CLASSES or len(task.pools) != 1
                 or self.pools.get(task.pool) != "cpu"):
             return None
         self._check_usable()
-        lease = self._express.get(task.pool, task.kind)
-        cases = lease.cases.get(task.kind) if lease is not None else None
-        if lease is None or cases is None:
+        lease = self._express.take(task.pool, task.kind)
+        if lease is None:
             return None
+        try:
+            express = self._express_call(task, lease, timeout)
+        except BaseException:
+            self._express.give_back(task.pool, lease)
+            raise
+        if express is None:
+            self._express.give_back(task.pool, lease)
+            return None
+        end_s = None if timeout is None else time.monotonic() + timeout
+        return express.handle.result(None if end_s is None else max(0.0, end_s - time.monotonic()))
+
+    def _express_call(self, task: Task, lease: Lease, timeout: float | None
+                      ) -> _OnExpress | None:
+        """Register ``task`` and send it under ``lease``; None (nothing registered) when it
+        does not take the lane after all: a large payload, too little slack."""
         record = task.to_record()
         if record.payload.size_bytes() > INLINE_PAYLOAD_BYTES:
             return None
+        best_s, planned_s = lease.cases[task.kind]
         submit_s = time.time()
         deadline_s = (task.deadline_s if task.deadline_s is not None
                       else submit_s + task.sla_ms / 1e3 if task.sla_ms is not None
                       else float("inf"))
         latest_start_s = float("inf")
         if not task.best_effort:
-            if deadline_s - submit_s < cases[0]:
+            if deadline_s - submit_s < best_s:
                 return None
-            latest_start_s = deadline_s - max(cases)
+            latest_start_s = deadline_s - max(best_s, planned_s)
         # Its deadline fixed now: time spent here counts if it goes to the scheduler after all.
         record = replace(record, sla_s=None,
                          deadline_s=deadline_s if deadline_s != float("inf") else None)
         handle = self._register([task], True, timeout)[0]
+        express = _OnExpress(lease, record, submit_s, handle)
         with self._lock:
-            self._on_express[task.id] = lease
-        end_s = None if timeout is None else time.monotonic() + timeout
+            self._on_express[task.id] = express
         item = WorkItem(task.id, task.kind, int(task.priority), deadline_s, record.payload,
                         latest_start_s, sent_s=submit_s).to_wire()
         self._ensure_poller()
-        import ray
-        from ray.exceptions import GetTimeoutError
-
-        if handle.done():  # cancelled (or the client closed) before it was sent
-            with self._lock:
-                self._on_express.pop(task.id, None)
-            return handle.result()
         ref = lease.worker.express.remote(lease.lease_id, item)
-        try:
-            answer = ray.get(ref, timeout=timeout)
-        except GetTimeoutError:
-            threading.Thread(target=self._express_later, name="raysched-express",
-                             args=(ref, record, lease, submit_s, handle), daemon=True).start()
-            raise TaskTimeoutError(f"task {task.id} has no result after {timeout} s") from None
-        except Exception:  # noqa: BLE001 - the worker is gone: the scheduler runs it
-            answer = None
-        self._express_answer(answer, record, lease, submit_s, handle)
-        return handle.result(None if end_s is None else max(0.0, end_s - time.monotonic()))
+        ref.future().add_done_callback(lambda answer: self._express_answer(express, answer))
+        return express
 
-    def _express_later(self, ref: Any, record: TaskRecord, lease: Lease, submit_s: float,
-                       handle: TaskHandle) -> None:
-        """The rest of an express task whose ``run`` timed out: its answer, when it comes."""
+    def _express_answer(self, express: _OnExpress, answer: concurrent.futures.Future[Any]
+                        ) -> None:
+        """The worker's answer to an express task (``Completion.to_wire``), on Ray's callback
+        thread: resolve its handle, unless a cancel or ``close`` ended it first (they report
+        it then); without a completion (the lease ended there, the worker is gone) submit it
+        to the scheduler, on a thread of its own (a Ray call must not wait on this one)."""
+        record = express.record
         try:
-            answer = self._get(ref)
-        except Exception:  # noqa: BLE001 - as in _run_express
-            answer = None
-        self._express_answer(answer, record, lease, submit_s, handle)
-
-    def _express_answer(self, answer: tuple[Any, ...] | None, record: TaskRecord, lease: Lease,
-                        submit_s: float, handle: TaskHandle) -> None:
-        """Resolve an express task's handle from its worker's answer (``Completion.to_wire``),
-        or, without one (the lease ended, the worker is gone), submit it to the scheduler."""
+            wire = answer.result()
+            lost = False
+        except BaseException:  # noqa: BLE001 - the worker is gone (or Ray is shutting down)
+            wire, lost = None, True
         with self._lock:
-            self._on_express.pop(record.task_id, None)
-        if answer is None:
-            self._express.drop(record.pool, lease)
-            if not handle.done():  # not cancelled meanwhile
-                try:
-                    self._send([record], [handle], RUN_WAIT_S)
-                except Exception as exc:  # noqa: BLE001 - SubmitError, the client closed
-                    self._resolve(Result(task_id=record.task_id, status=Status.FAILED,
-                                         reason=f"its express worker refused or lost it, and "
-                                                f"it could not be submitted to the scheduler: "
-                                                f"{type(exc).__name__}: {str(exc)[:300]}"))
+            mine = self._on_express.pop(record.task_id, None) is express
+        if wire is None:
+            self._express.drop(record.pool, express.lease)
+            if mine:
+                threading.Thread(target=self._express_fallback, args=(express, lost),
+                                 name="raysched-express", daemon=True).start()
             return
-        c = Completion(*answer)
+        self._express.give_back(record.pool, express.lease)
+        if not mine:
+            return
+        c = Completion(*wire)
         end_s = time.time()
         deadline_s = record.deadline_s if record.deadline_s is not None else float("inf")
         status = (Status.COMPLETED if c.ok else Status.EXPIRED if c.expired
@@ -363,13 +381,59 @@ class Client:
         reason = ("" if c.ok else f"deadline could no longer be met when worker {c.worker_id} "
                   f"was about to start it; not run" if c.expired
                   else "cancelled by the caller" if status is Status.CANCELLED else c.error)
-        self._express.report((replace(record, payload=None).to_wire(),
-                              replace(c, output=None).to_wire(), status.value, submit_s, end_s))
+        self._express_report(express, c, status, end_s)
         self._deliver([ResultRecord(
             record.task_id, status, c.output, reason, c.worker_id, record.kind,
-            record.priority, record.pool, queue_s=max(0.0, end_s - submit_s - c.service_s),
-            service_s=c.service_s, total_s=end_s - submit_s,
+            record.priority, record.pool, queue_s=max(0.0, end_s - express.submit_s - c.service_s),
+            service_s=c.service_s, total_s=end_s - express.submit_s,
             deadline_met=c.ok and end_s <= deadline_s, attempts=1)], ack=False)
+
+    def _express_fallback(self, express: _OnExpress, lost: bool) -> None:
+        """Submit an express task its worker refused unrun (``lost``: or lost, having maybe
+        run it: that attempt counts in its Result) to the scheduler."""
+        record, handle = express.record, express.handle
+        if lost:
+            with self._lock:
+                self._extra_attempts[record.task_id] = 1
+        try:
+            self._send([record], [handle], RUN_WAIT_S)
+        except Exception as exc:  # noqa: BLE001 - SubmitError, the client closed
+            self._resolve(Result(task_id=record.task_id, status=Status.FAILED,
+                                 reason=f"its express worker refused or lost it, and it could "
+                                        f"not be submitted to the scheduler: "
+                                        f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+    def _express_report(self, express: _OnExpress, c: Completion, status: Status,
+                        end_s: float) -> None:
+        """Keep the scheduler's report of an express task that ended with ``status``."""
+        self._express.report((replace(express.record, payload=None).to_wire(),
+                              replace(c, output=None).to_wire(), status.value,
+                              express.submit_s, end_s))
+
+    def _end_express(self, task_ids: list[str], reason: str) -> dict[str, bool]:
+        """End the express tasks among ``task_ids`` here, ``cancelled`` for ``reason``: each
+        worker is told not to start them (waited for, within ``CANCEL_WAIT_S``, so one not
+        started by then never starts), and the scheduler gets their reports. Per task ended:
+        whether this call ended it (its handle had no Result yet)."""
+        with self._lock:
+            ending = {t: self._on_express.pop(t) for t in task_ids if t in self._on_express}
+        if not ending:
+            return {}
+        import ray
+
+        issued_s = time.time()
+        with contextlib.suppress(Exception):  # a lost worker runs nothing more
+            if _ray_up():
+                ray.get([e.lease.worker.abort.remote([t], issued_s)
+                         for t, e in ending.items()], timeout=CANCEL_WAIT_S)
+        ended: dict[str, bool] = {}
+        for task_id, e in ending.items():
+            ended[task_id] = self._resolve(Result(task_id=task_id, status=Status.CANCELLED,
+                                                  reason=reason), delivered=False)
+            self._express_report(e, Completion(task_id, e.lease.worker_id, ok=False,
+                                               service_s=0.0, error=reason),
+                                 Status.CANCELLED, time.time())
+        return ended
 
     def map(self, tasks: Iterable[Task | Mapping[str, Any]], timeout: float | None = None
             ) -> Iterator[Result]:
@@ -387,17 +451,11 @@ class Client:
         running CPU task runs to its end, its Result is ``cancelled``); False for one that had
         ended, or is unknown. ``TypeError`` unless ``task_ids`` is a list of strings."""
         ids = task_id_list(task_ids)
-        with self._lock:
-            express = {i: self._on_express[i] for i in ids if i in self._on_express}
-        sent = [i for i in ids if i not in express]
-        ended = dict(zip(sent, self._call("cancel", sent), strict=True)) if sent else {}
-        issued_s = time.time()
-        for task_id, lease in express.items():
-            # Stops it at the worker if it has not started there; its handle ends here, now.
-            lease.worker.abort.remote([task_id], issued_s)
-            ended[task_id] = self._resolve(Result(task_id=task_id, status=Status.CANCELLED,
-                                                  reason="cancelled by the caller"),
-                                           delivered=False)
+        self._check_usable()
+        ended = self._end_express(ids, "cancelled by the caller")
+        sent = [i for i in ids if i not in ended]
+        if sent:
+            ended.update(zip(sent, self._call("cancel", sent), strict=True))
         return [ended[i] for i in ids]
 
     def stats(self) -> dict[str, Any]:
@@ -428,16 +486,23 @@ class Client:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._lock:
+            on_express = list(self._on_express)
+        self._end_express(on_express, "the client was closed before the task ended; its "
+                                      "worker was told not to start it")
+        if _ray_up():
+            import ray
+
+            with contextlib.suppress(Exception):  # best effort: a lease also ends unrenewed
+                if reports := self._express.take_reports():
+                    ray.get(self.actor.express_done.remote(reports), timeout=CLOSE_WAIT_S)
+                if self._express.held():
+                    self.actor.release_leases.remote(self.client_id)
+        self._express.clear()
         if self._poller is not None:
             self._poller.join(timeout=POLL_TIMEOUT_S * 4)
         with self._lock:
             unfinished = list(self._handles)
-        if _ray_up():
-            with contextlib.suppress(Exception):  # best effort: a lease also ends unrenewed
-                self._send_reports()
-                if self._express.held():
-                    self.actor.release_leases.remote(self.client_id)
-        self._express.clear()
         handed = bool(unfinished) and _ray_up() and self._hand_over(unfinished)
         self._end_unfinished(Status.CANCELLED, "the client was closed before the task ended" + (
             "; it was cancelled at the scheduler" if handed else ""))
@@ -553,6 +618,10 @@ class Client:
                     deliver(_failed(r, f"its output could not be unpickled in this driver: "
                                        f"{type(exc).__name__}: {str(exc)[:300]}"))
                     continue
+            if self._extra_attempts and r.task_id in self._extra_attempts:
+                with self._lock:
+                    extra = self._extra_attempts.pop(r.task_id, 0)
+                r = replace(r, attempts=r.attempts + extra)
             deliver(Result.from_record(r, output=value))
         if results:
             if ack:

@@ -9,8 +9,9 @@ lends an idle worker to one driver at a time:
 
 - ``Client.run`` of one CRITICAL or HIGH task for a CPU pool, with a payload small enough to
   travel inline, goes straight to the leased worker (``CPUActor.express``) when the lease says
-  the task's kind can meet its deadline there; the worker answers with its report and the
-  driver builds the Result. Anything else, and any doubt, goes through the scheduler as before.
+  the task's kind can meet its deadline there and no other task of the driver is on the lease
+  (a second would wait behind the first); the worker answers with its report and the driver
+  builds the Result. Anything else, and any doubt, goes through the scheduler as before.
 - A lease exists only while its pool has nothing queued, and never on the pool's last worker
   free for placement. When work waits and no slot is free, the scheduler ends the lease at the
   worker (after the express task running there, if any) and places work on it again; a task
@@ -18,9 +19,13 @@ lends an idle worker to one driver at a time:
   scheduler. A lease not renewed for ``service.LEASE_TTL_S`` ends too.
 - Every express task ends in one Result, as any: the driver holds it while it runs, so a lost
   worker means the driver submits it to the scheduler (which may run it again elsewhere, as it
-  would any task whose worker was lost), and a cancel or ``close`` ends its handle here. The
+  would any task whose worker was lost; the lost attempt counts in ``Result.attempts``), and a
+  cancel or ``close`` ends its handle here once its worker has noted not to start it (one not
+  started by then never starts; one running runs to its end, its output dropped). The
   scheduler learns of each one after it ends (``SchedulerActor.express_done``, sent with the
-  driver's next poll): its counts, metrics and learned models include them.
+  driver's next poll), cancelled ones as cancelled: its counts, metrics and learned models
+  include them. A worker whose lease does not end within the hang timeout (an express task
+  that hangs) is killed as a hung worker is.
 
 This module holds the driver's side of the leases; ``raysched.client`` uses it.
 """
@@ -76,6 +81,27 @@ class ExpressLeases:
         self._asked_s: dict[str, float] = {}
         # Reports of express tasks that ended, for the scheduler (``take_reports``)
         self._reports: list[tuple[Any, ...]] = []
+        self._busy: set[str] = set()  # the leases a task is on now
+
+    def take(self, pool: str, kind: str) -> Lease | None:
+        """The lease on ``pool`` for one task of ``kind``, now: None when there is none, it has
+        no estimates for ``kind``, or a task of this driver is on it already (the worker runs
+        one at a time: a second would wait behind the first while other workers may be free;
+        it goes through the scheduler). The lease is this task's until ``give_back`` or
+        ``drop``."""
+        lease = self.get(pool, kind)
+        if lease is None or kind not in lease.cases:
+            return None
+        with self._lock:
+            if lease.lease_id in self._busy:
+                return None
+            self._busy.add(lease.lease_id)
+        return lease
+
+    def give_back(self, pool: str, lease: Lease) -> None:
+        """The task that took ``lease`` has its answer: the next may take it."""
+        with self._lock:
+            self._busy.discard(lease.lease_id)
 
     def get(self, pool: str, kind: str) -> Lease | None:
         """The lease on ``pool`` if one is held now. Takes up an answer that has come, and
@@ -118,7 +144,9 @@ class ExpressLeases:
     def drop(self, pool: str, lease: Lease) -> None:
         """``lease`` has ended (its worker refused a task under it, or is gone)."""
         with self._lock:
-            if self._leases.get(pool) is lease:
+            self._busy.discard(lease.lease_id)
+            held = self._leases.get(pool)
+            if held is not None and held.lease_id == lease.lease_id:
                 del self._leases[pool]
                 self._asked_s[pool] = time.monotonic()
 

@@ -274,13 +274,24 @@ class SchedulerActor:
         self.service.express_done(reports)
 
     def _end_lease(self, worker_id: str, lease_id: str) -> None:
-        """End a lease at its worker, then give the worker back to placement and dispatch."""
+        """End a lease at its worker, then give the worker back to placement and dispatch.
+
+        The worker answers once the express task it runs (if any) has ended; one that does not
+        answer within the hang timeout of the longest task the lease allows is taken as hung,
+        as a worker running the scheduler's own work would be: killed (the driver waiting on
+        its express task then submits that task to the scheduler)."""
         handle = self.workers.get(worker_id)
+        timeout_s = max(self.config.hang_grace_s,
+                        self.config.hang_factor * self.service.lease_longest_s(worker_id))
 
         async def end() -> None:
             with contextlib.suppress(RayActorError):  # a dead worker: _worker_lost drops it
                 if handle is not None:
-                    await handle.revoke.remote(lease_id)
+                    try:
+                        await asyncio.wait_for(handle.revoke.remote(lease_id), timeout_s)
+                    except asyncio.TimeoutError:
+                        self._hung(worker_id, timeout_s)
+                        return
                 self.service.release(worker_id, lease_id)
                 self._kick()
 

@@ -566,6 +566,12 @@ class SchedulerService:
             del self._leases[worker_id]
             self.core.release(worker_id)
 
+    def lease_longest_s(self, worker_id: str) -> float:
+        """The longest planned service of the kinds the lease on ``worker_id`` allows (0 for
+        none): what its hang timeout scales."""
+        held = self._leases.get(worker_id)
+        return max((planned for _, planned in held[1].cases.values()), default=0.0) if held else 0.0
+
     def leases_of(self, client_id: str) -> list[tuple[str, str]]:
         """(worker_id, lease_id) of every lease ``client_id`` holds (to end when it closes)."""
         return [(w, lease.lease_id) for w, (owner, lease, _) in self._leases.items()

@@ -411,6 +411,7 @@ class SchedulerCore:
         max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
+            held = self._held.get(pool)
             while len(skipped) < max_skips and table.free_slots(pool) > 0 and queue:
                 task = queue.pop(now_s)
                 assert task is not None
@@ -431,6 +432,12 @@ class SchedulerCore:
                         continue
                     skipped.append(task)
                     continue
+                if held and len(choice.worker.in_flight) >= choice.worker.spec.concurrency:
+                    # It would wait behind the work running there while an express lease
+                    # holds a worker idle: it waits in the queue instead, the lease is asked
+                    # back below, and the worker it frees takes it.
+                    skipped.append(task)
+                    break
                 if choice.misses and self._misses(rec, choice):
                     decisions.ended.append(self._finish_missed(rec, now_s))
                     continue
@@ -439,7 +446,7 @@ class SchedulerCore:
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
-            if self._held.get(pool) and self._waits(pool):
+            if held and self._waits(pool):
                 self._revoke(pool, decisions)
             if self.config.preemption and queue and not table.free_slots(pool):
                 self._preempt_for_head(pool, queue, decisions, now_s)

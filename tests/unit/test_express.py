@@ -63,17 +63,31 @@ def test_waiting_work_asks_for_the_held_worker_back_once_then_runs_on_it() -> No
     assert core.lease("cpu", "L2") is None  # work in flight on both, none idle
 
 
-def test_work_waiting_in_a_prefetch_slot_asks_for_the_held_worker_back() -> None:
-    # The queue empties into the other worker's prefetch slots: work still waits there, where
-    # the held worker could run it at once.
+def test_no_lease_while_work_waits_in_a_prefetch_slot() -> None:
+    # Work bound behind running work waits too, where a lent worker could run it at once.
+    core = cpu_core(slots=4)
+    for _ in range(3):
+        core.submit(cpu_task(), 0.0)
+    core.assign(0.0)  # one running on each worker, the third behind one of them
+    assert core.queued("cpu") == 0
+    assert core.lease("cpu", "L1") is None
+
+
+def test_work_is_not_bound_behind_running_work_while_a_worker_is_held() -> None:
+    # Two urgent tasks at once, one worker free and one held: the second does not wait in the
+    # free worker's prefetch slot (it would wait out the first) but in the queue, until the
+    # held worker is given back, and then runs there.
     core = cpu_core(slots=4)
     held = core.lease("cpu", "L1")
-    core.submit(cpu_task(), 0.0)
-    assert core.assign(0.0).revoke == []  # one task, running: nothing waits
-    core.submit(cpu_task(), 0.0)
+    first, second = cpu_task(priority=Priority.CRITICAL), cpu_task(priority=Priority.CRITICAL)
+    core.submit(first, 0.0)
+    core.submit(second, 0.0)
     decisions = core.assign(0.0)
-    assert len(decisions.assignments) == 1 and decisions.revoke == [held]
-    assert core.lease("cpu", "L2") is None  # nor is a lease granted while work waits
+    assert [a.task.task_id for a in decisions.assignments] == [first.task_id]
+    assert decisions.revoke == [held] and core.queued("cpu") == 1
+    core.release(held)
+    assert [(a.task.task_id, a.worker_id) for a in core.assign(0.001).assignments] == [
+        (second.task_id, held)]
 
 
 def test_a_lost_held_worker_leaves_nothing_held() -> None:
