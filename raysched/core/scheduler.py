@@ -252,7 +252,7 @@ class SchedulerCore:
         queue = self._queues[pool]
         ended = []
         for task in list(queue.tasks()):
-            queue.remove(task.task_id)
+            queue.remove(task.task_id, task.priority)
             rec = self._records[task.task_id]
             ended.append(self._finish(rec, Status.FAILED if rec.attempts else Status.REJECTED,
                                       now_s, f"pool {pool} cannot serve: {reason}"))
@@ -328,7 +328,7 @@ class SchedulerCore:
                 return [self._reject(rec, now_s, f"overloaded: {len(queue)} tasks queued for "
                                                  f"{task.pool} and none of a lower class to "
                                                  f"shed")]
-            queue.remove(victim.task_id)
+            queue.remove(victim.task_id, victim.priority)
             shed.append(self._finish(
                 self._records[victim.task_id], Status.REJECTED, now_s,
                 f"shed under overload: {task.pool}'s queue is full and a "
@@ -389,7 +389,7 @@ class SchedulerCore:
         if rec is None or rec.state == CANCELLING:
             return None
         if rec.state == QUEUED:
-            self._queues[rec.task.pool].remove(task_id)
+            self._queues[rec.task.pool].remove(task_id, rec.task.priority)
             return self._finish(rec, Status.CANCELLED, now_s, reason)
         rec.state = CANCELLING
         self.counts[Status.CANCELLED] += 1
@@ -737,7 +737,7 @@ class SchedulerCore:
         t = rec.task
         if generated_tokens >= t.max_new_tokens:
             return None
-        self._queues[t.pool].remove(task_id)
+        self._queues[t.pool].remove(task_id, t.priority)
         self._tokens_kept[t.pool] += generated_tokens
         rec.task = replace(t, num_prompt_tokens=t.num_prompt_tokens + generated_tokens,
                            max_new_tokens=t.max_new_tokens - generated_tokens)
@@ -762,7 +762,7 @@ class SchedulerCore:
             if (rec is None or rec.state != QUEUED or task_id in self.spared
                     or rec.latest_start_s != latest_start_s):
                 continue
-            self._queues[rec.task.pool].remove(task_id)
+            self._queues[rec.task.pool].remove(task_id, rec.task.priority)
             out.append(self._finish(rec, Status.EXPIRED, now_s,
                                     f"deadline can no longer be met: the latest start was "
                                     f"{(now_s - latest_start_s) * 1e3:.1f} ms ago"))
