@@ -68,36 +68,43 @@ class WorkerGroup:
     def __init__(self, key: GroupKey) -> None:
         self.prior, self.max_context_tokens = key
         self.members: dict[str, WorkerLoad] = {}
-        self._heap: list[tuple[float, int, float, str, int]] = []
+        self._heap: list[_HeapKey] = []
 
     def offer(self, w: WorkerLoad) -> None:
         """(Re)publish a worker's current load; older entries of it become stale."""
         w.version += 1
-        if w.free_slots > 0:
-            in_flight = len(w.in_flight)
-            concurrency = w.spec.concurrency
+        in_flight = len(w.in_flight)
+        spec = w.spec
+        if spec.slots > in_flight and not w.alone_task and not w.held:  # free_slots, inlined
+            concurrency = spec.concurrency
             # _key(w), inlined: this runs on every start and finish.
             wait_s = 0.0 if in_flight < concurrency else w.backlog_s / concurrency
-            heapq.heappush(self._heap, (wait_s, in_flight, w.backlog_s, w.spec.worker_id,
-                                        w.version))
-        if len(self._heap) > 4 * len(self.members) + 64:
-            self._heap = [_key(m) for m in self.members.values() if m.free_slots > 0]
-            heapq.heapify(self._heap)
+            heap = self._heap
+            heapq.heappush(heap, (wait_s, in_flight, w.backlog_s, spec.worker_id, w.version, w))
+            if len(heap) > 4 * len(self.members) + 64:
+                self._heap = [_key(m) for m in self.members.values() if m.free_slots > 0]
+                heapq.heapify(self._heap)
 
     def best_free(self) -> WorkerLoad | None:
         """The least-loaded member with a free slot, or None."""
         heap = self._heap
         while heap:
-            wid, version = heap[0][3], heap[0][4]
-            w = self.members.get(wid)
-            if w is not None and w.version == version and w.free_slots > 0:
+            top = heap[0]
+            w = top[5]
+            # A worker removed from the group has its version moved on (``LoadTable.remove``)
+            if w.version == top[4] and w.free_slots > 0:
                 return w
             heapq.heappop(heap)
         return None
 
 
-def _key(w: WorkerLoad) -> tuple[float, int, float, str, int]:
-    return (w.wait_s(), len(w.in_flight), w.backlog_s, w.worker_id, w.version)
+# (predicted wait, in flight, backlog, worker id, version, the worker): the first five are
+# unique per entry, so the worker itself is never compared.
+_HeapKey = tuple[float, int, float, str, int, WorkerLoad]
+
+
+def _key(w: WorkerLoad) -> _HeapKey:
+    return (w.wait_s(), len(w.in_flight), w.backlog_s, w.worker_id, w.version, w)
 
 
 class LoadTable:
@@ -129,6 +136,7 @@ class LoadTable:
         self._pool_order[w.spec.pool].remove(w)
         group = w.group
         del group.members[worker_id]
+        w.version += 1  # its entries in the group's heap are stale from now
         if not group.members:
             del self._groups[w.spec.pool][(w.spec.prior, w.spec.max_context_tokens)]
         lost = list(w.in_flight)
