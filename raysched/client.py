@@ -345,8 +345,14 @@ class Client:
             self._on_express[task.id] = express
         item = WorkItem(task.id, task.kind, int(task.priority), deadline_s, record.payload,
                         latest_start_s, sent_s=submit_s).to_wire()
-        self._ensure_poller()
-        ref = lease.worker.express.remote(lease.lease_id, item)
+        try:
+            self._ensure_poller()
+            ref = lease.worker.express.remote(lease.lease_id, item)
+        except BaseException:  # not sent: nothing of it is left behind
+            with self._lock:
+                self._on_express.pop(task.id, None)
+            self._forget([task.id])
+            raise
         ref.future().add_done_callback(lambda answer: self._express_answer(express, answer))
         return express
 
