@@ -517,8 +517,7 @@ class SchedulerCore:
     def _waits(self, pool: str) -> bool:
         """Whether work waits for ``pool``: queued, or bound to a worker behind the work it
         runs (in a prefetch slot), where a held worker could have run it at once."""
-        return bool(len(self._queues[pool])) or any(
-            len(w.in_flight) > w.spec.concurrency for w in self.table.ordered(pool))
+        return bool(len(self._queues[pool])) or self.table.waiting(pool) > 0
 
     def _revoke(self, pool: str, decisions: Decisions) -> None:
         for worker_id in self._held[pool] - self._revoking:

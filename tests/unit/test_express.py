@@ -181,3 +181,35 @@ def test_service_express_reports_reach_metrics_without_a_result_owed() -> None:
     assert [(o.status, o.priority, o.deadline_met) for o in seen] == [
         (Status.COMPLETED, Priority.HIGH, True)]
     assert service.unacked() == {} and service.pending() == {}
+
+
+def test_the_load_tables_count_of_work_waiting_in_prefetch_slots_is_exact() -> None:
+    # What ``_waits`` reads instead of scanning every worker: random starts, finishes, slot
+    # changes and losses, checked against the scan after each step.
+    import random
+
+    from raysched.core.load import LoadTable
+
+    rng = random.Random(3)
+    table = LoadTable()
+    for i in range(5):
+        table.add(make_worker(worker_id=f"w{i}", pool="cpu", slots=4,
+                              concurrency=1 + i % 2, prior=CPU_PRIOR), 0.0)
+    running: list[str] = []
+    for step in range(3_000):
+        op = rng.random()
+        workers = [w for w in table.ordered("cpu") if w.free_slots > 0]
+        if op < 0.5 and workers:
+            task_id = f"t{step}"
+            table.start(task_id, rng.choice(workers).worker_id, 0.01, float(step))
+            running.append(task_id)
+        elif op < 0.9 and running:
+            table.finish(running.pop(rng.randrange(len(running))), float(step))
+        elif op < 0.95:
+            w = rng.choice(table.ordered("cpu"))
+            table.set_slots(w.worker_id, rng.randint(1, 6))
+        elif len(table.ordered("cpu")) > 2:
+            lost = set(table.remove(rng.choice(table.ordered("cpu")).worker_id, float(step)))
+            running = [t for t in running if t not in lost]
+        scan = sum(max(0, len(w.in_flight) - w.spec.concurrency) for w in table.ordered("cpu"))
+        assert table.waiting("cpu") == scan, step
