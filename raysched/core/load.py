@@ -68,6 +68,8 @@ class WorkerGroup:
     def __init__(self, key: GroupKey) -> None:
         self.prior, self.max_context_tokens = key
         self.members: dict[str, WorkerLoad] = {}
+        # Tasks bound behind the work their member runs (in prefetch slots), over its members
+        self.waiting = 0
         self._heap: list[_HeapKey] = []
 
     def offer(self, w: WorkerLoad) -> None:
@@ -115,8 +117,6 @@ class LoadTable:
         self._groups: dict[str, dict[GroupKey, WorkerGroup]] = {}
         self._task_worker: dict[str, str] = {}
         self._free_by_pool: dict[str, int] = {}
-        # Per pool, tasks bound behind the work their worker runs (in prefetch slots)
-        self._waiting_by_pool: dict[str, int] = {}
         self._pool_order: dict[str, list[WorkerLoad]] = {}  # in the order workers joined
 
     def add(self, spec: WorkerSpec, now_s: float) -> WorkerLoad:
@@ -145,7 +145,7 @@ class LoadTable:
         for task_id in lost:
             del self._task_worker[task_id]
         if len(lost) > w.spec.concurrency:
-            self._waiting_by_pool[w.spec.pool] -= len(lost) - w.spec.concurrency
+            group.waiting -= len(lost) - w.spec.concurrency
         return lost
 
     def start(self, task_id: str, worker_id: str, service_s: float, now_s: float,
@@ -160,7 +160,7 @@ class LoadTable:
             w.busy_since_s = now_s
         w.in_flight[task_id] = service_s
         if len(w.in_flight) > w.spec.concurrency:
-            self._waiting_by_pool[w.spec.pool] = self._waiting_by_pool.get(w.spec.pool, 0) + 1
+            w.group.waiting += 1
         w.backlog_s += service_s
         if alone:
             w.alone_task = task_id
@@ -180,7 +180,7 @@ class LoadTable:
         w = self.workers[worker_id]
         before = w.free_slots
         if len(w.in_flight) > w.spec.concurrency:
-            self._waiting_by_pool[w.spec.pool] -= 1
+            w.group.waiting -= 1
         backlog_s = w.backlog_s - w.in_flight.pop(task_id)
         w.backlog_s = backlog_s if backlog_s > 0.0 else 0.0
         if w.alone_task == task_id:
@@ -210,7 +210,7 @@ class LoadTable:
 
     def waiting(self, pool: str) -> int:
         """Tasks of ``pool`` bound behind the work their worker runs (in prefetch slots)."""
-        return self._waiting_by_pool.get(pool, 0)
+        return sum(g.waiting for g in self.groups(pool))
 
     def hold(self, worker_id: str, lease_id: str) -> None:
         """Take an idle worker out of placement for an express lease (its slots are the
