@@ -32,6 +32,7 @@ from raysched.core.protocol import (
     TaskRecord,
     WorkItem,
 )
+from raysched.core.scheduler import expired_at_worker, latest_start_s
 from raysched.core.types import Status
 from raysched.errors import (
     BackpressureError,
@@ -136,6 +137,7 @@ class Client:
         self._lock = threading.Lock()
         self.duplicates_dropped = 0
         self._room = threading.Condition(self._lock)
+        self._calls = 0  # calls to the scheduler on their way, from any thread (``close``)
         self._poller: threading.Thread | None = None
         self._closed = threading.Event()
         # The express lane (``raysched.express``): leases, and the tasks now on it.
@@ -326,16 +328,14 @@ class Client:
         record = task.to_record()
         if record.payload.size_bytes() > INLINE_PAYLOAD_BYTES:
             return None
-        best_s, planned_s = lease.cases[task.kind]
+        cases = lease.cases[task.kind]
         submit_s = time.time()
-        deadline_s = (task.deadline_s if task.deadline_s is not None
-                      else submit_s + task.sla_ms / 1e3 if task.sla_ms is not None
-                      else float("inf"))
-        latest_start_s = float("inf")
+        deadline_s = record.to_core(submit_s).deadline_s
+        latest_s = float("inf")
         if not task.best_effort:
-            if deadline_s - submit_s < best_s:
+            if deadline_s - submit_s < cases[0]:
                 return None
-            latest_start_s = deadline_s - max(best_s, planned_s)
+            latest_s = latest_start_s(deadline_s, cases)
         # Its deadline fixed now: time spent here counts if it goes to the scheduler after all.
         record = replace(record, sla_s=None,
                          deadline_s=deadline_s if deadline_s != float("inf") else None)
@@ -344,7 +344,7 @@ class Client:
         with self._lock:
             self._on_express[task.id] = express
         item = WorkItem(task.id, task.kind, int(task.priority), deadline_s, record.payload,
-                        latest_start_s, sent_s=submit_s).to_wire()
+                        latest_s, sent_s=submit_s).to_wire()
         try:
             self._ensure_poller()
             ref = lease.worker.express.remote(lease.lease_id, item)
@@ -384,8 +384,7 @@ class Client:
         deadline_s = record.deadline_s if record.deadline_s is not None else float("inf")
         status = (Status.COMPLETED if c.ok else Status.EXPIRED if c.expired
                   else Status.CANCELLED if c.error.startswith(ABORTED) else Status.FAILED)
-        reason = ("" if c.ok else f"deadline could no longer be met when worker {c.worker_id} "
-                  f"was about to start it; not run" if c.expired
+        reason = ("" if c.ok else expired_at_worker(c.worker_id) if c.expired
                   else "cancelled by the caller" if status is Status.CANCELLED else c.error)
         self._express_report(express, c, status, end_s)
         self._deliver([ResultRecord(
@@ -515,6 +514,11 @@ class Client:
         if self._owns_ray:
             import ray
 
+            # A thread still in a call of this client when Ray shuts down would end the
+            # process (Ray's worker is gone under it): the calls' tasks ended above, so their
+            # answers are on their way.
+            with self._room:
+                self._room.wait_for(lambda: not self._calls, timeout=CLOSE_WAIT_S)
             ray.shutdown()
 
     def _hand_over(self, task_ids: list[str]) -> bool:
@@ -559,6 +563,8 @@ class Client:
         from ray.exceptions import RayActorError
 
         self._check_usable()
+        with self._room:
+            self._calls += 1
         try:
             return self._get(getattr(self.actor, method).remote(*args))
         except RayActorError:
@@ -566,6 +572,10 @@ class Client:
                 raise SchedulerNotFoundError(f"scheduler {self.name!r} is gone and did not come "
                                              f"back within {self.reconnect_s:.0f} s") from None
             return self._get(getattr(self.actor, method).remote(*args))
+        finally:
+            with self._room:
+                self._calls -= 1
+                self._room.notify_all()
 
     def _check_usable(self) -> None:
         """``ClientClosedError`` once the client is closed; ``SchedulerNotFoundError`` once

@@ -2,7 +2,7 @@
 
 A task through the scheduler makes two round trips (driver to scheduler, scheduler to worker);
 on an idle system that is the whole of its added latency, most of it the central actor's own
-floor (``benchmarks/overhead.py`` part (c): a bare asyncio relay adds 1.5-2.2 ms over a direct
+floor (``benchmarks/overhead.py`` part (c): a bare asyncio relay adds 1.5-2.4 ms over a direct
 call on a 2-core machine). Ray Serve's handles route in the caller's process for the same
 reason. Here the scheduler keeps the deadline queue and the placement for everything else, and
 lends an idle worker to one driver at a time:

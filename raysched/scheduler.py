@@ -80,6 +80,7 @@ class SchedulerActor:
         self._worker_seq = itertools.count()
         self._starting: set[asyncio.Task[Any]] = set()
         self._ending: set[asyncio.Task[Any]] = set()  # express leases being ended
+        self._ending_leases: set[str] = set()  # and their ids
         self._started = False
         # Set when there is something new to dispatch: the dispatch loop waits on it.
         self._wake: asyncio.Future[None] | None = None
@@ -280,6 +281,9 @@ class SchedulerActor:
         answer within the hang timeout of the longest task the lease allows is taken as hung,
         as a worker running the scheduler's own work would be: killed (the driver waiting on
         its express task then submits that task to the scheduler)."""
+        if lease_id in self._ending_leases:
+            return  # asked already (by a dispatch pass, its driver closing, or its age)
+        self._ending_leases.add(lease_id)
         handle = self.workers.get(worker_id)
         timeout_s = max(self.config.hang_grace_s,
                         self.config.hang_factor * self.service.lease_longest_s(worker_id))
@@ -298,6 +302,7 @@ class SchedulerActor:
         task = asyncio.get_running_loop().create_task(end())
         self._ending.add(task)  # kept referenced until it ends
         task.add_done_callback(self._ending.discard)
+        task.add_done_callback(lambda _: self._ending_leases.discard(lease_id))
 
     async def ack(self, client_id: str, task_ids: list[str]) -> None:
         """The driver ``client_id`` has received these results (see ``poll``)."""

@@ -319,7 +319,7 @@ class SchedulerCore:
                                                  f"{slack_s * 1e3:.1f} ms")]
             # Admission refuses on the best case; expiry plans with what the task will take at
             # least (never less than the best case), so it is not started too late to finish.
-            rec.latest_start_s = task.deadline_s - max(best_case_s, planned_s)
+            rec.latest_start_s = latest_start_s(task.deadline_s, cases)
         shed: list[Outcome] = []
         if len(queue) >= config.max_queued_per_pool:
             victim = next((v for c in reversed(Priority) if c > task.priority
@@ -638,9 +638,7 @@ class SchedulerCore:
             del self._records[completion.task_id]
             return None
         if completion.expired:
-            return self._finish(rec, Status.EXPIRED, now_s,
-                                f"deadline could no longer be met when worker "
-                                f"{completion.worker_id} was about to start it; not run")
+            return self._finish(rec, Status.EXPIRED, now_s, expired_at_worker(completion.worker_id))
         self.placement.observe(rec.task, completion, now_s)
         if completion.ok:
             return self._finish(rec, Status.COMPLETED, now_s, "", completion.output)
@@ -790,6 +788,19 @@ class SchedulerCore:
         # Positional, in Outcome's field order: one is built per task.
         return Outcome(task.task_id, status, reason, rec.worker_id, rec.submit_s, rec.start_s,
                        now_s, task.deadline_s, rec.attempts, output, task.priority, task.pool)
+
+
+def latest_start_s(deadline_s: float, cases: tuple[float, float]) -> float:
+    """The last moment a task due at ``deadline_s`` may start, by its ``(best_case_s,
+    planned_case_s)``: admission refuses on the best case, expiry plans with what the task will
+    take at least (never less than the best case), so it is not started too late to finish."""
+    return deadline_s - max(cases)
+
+
+def expired_at_worker(worker_id: str) -> str:
+    """The reason of a task its worker did not start: its latest start had passed."""
+    return (f"deadline could no longer be met when worker {worker_id} was about to start it; "
+            f"not run")
 
 
 def _can_wait(rec: _Record, now_s: float) -> bool:

@@ -184,20 +184,22 @@ def test_urgent_runs_from_many_threads_spread_over_the_workers(make_client):
     assert len({r.worker_id for r in results}) == 2
 
 
-def test_close_while_threads_wait_on_express_tasks_ends_each_once(tmp_path):
-    # Its own embedded Ray, in a child process: the client that started it shuts it down.
+@pytest.mark.parametrize("path", ["express", "scheduler"])
+def test_close_while_threads_wait_on_runs_ends_each_once(tmp_path, path):
+    # Its own embedded Ray, in a child process: the client that started it shuts it down
+    # while other threads wait on runs, by the lane and through the scheduler.
     import subprocess
 
     script = tmp_path / "close_inflight.py"
     script.write_text(CLOSE_INFLIGHT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(script), path], capture_output=True, text=True,
                          timeout=240, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "cancelled cancelled cancelled", out.stdout
 
 
 CLOSE_INFLIGHT = """
-import threading, time
+import sys, threading, time
 import raysched
 from raysched import PoolConfig, SchedulerConfig, Task
 
@@ -206,10 +208,12 @@ client = raysched.connect(config=cfg, num_cpus=2)
 def task(s):
     return Task(kind="nap", priority="CRITICAL", sla_ms=60_000,
                 payload={"fn": time.sleep, "args": (s,)})
+client.express = sys.argv[1] == "express"
 for _ in range(200):
     lease = client._express.get("cpu", "nap")
     r = client.run(task(0.0), timeout=30)
-    if lease is not None and "nap" in lease.cases and r.worker_id == lease.worker_id:
+    if not client.express or (lease is not None and "nap" in lease.cases
+                              and r.worker_id == lease.worker_id):
         break
     time.sleep(0.02)
 else:
