@@ -22,7 +22,7 @@ from raysched.bench.report import (
     summarize,
     write_report,
 )
-from raysched.bench.workloads import PoolSpec, build_workload
+from raysched.bench.workloads import PoolSpec, arrival_window_s, build_workload
 from raysched.config import PoolConfig, SchedulerConfig
 
 # How long a run waits for its Results after the last submission (real seconds): beyond the
@@ -118,7 +118,7 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
                                                f"tasks had no Result after {RESULT_WAIT_S:g} s")
                         lost += run.lost
                 per_seed.append(summarize(name, records, span / scale, submitted=submitted,
-                                          seed=seed))
+                                          seed=seed, window_s=arrival_window_s(tasks)))
             entries.append(mean_entry(per_seed))
     print_table(entries, f"raysched bench (ray, time scale {scale}): {meta['workload']}, "
                          f"load {args.load}")

@@ -1,11 +1,17 @@
 """Summaries of runs: one entry per policy (or per demo run), tables, a markdown report, plots.
 
-Goodput is the number of tasks that completed within their deadline per second of the run
-(first arrival to last result). ``deadline_met`` per class is over every task of the class,
+Goodput is the number of tasks that completed within their deadline per second of the
+workload's arrival window (first arrival to last arrival), the same window for every policy on
+one workload: goodput then ranks policies by the deadlines they met. Per second of the run (to
+the last result) it would also rank them by when the last long task happened to end: on the
+financial mix at load 0.9, inter-arrival CV 2, edf and raysched met the same share of every
+class and their goodputs differed by 0.4% that way. A run whose arrivals span no time (every
+task at once) falls back to the run's span. ``deadline_met`` per class is over every task of the class,
 rejected and expired ones included. ``lost`` counts tasks that were submitted and never came back
 (the simulator ends every task, so its runs have none; the demo and Ray runs count their handles).
-The false-rejection rate (simulator only) is the share of rejected and expired tasks that a
-replay with nothing refused completed within their deadline.
+False rejections (simulator only) are the rejected and expired tasks that a replay with
+nothing refused completed within their deadline, given as a share of the tasks submitted and
+as a share of the refusals (``sim_mode.false_rejections``).
 """
 
 from __future__ import annotations
@@ -98,15 +104,19 @@ def tally(records: Sequence[Record], submitted: int | None = None) -> dict[str, 
 
 def summarize(policy: str, records: Sequence[Record], span_s: float,
               busy_s: dict[str, float] | None = None, submitted: int | None = None,
-              **extra: Any) -> dict[str, Any]:
+              window_s: float = 0.0, **extra: Any) -> dict[str, Any]:
     """The results.json entry of one run (``submitted`` as in ``tally``; ``extra`` keys are
-    added as they are)."""
+    added as they are). ``span_s``: first arrival to last result, s (utilisation's
+    denominator); ``window_s``: first arrival to last arrival, s (goodput's; the span where it
+    is 0)."""
     met = sum(r.deadline_met for r in records)
+    per_s = window_s if window_s > 0 else span_s
     entry: dict[str, Any] = {
         "policy": policy,
-        "goodput": float(met / span_s) if span_s > 0 else 0.0,
+        "goodput": float(met / per_s) if per_s > 0 else 0.0,
         **tally(records, submitted),
         "span_s": span_s,
+        "window_s": per_s,
     }
     if busy_s is not None and span_s > 0:
         entry["utilization"] = {w: min(1.0, b / span_s) for w, b in sorted(busy_s.items())}
@@ -169,8 +179,10 @@ def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any]
         return None
     refused = sum(p["refused"] for p in given)
     would_meet = sum(p["would_meet"] for p in given)
-    return {"refused": refused, "would_meet": would_meet,
+    submitted = sum(p["submitted"] for p in given)
+    return {"refused": refused, "would_meet": would_meet, "submitted": submitted,
             "rate": would_meet / refused if refused else 0.0,
+            "rate_per_task": would_meet / submitted if submitted else 0.0,
             "displaced": sum(p.get("displaced", 0) for p in given),
             **{part: {n: {k: sum(p[part][n][k] for p in given) for k in ("refused", "would_meet")}
                       for n in given[0][part]}
@@ -178,12 +190,14 @@ def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any]
 
 
 def false_rejection_cell(entry: dict[str, Any]) -> str:
-    """The table cell: the false-rejection rate with its counts, or "n/a" for a policy that
-    refuses nothing (or a run that did not measure it)."""
+    """The table cell: false rejections as a share of the tasks submitted and of the
+    refusals, with the counts, or "n/a" for a policy that refuses nothing (or a run that did
+    not measure it)."""
     fr = entry.get("false_rejection")
     if fr is None:
         return "n/a"
-    return f"{100 * fr['rate']:.1f}% ({fr['would_meet']}/{fr['refused']})"
+    return (f"{100 * fr['rate_per_task']:.2f}% of tasks, {100 * fr['rate']:.1f}% of refusals "
+            f"({fr['would_meet']}/{fr['refused']})")
 
 
 def per_pool(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from raysched.bench.report import (
     summarize,
     write_report,
 )
-from raysched.bench.workloads import PoolSpec, build_workload
+from raysched.bench.workloads import PoolSpec, arrival_window_s, build_workload
 from raysched.core.policies import POLICIES, build_core
 from raysched.core.types import Priority, Status
 from raysched.sim import Oracle, SimTask, Simulator
@@ -53,7 +53,7 @@ def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], se
     records = records_from_outcomes(run.outcomes)
     span_s = run.end_s - (tasks[0].arrival_s if tasks else 0.0)
     entry = summarize(policy, records, span_s, run.busy_s, submitted=len(tasks), seed=seed,
-                      wall_s=time.perf_counter() - started)
+                      window_s=arrival_window_s(tasks), wall_s=time.perf_counter() - started)
     if cost is not None and cost.per_task_s > 0:
         entry["scheduler_busy"] = run.scheduler_busy_s / span_s if span_s > 0 else 0.0
     return entry, records
@@ -76,9 +76,14 @@ def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec,
     and not in the replay, what running the refused ones would have cost. None for a policy
     that never refuses.
 
-    Returns ``{"refused", "would_meet", "rate", "displaced", "per_priority": {class:
-    {"refused", "would_meet"}}, "per_status": {"rejected" | "expired": {"refused",
-    "would_meet"}}}``; the rate is 0 when nothing was refused (and no replay is run). Tasks
+    Returns ``{"refused", "would_meet", "submitted", "rate", "rate_per_task", "displaced",
+    "per_priority": {class: {"refused", "would_meet"}}, "per_status": {"rejected" | "expired":
+    {"refused", "would_meet"}}}``. Two rates, as they answer two questions: ``rate`` is the
+    share of the refusals that were false (how often a refusal is wrong; under overload the
+    refused tasks are the ones nearest the line, so it is high for any policy that refuses),
+    ``rate_per_task`` the share of the tasks submitted that were refused falsely (how many
+    tasks a user loses to wrong refusals, as the deadline-miss rate counts misses per task).
+    Both are 0 when nothing was refused (and no replay is run). Tasks
     refused for capacity (a full queue, a tenant's cap, no worker that can hold them) are not
     spared: they count as refused, and the replay may refuse them again. A replay with
     admission and expiry off for every task answers another question, what the policy would do
@@ -106,8 +111,9 @@ def false_rejections(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec,
                 per_status[was[1]]["would_meet"] += 1
             displaced += r.task_id in met and not r.deadline_met
     would_meet = sum(c["would_meet"] for c in per_priority.values())
-    return {"refused": len(refused), "would_meet": would_meet,
-            "rate": would_meet / len(refused) if refused else 0.0, "displaced": displaced,
+    return {"refused": len(refused), "would_meet": would_meet, "submitted": len(tasks),
+            "rate": would_meet / len(refused) if refused else 0.0,
+            "rate_per_task": would_meet / len(tasks) if tasks else 0.0, "displaced": displaced,
             "per_priority": per_priority, "per_status": per_status}
 
 

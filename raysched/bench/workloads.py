@@ -140,6 +140,14 @@ def cluster_of(config: SchedulerConfig) -> tuple[PoolSpec, ...]:
     return tuple(pools)
 
 
+def arrival_window_s(tasks: Sequence[SimTask]) -> float:
+    """Seconds from a workload's first arrival to its last (0 for fewer than two tasks)."""
+    if not tasks:
+        return 0.0
+    arrivals = [t.arrival_s for t in tasks]
+    return max(arrivals) - min(arrivals)
+
+
 def work_s(pool: PoolSpec, prompt: int, new: int, cpu_s: float = 0.0) -> float:
     """Worker time one task takes at a full batch: its prefill plus its share of decoding."""
     if pool.preset == "cpu":

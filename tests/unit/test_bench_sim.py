@@ -43,6 +43,8 @@ def test_false_rejections_count_refused_tasks_that_would_have_made_it():
     assert fr["refused"] == refused > 0
     assert 0 <= fr["would_meet"] <= fr["refused"]
     assert fr["rate"] == fr["would_meet"] / fr["refused"]
+    assert fr["submitted"] == len(tasks)
+    assert fr["rate_per_task"] == fr["would_meet"] / len(tasks)
     assert sum(c["refused"] for c in fr["per_priority"].values()) == refused
     assert sum(c["refused"] for c in fr["per_status"].values()) == refused
     # The replay runs the refused tasks instead (everything else as before): none of them is
@@ -75,11 +77,32 @@ def test_policies_that_refuse_nothing_have_no_false_rejections():
 
 def test_seeds_merge_by_counts():
     per = {"HIGH": {"refused": 0, "would_meet": 0}}
-    a = {"refused": 10, "would_meet": 1, "rate": 0.1,
+    a = {"refused": 10, "would_meet": 1, "submitted": 100, "rate": 0.1, "rate_per_task": 0.01,
          "per_priority": {"HIGH": {"refused": 10, "would_meet": 1}}}
-    b = {"refused": 0, "would_meet": 0, "rate": 0.0, "per_priority": per}
+    b = {"refused": 0, "would_meet": 0, "submitted": 300, "rate": 0.0, "rate_per_task": 0.0,
+         "per_priority": per}
     merged = merge_false_rejections([a, b])
     assert merged is not None
     assert merged["refused"] == 10 and merged["would_meet"] == 1 and merged["rate"] == 0.1
+    assert merged["submitted"] == 400 and merged["rate_per_task"] == 1 / 400
     assert merged["per_priority"]["HIGH"] == {"refused": 10, "would_meet": 1}
     assert merge_false_rejections([None, None]) is None
+
+
+def test_goodput_is_per_second_of_the_arrival_window_not_of_the_last_result():
+    # Two CPU tasks 1 s apart, each met; then a LOW task at 1 s that runs 30 s on a second
+    # worker. The straggler moves the run's span, not the goodput: 3 met over the 1 s window.
+    cluster = (PoolSpec("cpu", 2),)
+    tasks = [SimTask(0.0, CoreTask("a", "k", Priority.HIGH, 5.0, "cpu"), cpu_service_s=0.01),
+             SimTask(1.0, CoreTask("b", "k", Priority.HIGH, 6.0, "cpu"), cpu_service_s=0.01),
+             SimTask(1.0, CoreTask("c", "k", Priority.LOW, 100.0, "cpu"), cpu_service_s=30.0)]
+    entry, records = run_sim("fifo", tasks, cluster)
+    assert all(r.deadline_met for r in records)
+    assert entry["window_s"] == 1.0
+    assert entry["span_s"] > 30.0
+    assert entry["goodput"] == 3.0
+    # Every task at once: no window, so goodput falls back to the run's span.
+    at_once = [SimTask(0.0, t.task, cpu_service_s=0.01) for t in tasks]
+    entry, _ = run_sim("fifo", at_once, cluster)
+    assert entry["window_s"] == entry["span_s"] > 0
+    assert entry["goodput"] == 3 / entry["span_s"]
