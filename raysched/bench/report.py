@@ -6,9 +6,11 @@ one workload: goodput then ranks policies by the deadlines they met. Per second 
 the last result) it would also rank them by when the last long task happened to end: on the
 financial mix at load 0.9, inter-arrival CV 2, edf and raysched met the same share of every
 class and their goodputs differed by 0.4% that way. A run whose arrivals span no time (every
-task at once) falls back to the run's span. ``deadline_met`` per class is over every task of the class,
-rejected and expired ones included. ``lost`` counts tasks that were submitted and never came back
-(the simulator ends every task, so its runs have none; the demo and Ray runs count their handles).
+task at once) falls back to the run's span.
+
+``deadline_met`` per class is over every task of the class, rejected and expired ones included.
+``lost`` counts tasks that were submitted and never came back (the simulator ends every task,
+so its runs have none; the demo and Ray runs count their handles).
 False rejections (simulator only) are the rejected and expired tasks that a replay with
 nothing refused completed within their deadline, given as a share of the tasks submitted and
 as a share of the refusals (``sim_mode.false_rejections``).
