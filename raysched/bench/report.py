@@ -192,13 +192,13 @@ def merge_false_rejections(parts: list[dict[str, Any] | None]) -> dict[str, Any]
 
 
 def false_rejection_cell(entry: dict[str, Any]) -> str:
-    """The table cell: false rejections as a share of the tasks submitted and of the
-    refusals, with the counts, or "n/a" for a policy that refuses nothing (or a run that did
-    not measure it)."""
+    """The table cell: false rejections as a share of the tasks submitted / of the
+    refusals, with the counts (false / refused), or "n/a" for a policy that refuses nothing
+    (or a run that did not measure it)."""
     fr = entry.get("false_rejection")
     if fr is None:
         return "n/a"
-    return (f"{100 * fr['rate_per_task']:.2f}% of tasks, {100 * fr['rate']:.1f}% of refusals "
+    return (f"{100 * fr['rate_per_task']:.2f}% / {100 * fr['rate']:.1f}% "
             f"({fr['would_meet']}/{fr['refused']})")
 
 
@@ -249,7 +249,7 @@ def print_table(entries: list[dict[str, Any]], title: str) -> None:
     cols = ["policy", "goodput/s", "vs fifo"]
     cols += [f"{p.name[:4]} met" for p in Priority]
     cols += [f"{p.name[:4]} p99 ms" for p in Priority]
-    cols += ["rejected", "expired", "false rej", "util"]
+    cols += ["rejected", "expired", "false rej: of tasks / of refusals", "util"]
     for c in cols:
         t.add_column(c, justify="right")
     fifo = next((e["goodput"] for e in entries if e["policy"] == "fifo"), None)
@@ -289,7 +289,7 @@ def _markdown(entries: list[dict[str, Any]], meta: dict[str, Any], plots: list[s
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "| policy | goodput/s | " + " | ".join(f"{p.name} met" for p in Priority)
               + " | " + " | ".join(f"{p.name} p99 ms" for p in Priority)
-              + " | rejected | expired | false rejections |",
+              + " | rejected | expired | false rejections: of tasks / of refusals |",
               "|---" * (3 + 2 * len(Priority) + 2) + "|"]
     for e in entries:
         pp = e["per_priority"]
