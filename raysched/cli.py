@@ -90,8 +90,10 @@ def _demo(args: argparse.Namespace) -> int:
             progress.update(done, completed=finished)
 
         run = replay(client, plan, wait_s, show, poll_s=0.005)
+    offsets = [offset_s for offset_s, _ in plan]
     summary = summarize(config.policy, records_from_results(run.results), run.span_s,
-                        submitted=run.submitted, per_pool=per_pool(client.stats()))
+                        submitted=run.submitted, per_pool=per_pool(client.stats()),
+                        window_s=max(offsets) - min(offsets) if offsets else 0.0)
     summary["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
     summary["simulated_engines"] = [n for n in client.notes if "SIMULATED" in n]
     summary["duration_s"] = args.duration
