@@ -239,3 +239,51 @@ def test_a_task_in_a_victims_place_is_figured_without_the_victim() -> None:
         worker_id="idle", pool="p", slots=2, concurrency=2, prior=prior,
         max_context_tokens=32_768)).workers["idle"])
     assert alone < instead < both
+
+
+def _backlogged_and_full(full_prompt_tokens: int) -> tuple[LoadTable, AdaptiveEstimator]:
+    """Two 7B workers: "a-free" has a free slot behind three 8,000-token prompts still to
+    compute (over 2 s of prefill); "b-full" has none, its one slot running a task with a
+    ``full_prompt_tokens`` prompt and a 4-token answer, started at 0."""
+    prior = SimLLMWorker("probe", "7b", 4).prior
+    table = make_table(
+        make_worker(worker_id="a-free", pool="p", slots=4, concurrency=4, prior=prior,
+                    max_context_tokens=32_768),
+        make_worker(worker_id="b-full", pool="p", slots=1, concurrency=1, prior=prior,
+                    max_context_tokens=32_768))
+    est = AdaptiveEstimator()
+    running = [("a-free", f"long{i}", 8_000, 16) for i in range(3)]
+    running.append(("b-full", "short", full_prompt_tokens, 4))
+    for wid, tid, prompt, new in running:
+        t = make_task(task_id=tid, pool="p", num_prompt_tokens=prompt, max_new_tokens=new,
+                      deadline_s=1e4)
+        w = table.workers[wid]
+        table.start(tid, wid, est.service_s(t, w), 0.0)
+        est.started(t, w, 0.0)
+    return table, est
+
+
+def test_a_task_that_would_miss_on_the_free_worker_waits_for_one_that_may_make_it() -> None:
+    # A HIGH task due in 0.4 s: behind the free worker's prefill it would end past its
+    # deadline (by the contended bound), but "b-full" can free its slot within 0.03 s. It is
+    # not started on "a-free" (which would take a slot for work it misses), nor expired.
+    table, est = _backlogged_and_full(50)
+    task = make_task(task_id="h", priority=Priority.HIGH, pool="p", num_prompt_tokens=200,
+                     max_new_tokens=8, deadline_s=0.4)
+    free, full = table.workers["a-free"], table.workers["b-full"]
+    assert est.earliest_finish_s(task, free, 0.0, contended_sd=0.0) > task.deadline_s
+    slot_s = est.earliest_slot_s(full, 0.0)
+    assert slot_s is not None and slot_s + est.least_service_s(task, full) < task.deadline_s
+    assert AdaptivePlacement(est, explore=0.0).place(task, table, 0.0) is None
+
+
+def test_a_task_that_misses_on_every_worker_is_ended_at_once() -> None:
+    # The same, but "b-full" runs a 16,000-token prompt: it cannot free its slot in time
+    # either, so the task misses everywhere and placement says so (the core expires it).
+    table, est = _backlogged_and_full(16_000)
+    task = make_task(task_id="h", priority=Priority.HIGH, pool="p", num_prompt_tokens=200,
+                     max_new_tokens=8, deadline_s=0.4)
+    slot_s = est.earliest_slot_s(table.workers["b-full"], 0.0)
+    assert slot_s is not None and slot_s > task.deadline_s
+    choice = AdaptivePlacement(est, explore=0.0).place(task, table, 0.0)
+    assert choice is not None and choice.misses
