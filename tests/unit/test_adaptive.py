@@ -265,13 +265,13 @@ def _backlogged_and_full(full_prompt_tokens: int) -> tuple[LoadTable, AdaptiveEs
 
 def test_a_task_that_would_miss_on_the_free_worker_waits_for_one_that_may_make_it() -> None:
     # A HIGH task due in 0.4 s: behind the free worker's prefill it would end past its
-    # deadline (by the contended bound), but "b-full" can free its slot within 0.03 s. It is
+    # deadline (by the confident bound), but "b-full" can free its slot within 0.03 s. It is
     # not started on "a-free" (which would take a slot for work it misses), nor expired.
     table, est = _backlogged_and_full(50)
     task = make_task(task_id="h", priority=Priority.HIGH, pool="p", num_prompt_tokens=200,
                      max_new_tokens=8, deadline_s=0.4)
     free, full = table.workers["a-free"], table.workers["b-full"]
-    assert est.earliest_finish_s(task, free, 0.0, contended_sd=0.0) > task.deadline_s
+    assert est.earliest_finish_s(task, free, 0.0) > task.deadline_s
     slot_s = est.earliest_slot_s(full, 0.0)
     assert slot_s is not None and slot_s + est.least_service_s(task, full) < task.deadline_s
     assert AdaptivePlacement(est, explore=0.0).place(task, table, 0.0) is None
