@@ -72,12 +72,17 @@ class Choice:
     ``misses``: the placement is confident that no eligible worker can finish the task by its
     deadline, counting the work already queued ahead of it there (placements that cannot tell
     leave it False); a core that enforces deadlines expires the task instead of running it.
+    ``waits``: the placement is confident that ``worker``, and every other free one, would
+    finish it past its deadline, but a worker with no free slot now may still make it; a core
+    that enforces deadlines leaves the task queued (its latest start ends the wait) instead
+    of running it here.
     """
 
     worker: WorkerLoad
     service_s: float
     finish_s: float
     misses: bool = False
+    waits: bool = False
 
 
 def context_need(task: CoreTask) -> int:

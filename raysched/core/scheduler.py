@@ -438,8 +438,9 @@ class SchedulerCore:
                     # back below, and the worker it frees takes it.
                     skipped.append(task)
                     break
-                if choice.misses and self._misses(rec, choice):
-                    decisions.ended.append(self._finish_missed(rec, now_s))
+                if self._held_back(rec, choice, decisions, now_s):
+                    if not choice.misses:
+                        skipped.append(task)  # its latest start ends the wait
                     continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
                            decisions, now_s)
@@ -580,19 +581,29 @@ class SchedulerCore:
         if choice is None:
             queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
-        if self._misses(rec, choice):
-            decisions.ended.append(self._finish_missed(rec, now_s))
+        if self._held_back(rec, choice, decisions, now_s):
+            if not choice.misses:
+                queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
         self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s, decisions,
                    now_s)
 
-    def _misses(self, rec: _Record, choice: Choice) -> bool:
-        """Whether ``rec`` is to end now because placement is confident that it misses its
-        deadline wherever it runs: running it would only delay the tasks that can still meet
-        theirs (the work queued ahead of it on every worker is too much; waiting cannot help,
-        as that work drains no faster than time passes)."""
-        return (choice.misses and self.config.admission and not rec.task.best_effort
-                and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared)
+    def _held_back(self, rec: _Record, choice: Choice, decisions: Decisions,
+                   now_s: float) -> bool:
+        """Whether ``rec`` is not to run where placement chose, for its deadline: True when it
+        has ended now (``Choice.misses``: confident that it misses wherever it runs, so running
+        it would only delay the tasks that can still meet theirs, and waiting cannot help, as
+        the work queued ahead of it drains no faster than time passes) or is to stay queued
+        (``Choice.waits``: it misses on every free worker but may not on a full one; its
+        latest start ends the wait). Only for a task that may be refused for its deadline: any
+        other runs where placement chose, as it would wait for ever."""
+        if not (choice.misses or choice.waits) or not (
+                self.config.admission and not rec.task.best_effort
+                and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared):
+            return False
+        if choice.misses:
+            decisions.ended.append(self._finish_missed(rec, now_s))
+        return True
 
     def _finish_missed(self, rec: _Record, now_s: float) -> Outcome:
         return self._finish(rec, Status.EXPIRED, now_s,

@@ -266,7 +266,8 @@ def _backlogged_and_full(full_prompt_tokens: int) -> tuple[LoadTable, AdaptiveEs
 def test_a_task_that_would_miss_on_the_free_worker_waits_for_one_that_may_make_it() -> None:
     # A HIGH task due in 0.4 s: behind the free worker's prefill it would end past its
     # deadline (by the confident bound), but "b-full" can free its slot within 0.03 s. It is
-    # not started on "a-free" (which would take a slot for work it misses), nor expired.
+    # to wait (the core leaves it queued rather than take a slot on "a-free" for work it
+    # misses), not to be expired.
     table, est = _backlogged_and_full(50)
     task = make_task(task_id="h", priority=Priority.HIGH, pool="p", num_prompt_tokens=200,
                      max_new_tokens=8, deadline_s=0.4)
@@ -274,7 +275,9 @@ def test_a_task_that_would_miss_on_the_free_worker_waits_for_one_that_may_make_i
     assert est.earliest_finish_s(task, free, 0.0) > task.deadline_s
     slot_s = est.earliest_slot_s(full, 0.0)
     assert slot_s is not None and slot_s + est.least_service_s(task, full) < task.deadline_s
-    assert AdaptivePlacement(est, explore=0.0).place(task, table, 0.0) is None
+    choice = AdaptivePlacement(est, explore=0.0).place(task, table, 0.0)
+    assert choice is not None and choice.waits and not choice.misses
+    assert choice.worker is free
 
 
 def test_a_task_that_misses_on_every_worker_is_ended_at_once() -> None:
@@ -286,4 +289,4 @@ def test_a_task_that_misses_on_every_worker_is_ended_at_once() -> None:
     slot_s = est.earliest_slot_s(table.workers["b-full"], 0.0)
     assert slot_s is not None and slot_s > task.deadline_s
     choice = AdaptivePlacement(est, explore=0.0).place(task, table, 0.0)
-    assert choice is not None and choice.misses
+    assert choice is not None and choice.misses and not choice.waits

@@ -15,6 +15,8 @@ import pytest
 
 import raysched.core
 from raysched.core import (
+    CoreConfig,
+    Decisions,
     LeastCompletionTime,
     Priority,
     SchedulerCore,
@@ -735,3 +737,50 @@ def test_lct_within_group_picks_earliest_finish() -> None:
     (a,) = core.assign(0.0).assignments
     # w1 predicts 10 + 1 = 11 s, w2 predicts 2 + 1 = 3 s: "earliest predicted finish" is w2
     assert (a.worker_id, a.predicted_finish_s) == ("w2", pytest.approx(3.0))
+
+
+class _Waits(LeastCompletionTime):
+    """A placement that says the tasks named in ``waiting`` are to wait for a full worker
+    (``Choice.waits``), as ``AdaptivePlacement`` does for a task that misses on every free one."""
+
+    def __init__(self, waiting: set[str]) -> None:
+        super().__init__()
+        self.waiting = waiting
+
+    def place(self, task, table, now_s):
+        choice = super().place(task, table, now_s)
+        if choice is not None and task.task_id in self.waiting:
+            choice.waits = True
+        return choice
+
+
+def test_a_task_told_to_wait_stays_queued_and_its_latest_start_ends_the_wait():
+    core = SchedulerCore(placement=_Waits({"waits"}))
+    core.add_worker(make_worker(worker_id="w", slots=2, concurrency=2), 0.0)
+    waits = make_task(task_id="waits", priority=Priority.HIGH, deadline_s=2.0)
+    behind = make_task(task_id="behind", priority=Priority.LOW, deadline_s=100.0)
+    admit(core, waits, 0.0)
+    admit(core, behind, 0.0)
+    # The slot it would take goes to the task behind it, in the same pass; it keeps its place.
+    d = core.assign(0.0)
+    assert [a.task.task_id for a in d.assignments] == ["behind"] and not d.ended
+    assert core.state_of("waits") is TaskState.QUEUED
+    # Its latest start passes: it expires, once, with its reason.
+    d = core.assign(1.99)
+    assert [o.task_id for o in d.ended] == ["waits"]
+    assert d.ended[0].status is Status.EXPIRED and not d.assignments
+    assert core.state_of("waits") is None and core.assign(1.99) == Decisions([], [], [])
+
+
+@pytest.mark.parametrize("why", ["best_effort", "spared", "no_admission"])
+def test_a_task_that_may_not_be_refused_runs_where_placement_chose_rather_than_wait(why):
+    # It has no latest start to end a wait, so it would wait for ever.
+    core = SchedulerCore(CoreConfig(admission=why != "no_admission"),
+                         placement=_Waits({"waits"}))
+    core.add_worker(make_worker(worker_id="w"), 0.0)
+    task = make_task(task_id="waits", deadline_s=2.0, best_effort=why == "best_effort")
+    if why == "spared":
+        core.spared = frozenset({"waits"})
+    admit(core, task, 0.0)
+    assert [(a.task.task_id, a.worker_id) for a in core.assign(0.0).assignments] == [
+        ("waits", "w")]
