@@ -438,7 +438,8 @@ class SchedulerCore:
                     # back below, and the worker it frees takes it.
                     skipped.append(task)
                     break
-                if self._held_back(rec, choice, decisions, now_s):
+                if (choice.misses or choice.waits) and self._held_back(rec, choice, decisions,
+                                                                      now_s):
                     if not choice.misses:
                         skipped.append(task)  # its latest start ends the wait
                     continue
