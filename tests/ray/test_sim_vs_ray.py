@@ -7,7 +7,8 @@ comparison needs a policy whose decisions depend only on the workload.
 
 Tolerance: each task's latency on Ray is within 30% + 60 ms (real time) of the simulated one;
 the difference is Ray's dispatch and result round trips (a few ms each on this 2-core machine)
-and the simulated engine stepping in whole tokens where the simulator is continuous.
+and the simulated engine stepping in whole tokens where the simulator is continuous. So two
+tasks of one worker that the simulator has end closer than that may end in either order.
 """
 
 from __future__ import annotations
@@ -70,15 +71,25 @@ def test_same_decisions_and_close_latencies(ray_session):
     assert all(r.status == "completed" for r in ray_records + sim_records)
 
     arrival = {t.task.task_id: t.arrival_s for t in tasks}
+    sim_ms = {r.task_id: r.total_ms for r in sim_records}
 
-    def order(records):
-        per_worker = defaultdict(list)
-        for r in sorted(records, key=lambda r: arrival[r.task_id] + r.total_ms / 1e3):
-            per_worker[r.worker_id].append(r.task_id)
+    def ends(records):
+        per_worker = defaultdict(dict)
+        for r in records:
+            per_worker[r.worker_id][r.task_id] = arrival[r.task_id] + r.total_ms / 1e3
         return dict(per_worker)
 
-    assert order(ray_records) == order(sim_records)
-    sim_ms = {r.task_id: r.total_ms for r in sim_records}
+    # Every task ran on the same worker in both, and two tasks of one worker end in the same
+    # order wherever the simulator has them end further apart than the latency tolerance
+    # (closer ones, in one batch, may swap as Ray's timing varies).
+    sim_ends, ray_ends = ends(sim_records), ends(ray_records)
+    assert {w: set(e) for w, e in ray_ends.items()} == {w: set(e) for w, e in sim_ends.items()}
+    for worker, sim_end in sim_ends.items():
+        for a in sim_end:
+            for b in sim_end:
+                tol_s = (0.3 * max(sim_ms[a], sim_ms[b]) + 60 / TIME_SCALE) / 1e3
+                if sim_end[a] + tol_s < sim_end[b]:
+                    assert ray_ends[worker][a] < ray_ends[worker][b], (worker, a, b)
     for r in ray_records:
         real_ms, expected_ms = r.total_ms * TIME_SCALE, sim_ms[r.task_id] * TIME_SCALE
         assert abs(real_ms - expected_ms) <= 0.3 * expected_ms + 60, (r.task_id, real_ms,
