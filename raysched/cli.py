@@ -69,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
     import raysched
     from raysched.bench.replay import replay
     from raysched.bench.report import per_pool, print_summary, records_from_results, summarize
-    from raysched.bench.workloads import FINANCIAL_MIX, arrivals
+    from raysched.bench.workloads import FINANCIAL_MIX, arrival_window_s, arrivals
 
     plan = list(arrivals(args.duration, seed=args.seed, rate_scale=args.rate_scale))
     print(f"raysched demo: {len(plan)} tasks of the financial mix over {args.duration:g} s "
@@ -90,10 +90,9 @@ def _demo(args: argparse.Namespace) -> int:
             progress.update(done, completed=finished)
 
         run = replay(client, plan, wait_s, show, poll_s=0.005)
-    offsets = [offset_s for offset_s, _ in plan]
     summary = summarize(config.policy, records_from_results(run.results), run.span_s,
                         submitted=run.submitted, per_pool=per_pool(client.stats()),
-                        window_s=max(offsets) - min(offsets) if offsets else 0.0)
+                        window_s=arrival_window_s([offset_s for offset_s, _ in plan]))
     summary["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
     summary["simulated_engines"] = [n for n in client.notes if "SIMULATED" in n]
     summary["duration_s"] = args.duration

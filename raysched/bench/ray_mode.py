@@ -118,7 +118,8 @@ def main(args: argparse.Namespace, policies: list[str], seeds: list[int],
                                                f"tasks had no Result after {RESULT_WAIT_S:g} s")
                         lost += run.lost
                 per_seed.append(summarize(name, records, span / scale, submitted=submitted,
-                                          seed=seed, window_s=arrival_window_s(tasks)))
+                                          seed=seed,
+                                          window_s=arrival_window_s([t.arrival_s for t in tasks])))
             entries.append(mean_entry(per_seed))
     print_table(entries, f"raysched bench (ray, time scale {scale}): {meta['workload']}, "
                          f"load {args.load}")

@@ -53,7 +53,8 @@ def run_sim(policy: str, tasks: list[SimTask], cluster: tuple[PoolSpec, ...], se
     records = records_from_outcomes(run.outcomes)
     span_s = run.end_s - (tasks[0].arrival_s if tasks else 0.0)
     entry = summarize(policy, records, span_s, run.busy_s, submitted=len(tasks), seed=seed,
-                      window_s=arrival_window_s(tasks), wall_s=time.perf_counter() - started)
+                      window_s=arrival_window_s([t.arrival_s for t in tasks]),
+                      wall_s=time.perf_counter() - started)
     if cost is not None and cost.per_task_s > 0:
         entry["scheduler_busy"] = run.scheduler_busy_s / span_s if span_s > 0 else 0.0
     return entry, records

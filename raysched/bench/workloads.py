@@ -140,12 +140,10 @@ def cluster_of(config: SchedulerConfig) -> tuple[PoolSpec, ...]:
     return tuple(pools)
 
 
-def arrival_window_s(tasks: Sequence[SimTask]) -> float:
-    """Seconds from a workload's first arrival to its last (0 for fewer than two tasks)."""
-    if not tasks:
-        return 0.0
-    arrivals = [t.arrival_s for t in tasks]
-    return max(arrivals) - min(arrivals)
+def arrival_window_s(arrivals_s: Sequence[float]) -> float:
+    """Seconds from a workload's first arrival to its last, given its arrival times in
+    seconds (0 for fewer than two)."""
+    return max(arrivals_s) - min(arrivals_s) if arrivals_s else 0.0
 
 
 def work_s(pool: PoolSpec, prompt: int, new: int, cpu_s: float = 0.0) -> float:

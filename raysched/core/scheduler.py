@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 
 from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.placement import (
-    Choice,
     LeastCompletionTime,
     Placement,
     context_need,
@@ -438,9 +437,10 @@ class SchedulerCore:
                     # back below, and the worker it frees takes it.
                     skipped.append(task)
                     break
-                if (choice.misses or choice.waits) and self._held_back(rec, choice, decisions,
-                                                                      now_s):
-                    if not choice.misses:
+                if (choice.misses or choice.waits) and self._refusable(rec):
+                    if choice.misses:
+                        decisions.ended.append(self._finish_missed(rec, now_s))
+                    else:
                         skipped.append(task)  # its latest start ends the wait
                     continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
@@ -582,29 +582,24 @@ class SchedulerCore:
         if choice is None:
             queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
-        if self._held_back(rec, choice, decisions, now_s):
-            if not choice.misses:
+        if (choice.misses or choice.waits) and self._refusable(rec):
+            if choice.misses:
+                decisions.ended.append(self._finish_missed(rec, now_s))
+            else:
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
             return
         self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s, decisions,
                    now_s)
 
-    def _held_back(self, rec: _Record, choice: Choice, decisions: Decisions,
-                   now_s: float) -> bool:
-        """Whether ``rec`` is not to run where placement chose, for its deadline: True when it
-        has ended now (``Choice.misses``: confident that it misses wherever it runs, so running
-        it would only delay the tasks that can still meet theirs, and waiting cannot help, as
-        the work queued ahead of it drains no faster than time passes) or is to stay queued
-        (``Choice.waits``: it misses on every free worker but may not on a full one; its
-        latest start ends the wait). Only for a task that may be refused for its deadline: any
-        other runs where placement chose, as it would wait for ever."""
-        if not (choice.misses or choice.waits) or not (
-                self.config.admission and not rec.task.best_effort
-                and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared):
-            return False
-        if choice.misses:
-            decisions.ended.append(self._finish_missed(rec, now_s))
-        return True
+    def _refusable(self, rec: _Record) -> bool:
+        """Whether ``rec`` may be refused for its deadline. Then a placement confident that it
+        misses wherever it runs (``Choice.misses``) ends it now: running it would only delay
+        the tasks that can still meet theirs, and waiting cannot help, as the work queued ahead
+        of it drains no faster than time passes. One confident that it misses on every free
+        worker but may not on a full one (``Choice.waits``) leaves it queued: its latest start
+        ends the wait. Any other task runs where placement chose, as it would wait for ever."""
+        return (self.config.admission and not rec.task.best_effort
+                and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared)
 
     def _finish_missed(self, rec: _Record, now_s: float) -> Outcome:
         return self._finish(rec, Status.EXPIRED, now_s,
@@ -812,7 +807,7 @@ def latest_start_s(deadline_s: float, cases: tuple[float, float]) -> float:
 def expired_at_worker(worker_id: str) -> str:
     """The reason of a task its worker did not start: its latest start had passed."""
     return (f"deadline could no longer be met when worker {worker_id} was about to start it; "
-            f"not run")
+            "not run")
 
 
 def _can_wait(rec: _Record, now_s: float) -> bool:
