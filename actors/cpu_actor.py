@@ -19,6 +19,7 @@ from raysched.core.protocol import (
     PickledOutput,
     WorkerInfo,
     WorkItem,
+    WorkPayload,
     split_outputs,
 )
 from raysched.core.types import ServicePrior
@@ -166,7 +167,8 @@ class CPUActor:
             if isinstance(p, ByRef):
                 p = ray.get(p.ref)
             if p.fn is not None:
-                output = _pickled(load_callable(p.fn)(*p.args, **p.kwargs))
+                args, kwargs = load_arguments(p)
+                output = _pickled(load_callable(p.fn)(*args, **kwargs))
             elif item.kind == "classification":
                 if len(p.features) != FRAUD_WEIGHTS.size:
                     raise ValueError(f"{FRAUD_MODEL} takes {FRAUD_WEIGHTS.size} features, "
@@ -204,6 +206,15 @@ def load_callable(fn: bytes | Callable[..., Any]) -> Callable[..., Any]:
         loaded: Callable[..., Any] = cloudpickle.loads(fn)
         return loaded
     return fn
+
+
+def load_arguments(p: WorkPayload) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A task's ``(args, kwargs)``: unpickled from the driver's bytes (``Payload.to_work``),
+    where it pickled them, else as they are. What unpickling raises fails the task."""
+    if p.pickled_args is None:
+        return p.args, p.kwargs
+    args, kwargs = cloudpickle.loads(p.pickled_args)
+    return args, kwargs
 
 
 def _messages(done: list[Completion]) -> Iterator[list[Any]]:

@@ -83,6 +83,17 @@ def _pickle_callable(fn: Callable[..., Any]) -> bytes:
     return blob
 
 
+def _pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A callable's ``(args, kwargs)`` pickled for its worker (``WorkPayload.pickled_args``);
+    ``TypeError`` naming the fields if they cannot be."""
+    try:
+        blob: bytes = cloudpickle.dumps((args, kwargs))
+    except Exception as exc:  # noqa: BLE001 - pickling raises many kinds; each means the same
+        raise TypeError(f"payload.args or payload.kwargs cannot be pickled for the workers: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    return blob
+
+
 class Payload(BaseModel):
     """What the worker needs to run the task.
 
@@ -120,17 +131,22 @@ class Payload(BaseModel):
         the scheduler, its task log and Ray then copy bytes, and the worker unpickles them (see
         ``actors.cpu_actor.load_callable``), where each hop would otherwise pickle it again
         (a function defined in a driver's script travels by value, at tens of µs a time).
+        Its arguments are pickled here too, on their own (``WorkPayload.pickled_args``), so
+        the scheduler never rebuilds a user's objects: one that only the worker can unpickle
+        fails its own task there instead of the scheduler's call that carries it.
 
         ``pickled``: callables already pickled in the same submit call, by ``id``, so a batch
         of tasks that call one function pickles it once, as one Ray call carrying them all
         would; the function is taken as it is at that call."""
-        fn = None
+        fn = call_args = None
         if self.fn is not None:
             pickled = {} if pickled is None else pickled
             if (fn := pickled.get(id(self.fn))) is None:
                 fn = pickled[id(self.fn)] = _pickle_callable(self.fn)
-        return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
-                           self.kwargs)
+            if self.args or self.kwargs:
+                call_args = _pickle_arguments(self.args, self.kwargs)
+        return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn,
+                           pickled_args=call_args)
 
 
 class Requirements(BaseModel):

@@ -67,7 +67,11 @@ class WorkPayload:
     """What a worker needs to run one task: a prompt and its token budget (LLM pools), a
     feature vector (the fraud classifier), or a Python callable with its arguments. ``fn``
     is the callable pickled by the driver (``bytes``, see ``Payload.to_work``), or a callable
-    as it is."""
+    as it is. ``pickled_args``: the callable's ``(args, kwargs)`` pickled by the driver, in
+    place of ``args`` and ``kwargs``: the scheduler and its task log then carry bytes and never
+    rebuild a user's objects, so an argument that only the worker can unpickle (a class of a
+    package only the cluster has), or whose unpickling raises, fails its own task there
+    (``actors.cpu_actor.load_arguments``)."""
 
     prompt: str | None = None
     max_new_tokens: int | None = None
@@ -75,19 +79,22 @@ class WorkPayload:
     fn: Any = None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pickled_args: bytes | None = None
 
     def size_bytes(self) -> int:
         """A cheap lower bound of the pickled size: the prompt's characters, 8 bytes per
-        feature, the pickled callable, and its arguments where ``value_size_bytes`` knows
-        their size."""
+        feature, the pickled callable and arguments, and plain arguments where
+        ``value_size_bytes`` knows their size."""
         return (len(self.prompt or "") + 8 * len(self.features or ())
                 + (len(self.fn) if isinstance(self.fn, bytes) else 0)
+                + len(self.pickled_args or b"")
                 + sum(map(value_size_bytes, self.args))
                 + sum(map(value_size_bytes, self.kwargs.values())))
 
     def to_wire(self) -> tuple[Any, ...]:
         """The fields as a plain tuple, in order (``WorkPayload(*t)`` rebuilds it)."""
-        return (self.prompt, self.max_new_tokens, self.features, self.fn, self.args, self.kwargs)
+        return (self.prompt, self.max_new_tokens, self.features, self.fn, self.args, self.kwargs,
+                self.pickled_args)
 
 
 @dataclass(frozen=True, slots=True)

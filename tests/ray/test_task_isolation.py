@@ -1,6 +1,7 @@
 """One task's trouble stays its own: an output that cannot be pickled where it runs, or unpickled
-where the driver runs, a callable that raises KeyboardInterrupt, a cancel that came too late;
-and a client closed with tasks unfinished leaves no handle waiting.
+where the driver runs, an argument that only the driver can unpickle, a callable that raises
+KeyboardInterrupt, a cancel that came too late; and a client closed with tasks unfinished leaves
+no handle waiting.
 
 Each runs on the shared local Ray, through the public API, with short callables on one CPU
 worker so that they travel in one batch (one plain call answering for all of them).
@@ -41,6 +42,25 @@ class ClusterOnly:
 
     def __reduce__(self) -> tuple:
         return (_rebuild, (self.value,))
+
+
+class DriverOnly:
+    """Stands in for an object of a module only the driver has: it unpickles in no other
+    process, raising ``raised`` there."""
+
+    def __init__(self, value: int, raised: str) -> None:
+        self.value, self.raised = value, raised
+
+    def __reduce__(self) -> tuple:
+        return (_driver_only, (self.value, self.raised, os.getpid()))
+
+
+def _driver_only(value: int, raised: str, driver_pid: int) -> DriverOnly:
+    if os.getpid() != driver_pid:
+        if raised == "SystemExit":
+            raise SystemExit(7)
+        raise ImportError("No module named 'driveronly'")
+    return DriverOnly(value, raised)
 
 
 def _cluster_only() -> ClusterOnly:
@@ -86,6 +106,21 @@ def test_an_output_the_driver_cannot_unpickle_fails_only_its_own_task(make_clien
     assert client.outstanding() == 0
     later = client.submit(task(_value, 3))
     assert (later.result(30).status, later.result(0).output) == (Status.COMPLETED, 3)
+
+
+@pytest.mark.parametrize("raised", ["ImportError", "SystemExit"])
+def test_an_argument_only_the_driver_can_unpickle_fails_only_its_own_task(make_client, raised):
+    # The scheduler carries a callable's arguments as the driver pickled them: only the worker
+    # unpickles them, so the scheduler's call that carries the batch (and the scheduler: a
+    # SystemExit there would end its actor) is not where this fails.
+    client = make_client(cpu={"replicas": 1})
+    handles = client.submit_many([task(_value, 1), task(_value, DriverOnly(5, raised)),
+                                  task(_value, 2)])
+    first, odd, second = (h.result(30) for h in handles)
+    assert (first.output, second.output) == (1, 2)
+    assert odd.status is Status.FAILED and raised in odd.reason
+    later = client.run(task(_value, 3), timeout=30)
+    assert (later.status, later.output) == (Status.COMPLETED, 3)
 
 
 @pytest.mark.parametrize("odd_fn,reason", [(_lock, "cannot be pickled"),

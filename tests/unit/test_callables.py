@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from actors.cpu_actor import load_callable
+from actors.cpu_actor import load_arguments, load_callable
 from raysched import Task
 
 
@@ -20,7 +20,11 @@ def test_a_callable_travels_as_the_bytes_the_driver_pickled() -> None:
     payload = task.to_record().payload
     assert isinstance(payload.fn, bytes)
     assert payload.size_bytes() >= len(payload.fn)  # a large closure goes by reference
-    assert load_callable(payload.fn)(*payload.args) == 42
+    # Its arguments travel pickled too, apart from it: the scheduler carries bytes only.
+    assert payload.args == () and isinstance(payload.pickled_args, bytes)
+    assert payload.size_bytes() >= len(payload.fn) + len(payload.pickled_args)
+    args, kwargs = load_arguments(payload)
+    assert load_callable(payload.fn)(*args, **kwargs) == 42
     assert load_callable(len) is len  # a callable as it is (a payload built without a Task)
 
 
@@ -49,3 +53,14 @@ def test_a_callable_that_cannot_be_pickled_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="payload.fn .* cannot be pickled"):
         task.to_record()
     assert task.to_core(0.0).task_id == task.id  # the core's view needs no pickle
+
+
+def test_arguments_that_cannot_be_pickled_are_refused_by_name() -> None:
+    task = Task(kind="noop", sla_ms=1_000, payload={"fn": len, "args": (threading.Lock(),)})
+    with pytest.raises(TypeError, match="payload.args or payload.kwargs cannot be pickled"):
+        task.to_record()
+
+
+def test_a_callable_without_arguments_carries_none_to_unpickle() -> None:
+    payload = Task(kind="noop", sla_ms=1_000, payload={"fn": len}).to_record().payload
+    assert payload.pickled_args is None and load_arguments(payload) == ((), {})
