@@ -20,6 +20,7 @@ from raysched.core.protocol import (
     WorkerInfo,
     WorkItem,
     WorkPayload,
+    describe_error,
     split_outputs,
 )
 from raysched.core.types import ServicePrior
@@ -183,7 +184,7 @@ class CPUActor:
         except BaseException as exc:  # noqa: BLE001
             return Completion(item.task_id, self.worker_id, ok=False,
                               service_s=time.perf_counter() - start,
-                              error=f"{type(exc).__name__}: {exc}", binding=item.binding)
+                              error=describe_error(exc), binding=item.binding)
         return Completion(item.task_id, self.worker_id, ok=True, output=output,
                           service_s=time.perf_counter() - start, binding=item.binding)
 
@@ -195,7 +196,7 @@ def _pickled(output: Any) -> PickledOutput:
         return PickledOutput(cloudpickle.dumps(output))
     except Exception as exc:  # noqa: BLE001 - pickling fails in many ways
         raise TypeError(f"the callable's output ({type(output).__name__}) cannot be pickled: "
-                        f"{type(exc).__name__}: {exc}") from None
+                        f"{describe_error(exc)}") from None
 
 
 def load_callable(fn: bytes | Callable[..., Any]) -> Callable[..., Any]:

@@ -31,6 +31,7 @@ from raysched.core.protocol import (
     ResultRecord,
     TaskRecord,
     WorkItem,
+    describe_error,
 )
 from raysched.core.scheduler import expired_at_worker, latest_start_s
 from raysched.core.types import Status
@@ -632,7 +633,7 @@ class Client:
                 # (SystemExit too) ends this task, not the thread delivering the others.
                 except BaseException as exc:  # noqa: BLE001
                     deliver(_failed(r, f"its output could not be unpickled in this driver: "
-                                       f"{type(exc).__name__}: {str(exc)[:300]}"))
+                                       f"{describe_error(exc, 300)}"))
                     continue
             if self._extra_attempts and r.task_id in self._extra_attempts:
                 with self._lock:

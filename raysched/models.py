@@ -23,7 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from raysched.core.protocol import FRAUD_NUM_FEATURES, ResultRecord, TaskRecord, WorkPayload
+from raysched.core.protocol import (
+    FRAUD_NUM_FEATURES,
+    ResultRecord,
+    TaskRecord,
+    WorkPayload,
+    describe_error,
+)
 from raysched.core.types import CHARS_PER_TOKEN, CoreTask, Priority, Status
 
 # Limits that keep one request from exhausting the scheduler's memory or a worker's context.
@@ -79,7 +85,7 @@ def _pickle_callable(fn: Callable[..., Any]) -> bytes:
         blob: bytes = cloudpickle.dumps(fn)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds; each means the same
         raise TypeError(f"payload.fn {fn!r} cannot be pickled for the workers: "
-                        f"{type(exc).__name__}: {exc}") from exc
+                        f"{describe_error(exc)}") from exc
     return blob
 
 
@@ -90,7 +96,7 @@ def _pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         blob: bytes = cloudpickle.dumps((args, kwargs))
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds; each means the same
         raise TypeError(f"payload.args or payload.kwargs cannot be pickled for the workers: "
-                        f"{type(exc).__name__}: {exc}") from exc
+                        f"{describe_error(exc)}") from exc
     return blob
 
 

@@ -286,6 +286,18 @@ class WorkerInfo:
     label: str = ""
 
 
+def describe_error(exc: BaseException, limit: int = 500) -> str:
+    """``"Type: message"`` (the message cut at ``limit`` characters) for an exception a user's
+    code raised. Its message is user code too and may raise in turn (a faulty ``__str__``): then
+    it is the type and what building the message raised, so that reporting one task's failure
+    cannot fail the call, or the thread, that carries others."""
+    name = type(exc).__name__
+    try:
+        return f"{name}: {str(exc)[:limit]}"
+    except BaseException as inner:  # noqa: BLE001 - whatever the message raises
+        return f"{name} (its message could not be built: {type(inner).__name__})"
+
+
 def value_size_bytes(value: Any) -> int:
     """The size of a value where it is cheap to know: text, bytes and a pickled output by their
     length, arrays by ``nbytes``; 0 for anything else (sent inline, whatever its size)."""

@@ -1,7 +1,7 @@
 """One task's trouble stays its own: an output that cannot be pickled where it runs, or unpickled
 where the driver runs, an argument that only the driver can unpickle, a callable that raises
-KeyboardInterrupt, a cancel that came too late; and a client closed with tasks unfinished leaves
-no handle waiting.
+KeyboardInterrupt or an exception whose message cannot be built, a cancel that came too late;
+and a client closed with tasks unfinished leaves no handle waiting.
 
 Each runs on the shared local Ray, through the public API, with short callables on one CPU
 worker so that they travel in one batch (one plain call answering for all of them).
@@ -75,6 +75,15 @@ def _interrupted() -> None:
     raise KeyboardInterrupt
 
 
+class BadMessage(Exception):
+    def __str__(self) -> str:
+        return self.mesage  # type: ignore[attr-defined]  # the typo is the point
+
+
+def _raises_bad_message() -> None:
+    raise BadMessage("x")
+
+
 def _value(i: int) -> int:
     return i
 
@@ -124,8 +133,9 @@ def test_an_argument_only_the_driver_can_unpickle_fails_only_its_own_task(make_c
 
 
 @pytest.mark.parametrize("odd_fn,reason", [(_lock, "cannot be pickled"),
-                                            (_interrupted, "KeyboardInterrupt")],
-                         ids=["unpicklable-output", "keyboard-interrupt"])
+                                            (_interrupted, "KeyboardInterrupt"),
+                                            (_raises_bad_message, "BadMessage")],
+                         ids=["unpicklable-output", "keyboard-interrupt", "unprintable-error"])
 def test_a_task_that_fails_in_its_batch_fails_only_itself(make_client, odd_fn, reason):
     client = make_client(cpu={"replicas": 1})
     handles = client.submit_many([task(_value, 1), task(odd_fn), task(_value, 2)])

@@ -8,6 +8,7 @@ import pytest
 
 from actors.cpu_actor import load_arguments, load_callable
 from raysched import Task
+from raysched.core.protocol import describe_error
 
 
 def test_a_callable_travels_as_the_bytes_the_driver_pickled() -> None:
@@ -64,3 +65,13 @@ def test_arguments_that_cannot_be_pickled_are_refused_by_name() -> None:
 def test_a_callable_without_arguments_carries_none_to_unpickle() -> None:
     payload = Task(kind="noop", sla_ms=1_000, payload={"fn": len}).to_record().payload
     assert payload.pickled_args is None and load_arguments(payload) == ((), {})
+
+
+def test_an_error_whose_message_raises_is_still_described() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise SystemExit(3)
+
+    assert describe_error(ValueError("x" * 900), 10) == "ValueError: xxxxxxxxxx"
+    assert describe_error(Unprintable()) == ("Unprintable (its message could not be built: "
+                                             "SystemExit)")
