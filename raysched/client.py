@@ -455,13 +455,14 @@ class Client:
     def cancel(self, task_ids: list[str]) -> list[bool]:
         """Cancel tasks by id: True for each one this call ended (queued, or running: a
         running CPU task runs to its end, its Result is ``cancelled``); False for one that had
-        ended, or is unknown. ``TypeError`` unless ``task_ids`` is a list of strings."""
+        ended, is unknown, or another driver's (a driver cancels only the tasks it submitted).
+        ``TypeError`` unless ``task_ids`` is a list of strings."""
         ids = task_id_list(task_ids)
         self._check_usable()
         ended = self._end_express(ids, "cancelled by the caller")
         sent = [i for i in ids if i not in ended]
         if sent:
-            ended.update(zip(sent, self._call("cancel", sent), strict=True))
+            ended.update(zip(sent, self._call("cancel", sent, self.client_id), strict=True))
         return [ended[i] for i in ids]
 
     def stats(self) -> dict[str, Any]:
@@ -529,7 +530,7 @@ class Client:
         import ray
 
         try:
-            ray.get(self.actor.cancel.remote(task_ids), timeout=CLOSE_WAIT_S)
+            ray.get(self.actor.cancel.remote(task_ids, self.client_id), timeout=CLOSE_WAIT_S)
             records = ray.get(self.actor.poll.remote(self.client_id, 0.0, ack=self._take_acks()),
                               timeout=CLOSE_WAIT_S)
             self._deliver([ResultRecord.from_wire(r) for r in records])

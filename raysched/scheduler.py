@@ -331,9 +331,10 @@ class SchedulerActor:
                     del self._waiters[client_id]
         return [r.to_wire() for r in self.service.take(client_id, max_results)]
 
-    async def cancel(self, task_ids: list[str]) -> list[bool]:
-        """Cancel queued or running tasks; True for each task this call ended."""
-        done = self.service.cancel(task_ids)
+    async def cancel(self, task_ids: list[str], client_id: str | None = None) -> list[bool]:
+        """Cancel queued or running tasks; True for each task this call ended. ``client_id``:
+        the driver asking, which may end only its own tasks (None: any)."""
+        done = self.service.cancel(task_ids, client_id)
         self._abort(done.running_on)
         return done.ended
 

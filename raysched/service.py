@@ -411,8 +411,12 @@ class SchedulerService:
         if done and self.task_log is not None:
             self.task_log.acked(done)
 
-    def cancel(self, task_ids: list[str]) -> Cancellation:
+    def cancel(self, task_ids: list[str], client_id: str | None = None) -> Cancellation:
         """Cancel queued or running tasks; each one ended gets a ``cancelled`` Result.
+
+        ``client_id``: the driver asking; it may cancel only the tasks it submitted (another
+        driver's, or one it submitted under an id already taken and was refused, is not
+        ended). None: any task (the scheduler's own, an operator's).
 
         A running task's worker slot stays taken until the worker reports (the core drops the
         report); ``running_on`` lets the caller ask those workers to stop early.
@@ -421,6 +425,9 @@ class SchedulerService:
         ended: list[bool] = []
         running_on: dict[str, list[str]] = defaultdict(list)
         for task_id in task_ids:
+            if client_id is not None and self._owner(task_id) not in (client_id, None):
+                ended.append(False)
+                continue
             if task_id in self._awaiting:  # waiting for its payload after a restart
                 self._end_awaiting(task_id, Status.CANCELLED, "cancelled by the caller", now)
                 ended.append(True)
@@ -433,6 +440,15 @@ class SchedulerService:
                 if worker_id is not None:
                     running_on[worker_id].append(task_id)
         return Cancellation(ended, dict(running_on))
+
+    def _owner(self, task_id: str) -> str | None:
+        """The client that submitted ``task_id`` and is owed its Result; None when no client
+        is (unknown, or ended and told)."""
+        pending = self._pending.get(task_id)
+        if pending is not None:
+            return pending.client_id
+        awaited = self._awaiting.get(task_id)
+        return awaited[0] if awaited is not None else None
 
     # -- pools and workers -------------------------------------------------------------------
 

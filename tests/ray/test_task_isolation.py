@@ -19,6 +19,7 @@ from ray import cloudpickle
 
 from raysched import Status, Task
 from raysched.errors import ClientClosedError
+from tests.ray.conftest import small_config
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -170,6 +171,22 @@ def test_close_ends_every_unfinished_handle_and_refuses_later_calls(make_client)
         with pytest.raises(ClientClosedError):
             call()
     client.close()  # again: nothing to do
+
+
+def test_a_driver_cannot_cancel_another_drivers_task(make_client):
+    import raysched
+
+    config = small_config(cpu={"replicas": 1})
+    mine = make_client(config)
+    theirs = raysched.connect(config=config)  # a second driver of the same scheduler
+    try:
+        running = mine.submit(task(_sleep, 0.5, task_id="job-1"))
+        refused = theirs.submit(task(_value, 1, task_id="job-1"))
+        assert refused.result(30).status is Status.REJECTED
+        assert refused.cancel() is False and theirs.cancel(["job-1"]) == [False]
+    finally:
+        theirs.close()  # cancels its own unfinished tasks only
+    assert (running.result(30).status, running.result(0).output) == (Status.COMPLETED, 0.5)
 
 
 def test_cancel_takes_a_list_of_ids(make_client):

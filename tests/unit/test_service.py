@@ -456,6 +456,19 @@ def test_cancelling_a_running_task_names_its_worker_and_keeps_its_id_taken() -> 
     assert [r.status for r in service.take("a")] == [Status.CANCELLED]
 
 
+def test_a_driver_cancels_only_its_own_tasks() -> None:
+    clock = FakeClock()
+    service = make_service(clock, workers=0)
+    service.submit("a", [task("t1")])
+    # b submits the same id: refused; its cancel of that id, or of any of a's, ends nothing.
+    [refused] = service.submit("b", [task("t1")])
+    assert refused is not None and "already in the scheduler" in refused.reason
+    assert service.cancel(["t1"], "b").ended == [False]
+    assert service.core.queued() == 1 and service.take("a") == []
+    assert service.cancel(["t1"], "a").ended == [True]
+    assert [r.status for r in service.take("a")] == [Status.CANCELLED]
+
+
 # -- the task log ---------------------------------------------------------------------------------
 
 
