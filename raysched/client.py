@@ -295,9 +295,9 @@ class Client:
     def _run_express(self, task: Task, timeout: float | None) -> Result | None:
         """``run`` by the express lane (``raysched.express``): straight to the worker this
         client holds a lease on, when the task takes the lane (CRITICAL or HIGH, one CPU
-        pool, an inline payload, a kind the lease has estimates for), no other task of this
-        client is on that lease now, and the task can meet its deadline there by the
-        scheduler's own estimates. None when it does not take it: the caller runs it through
+        pool, no GPU asked, an inline payload, a kind the lease has estimates for), no other
+        task of this client is on that lease now, and the task can meet its deadline there by
+        the scheduler's own estimates. None when it does not take it: the caller runs it through
         the scheduler, which also refuses, with its reason, what cannot meet its deadline. A
         task the worker refuses unrun (the lease ended) or loses goes to the scheduler from
         here, its deadline as it was.
@@ -305,8 +305,8 @@ class Client:
         The caller waits on the task's handle, not in Ray: ``close`` or ``cancel`` from
         another thread ends it at once."""
         if (task.priority not in EXPRESS_CLASSES or len(task.pools) != 1
-                or self.pools.get(task.pool) != "cpu"):
-            return None
+                or self.pools.get(task.pool) != "cpu" or task.requirements.num_gpus):
+            return None  # a task that asks for GPUs has the scheduler check its pool's
         self._check_usable()
         lease = self._express.take(task.pool, task.kind)
         if lease is None:

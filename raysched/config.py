@@ -72,6 +72,18 @@ class PoolConfig(BaseModel):
         default = self.concurrency if self.kind == "llm" else 4
         return max(self.slots or default, self.concurrency)
 
+    @property
+    def worker_gpus(self) -> float:
+        """GPUs one worker of this pool holds, or stands for: a simulated engine its preset's
+        (the roofline's: 7B on one A100, 70B on four), a tensor-parallel vLLM engine its
+        tensor-parallel size (taken through a placement group, not by the actor), else the
+        actor's ``num_gpus``. What a task's ``requirements.num_gpus`` is held to."""
+        if self.kind == "llm" and self.engine == "sim" and self.model in PRESETS:
+            return float(PRESETS[self.model].num_gpus)
+        if self.kind == "llm" and self.engine == "vllm" and _vllm_tensor_parallel(self) > 1:
+            return float(_vllm_tensor_parallel(self))
+        return self.num_gpus
+
 
 class SchedulerConfig(BaseModel):
     """Everything the scheduler actor needs to start."""

@@ -302,7 +302,8 @@ class Task(BaseModel):
                           num_prompt_tokens=self.num_prompt_tokens,
                           max_new_tokens=self.payload.max_new_tokens or 0,
                           min_context_tokens=self.requirements.context_tokens or 0,
-                          tenant=self.tenant, alternatives=self.pools[1:])
+                          tenant=self.tenant, alternatives=self.pools[1:],
+                          num_gpus=self.requirements.num_gpus)
 
 
 class Result(BaseModel):

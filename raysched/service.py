@@ -321,6 +321,11 @@ class SchedulerService:
                 out.append(self._rejection(task, f"task id {task.task_id!r} is already in the "
                                                  f"scheduler"))
                 continue
+            if task.num_gpus:
+                task, why = self._pools_with_gpus(task)
+                if why:
+                    out.append(self._rejection(task, why))
+                    continue
             core_task = task.to_core(now)
             if deadline_s is not None:
                 core_task = replace(core_task, deadline_s=deadline_s)
@@ -354,6 +359,20 @@ class SchedulerService:
             if flush:
                 self.task_log.flush()  # what a driver is told (a Result again, too) is on record
         return out
+
+    def _pools_with_gpus(self, task: TaskRecord) -> tuple[TaskRecord, str]:
+        """``task`` left with the pools it names whose workers hold the GPUs it needs
+        (``PoolConfig.worker_gpus``), in its order, and ""; or, when none does, the task as it
+        came and why it is refused. A pool this scheduler does not serve is left for admission
+        to refuse by name."""
+        named = (task.pool, *task.alternatives)
+        fit = [p for p in named if p not in self.pools
+               or self.pools[p].worker_gpus >= task.num_gpus]
+        if not fit:
+            most = ", ".join(f"{p}: {self.pools[p].worker_gpus:g}" for p in named)
+            return task, (f"needs {task.num_gpus:g} GPUs on its worker; a worker holds at most "
+                          f"({most})")
+        return replace(task, pool=fit[0], alternatives=tuple(fit[1:])), ""
 
     def has_results(self, client_id: str) -> bool:
         """Whether ``client_id``'s mailbox holds results to take."""

@@ -120,6 +120,7 @@ class TaskRecord:
     tenant: str = "default"
     # Other pools that may run it, after ``pool``, in order of preference.
     alternatives: tuple[str, ...] = ()
+    num_gpus: float = 0.0  # GPUs it needs on its worker (``requirements.num_gpus``)
 
     def to_wire(self) -> tuple[Any, ...]:
         """This record as a plain tuple, as it crosses between a driver and the scheduler."""
@@ -127,7 +128,7 @@ class TaskRecord:
         return (self.task_id, self.kind, self.priority, self.pool,
                 p.to_wire() if isinstance(p, WorkPayload) else p, self.deadline_s, self.sla_s,
                 self.best_effort, self.num_prompt_tokens, self.max_new_tokens,
-                self.min_context_tokens, self.tenant, self.alternatives)
+                self.min_context_tokens, self.tenant, self.alternatives, self.num_gpus)
 
     @classmethod
     def from_wire(cls, t: tuple[Any, ...]) -> TaskRecord:

@@ -469,6 +469,30 @@ def test_a_driver_cancels_only_its_own_tasks() -> None:
     assert [r.status for r in service.take("a")] == [Status.CANCELLED]
 
 
+def test_a_task_is_held_to_the_gpus_its_worker_holds() -> None:
+    clock = FakeClock()
+    service = make_service(clock)  # a cpu pool: no GPU
+    service.add_pool(PoolConfig(name="llm-7b", kind="llm", engine="sim", model="7b"))
+    service.add_pool(PoolConfig(name="llm-70b", kind="llm", engine="sim", model="70b"))
+
+    def needing(task_id: str, gpus: float, **req: object) -> TaskRecord:
+        return Task(id=task_id, kind="summarization", sla_ms=60_000.0,
+                    payload={"prompt": "p", "max_new_tokens": 8},
+                    requirements={"num_gpus": gpus, **req}).to_record()
+
+    [cpu] = service.submit("a", [Task(id="cpu", kind="classification", sla_ms=5_000.0,
+                                      payload={"features": [0.0] * 8},
+                                      requirements={"num_gpus": 1}).to_record()])
+    assert cpu is not None and cpu.status is Status.REJECTED
+    assert "needs 1 GPUs on its worker" in cpu.reason and "cpu: 0" in cpu.reason
+    # The simulated 7B stands for one A100, the 70B for four: of two pools, the one that fits.
+    assert service.submit("a", [needing("one", 1)]) == [None]
+    assert service.submit("a", [needing("four", 4, pools=["llm-7b", "llm-70b"])]) == [None]
+    assert service.core.queued("llm-7b") == 1 and service.core.queued("llm-70b") == 1
+    [eight] = service.submit("a", [needing("eight", 8, pools=["llm-7b", "llm-70b"])])
+    assert eight is not None and "(llm-7b: 1, llm-70b: 4)" in eight.reason
+
+
 # -- the task log ---------------------------------------------------------------------------------
 
 
