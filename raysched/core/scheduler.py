@@ -120,6 +120,9 @@ class _Record:
     start_s: float | None = None
     # Times a worker was lost while this task may have been running on it.
     kills: int = 0
+    # The last loss charged to it (``worker_lost``): a task then too late to run again has
+    # failed (it ran, and its run was lost), not expired.
+    lost: str = ""
     bindings: int = 0
     preemptions: int = 0
 
@@ -230,13 +233,15 @@ class SchedulerCore:
             if rec.kills > self.config.quarantine_after:
                 outcomes.append(self._finish(
                     rec, Status.FAILED, now_s,
-                    f"{reason} (worker {worker_id}) while running alone in quarantine; its "
-                    f"worker was lost {rec.kills} times while it ran"))
+                    f"{reason} (worker {worker_id}) while running alone in quarantine; a "
+                    f"worker was lost {rec.kills} times while it held it (running it, or "
+                    f"bound to run it next)"))
             elif own and rec.attempts >= self.config.max_attempts:
                 outcomes.append(self._finish(rec, Status.FAILED, now_s,
                                              f"{reason} (worker {worker_id}); "
                                              f"gave up after {rec.attempts} attempts"))
             else:
+                rec.lost = f"{reason} (worker {worker_id}) while it ran"
                 self._requeue(rec)
         return outcomes
 
@@ -602,10 +607,21 @@ class SchedulerCore:
                 and rec.latest_start_s != float("inf") and rec.task.task_id not in self.spared)
 
     def _finish_missed(self, rec: _Record, now_s: float) -> Outcome:
-        return self._finish(rec, Status.EXPIRED, now_s,
-                            f"deadline can no longer be met: the work queued ahead of it on "
-                            f"every eligible {rec.task.pool} worker is predicted to take past "
-                            f"its deadline ({(rec.task.deadline_s - now_s) * 1e3:.1f} ms away)")
+        return self._finish_late(rec, now_s,
+                                 f"deadline can no longer be met: the work queued ahead of it on "
+                                 f"every eligible {rec.task.pool} worker is predicted to take "
+                                 f"past its deadline ({(rec.task.deadline_s - now_s) * 1e3:.1f} "
+                                 f"ms away)")
+
+    def _finish_late(self, rec: _Record, now_s: float, reason: str) -> Outcome:
+        """End a task that can no longer meet its deadline without running (again):
+        ``expired``, or ``failed`` when it ran and its worker was lost meanwhile (``lost``),
+        the loss named first."""
+        if rec.lost:
+            return self._finish(rec, Status.FAILED, now_s,
+                                f"{rec.lost}, and running it again cannot meet its deadline "
+                                f"({reason})")
+        return self._finish(rec, Status.EXPIRED, now_s, reason)
 
     def _bind(self, rec: _Record, worker_id: str, service_s: float, finish_s: float,
               decisions: Decisions, now_s: float, alone: bool = False) -> None:
@@ -645,7 +661,7 @@ class SchedulerCore:
             del self._records[completion.task_id]
             return None
         if completion.expired:
-            return self._finish(rec, Status.EXPIRED, now_s, expired_at_worker(completion.worker_id))
+            return self._finish_late(rec, now_s, expired_at_worker(completion.worker_id))
         self.placement.observe(rec.task, completion, now_s)
         if completion.ok:
             return self._finish(rec, Status.COMPLETED, now_s, "", completion.output)
@@ -767,9 +783,9 @@ class SchedulerCore:
                     or rec.latest_start_s != latest_start_s):
                 continue
             self._queues[rec.task.pool].remove(task_id, rec.task.priority)
-            out.append(self._finish(rec, Status.EXPIRED, now_s,
-                                    f"deadline can no longer be met: the latest start was "
-                                    f"{(now_s - latest_start_s) * 1e3:.1f} ms ago"))
+            out.append(self._finish_late(rec, now_s,
+                                         f"deadline can no longer be met: the latest start was "
+                                         f"{(now_s - latest_start_s) * 1e3:.1f} ms ago"))
         return out
 
     def _context_refusal(self, task: CoreTask) -> str:

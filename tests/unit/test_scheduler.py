@@ -416,6 +416,31 @@ def test_worker_lost_requeues_then_fails_after_max_attempts() -> None:
     assert core.counts[Status.FAILED] == 1
 
 
+def test_a_task_whose_run_was_lost_and_is_too_late_to_rerun_fails_naming_the_loss() -> None:
+    # It ran (its worker hung and was killed, say), so "expired", which says it never started,
+    # would hide what happened: it fails, the loss named, once its latest start has passed.
+    w1, w2 = make_worker(), make_worker()
+    core = make_core(w1, max_attempts=3)
+    t = make_task(deadline_s=5.0)
+    admit(core, t, 0.0)
+    core.assign(0.0)
+    assert core.worker_lost(w1.worker_id, 4.9, reason="worker hung") == []
+    core.add_worker(w2, 4.95)
+    [out] = core.assign(4.95).ended
+    assert out.status is Status.FAILED and out.attempts == 1
+    assert out.reason.startswith(f"worker hung (worker {w1.worker_id}) while it ran, and "
+                                 f"running it again cannot meet its deadline (deadline can no "
+                                 f"longer be met: the latest start was")
+    # One that never ran before its latest start passed still expires.
+    late = make_task(deadline_s=7.0)
+    admit(core, late, 5.0)
+    blocker = make_task(deadline_s=100.0, priority=Priority.CRITICAL)
+    admit(core, blocker, 5.0)
+    core.assign(5.0)
+    [expired] = core.assign(6.99).ended
+    assert expired.task_id == late.task_id and expired.status is Status.EXPIRED
+
+
 def test_worker_lost_unknown_is_noop() -> None:
     assert make_core().worker_lost("ghost", 0.0) == []
 
