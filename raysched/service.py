@@ -218,13 +218,14 @@ class SchedulerService:
         previous scheduler left in it. Returns a note of what was taken up, or None.
 
         Results not acknowledged go back into their drivers' mailboxes. Tasks accepted and not
-        ended are submitted to the core again with their original deadlines; one the core now
-        refuses (its deadline can no longer be met, say) ends in a rejected result that says so.
+        ended are submitted to the core again with their original deadlines, the times each was
+        sent to a worker counted as its attempts; one the core now refuses (its deadline can no
+        longer be met, say) ends in a rejected result that says so.
         A task whose payload went by reference waits for its driver to send it again; one whose
         result's output went by reference runs again (that output lived in the old process).
         """
         self.task_log = task_log
-        pending, unacked = task_log.replay()
+        pending, unacked, runs = task_log.replay()
         if not pending and not unacked:
             return None
         now = self.clock()
@@ -240,7 +241,12 @@ class SchedulerService:
             core_task = replace(task.to_core(now), deadline_s=deadline_s)
             accepted = True
             for outcome in self.core.submit(core_task, now):
-                if outcome.task_id == task_id:
+                if outcome.task_id == task_id and runs.get(task_id):
+                    accepted = False  # it ran (it may have): its Result says so
+                    self.end([replace(outcome, attempts=runs[task_id],
+                                      reason=f"the scheduler restarted while it ran, and it "
+                                             f"cannot run again: {outcome.reason}")])
+                elif outcome.task_id == task_id:
                     accepted = False
                     self.end([replace(outcome,
                                       reason=f"after a scheduler restart: {outcome.reason}")])
@@ -248,6 +254,9 @@ class SchedulerService:
                     self.end([outcome])
             if accepted:
                 rerun += 1
+                if runs.get(task_id):
+                    self.core.ran_before(task_id, runs[task_id],
+                                         "the scheduler restarted while it ran")
         task_log.flush()
         waiting = len(self._awaiting)
         note = (f"restarted: {rerun} accepted tasks queued to run again, "
@@ -537,6 +546,8 @@ class SchedulerService:
             take_back[p.worker_id].append(p.task_id)
         items: dict[str, list[WorkItem]] = defaultdict(list)
         expected_s: dict[str, float] = defaultdict(float)
+        if self.task_log is not None and decisions.assignments:
+            self.task_log.started([a.task.task_id for a in decisions.assignments])
         for a in decisions.assignments:
             payload = self._pending[a.task.task_id].task.payload
             items[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),

@@ -1,10 +1,12 @@
 """A write-ahead record of the scheduler's promises: accepted tasks and undelivered results.
 
-Every accepted task is appended when it is admitted, every Result when it is produced, and every
-acknowledgement when a driver has received its results. After the scheduler actor restarts, a
-replay yields the tasks that were accepted and never ended (to run again, or to report) and the
-results no driver has acknowledged (to deliver again). Drivers drop duplicates by task id, so a
-task's Result reaches its driver exactly once even though a task may run twice.
+Every accepted task is appended when it is admitted, every start when it is sent to a worker,
+every Result when it is produced, and every acknowledgement when a driver has received its
+results. After the scheduler actor restarts, a replay yields the tasks that were accepted and
+never ended (to run again, or to report), how often each had been sent to a worker (a run of it
+may have happened: its Result counts it in ``attempts``), and the results no driver has
+acknowledged (to deliver again). Drivers drop duplicates by task id, so a task's Result reaches
+its driver exactly once even though a task may run twice.
 
 Why a file on the head node rather than Ray's GCS key-value store: a GCS put is a round trip
 per call (about a millisecond here), while an append to a local file costs microseconds and
@@ -48,7 +50,8 @@ Unacked = dict[str, tuple[str, Any]]
 
 
 class TaskLog:
-    """An append-only file of ``accepted``, ``ended`` and ``acked`` records; see the module."""
+    """An append-only file of ``accepted``, ``started``, ``ended`` and ``acked`` records; see
+    the module."""
 
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -60,6 +63,9 @@ class TaskLog:
         self._ended: list[tuple[str, Any]] = []
         self._acked: list[str] = []
         self._accepted: list[tuple[str, list[tuple[Any, float]]]] = []
+        self._started: list[str] = []
+        # Starts logged of the tasks not yet ended (a compaction writes them again).
+        self._runs: dict[str, int] = {}
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -77,10 +83,21 @@ class TaskLog:
                           [(_without_refs(t, "payload"), d) for t, d in entries]))
         self._accepted = []
 
+    def started(self, task_ids: list[str]) -> None:
+        """Tasks sent to a worker to run; written at flush. After a restart they count as
+        runs of the task (``replay``): a crash within a flush period of a start loses it."""
+        self._started.extend(task_ids)
+        runs = self._runs
+        for task_id in task_ids:
+            runs[task_id] = runs.get(task_id, 0) + 1
+
     def ended(self, results: list[tuple[str, Any]]) -> None:
         """``(client_id, result record)`` pairs produced (not yet acknowledged); written at
         flush."""
         self._ended.extend((c, _without_refs(r, "output")) for c, r in results)
+        for _, r in results:
+            if not isinstance(r.output, ByRef):  # one by reference runs again after a restart
+                self._runs.pop(r.task_id, None)
 
     def acked(self, task_ids: list[str]) -> None:
         """Results the drivers have received; written at flush."""
@@ -88,12 +105,15 @@ class TaskLog:
 
     def buffered(self) -> bool:
         """Whether accepted tasks, results or acknowledgements wait for the next ``flush``."""
-        return bool(self._accepted or self._ended or self._acked)
+        return bool(self._accepted or self._ended or self._acked or self._started)
 
     def flush(self) -> None:
         """Write what is buffered (accepted tasks first, then results and acknowledgements),
         then hand the file to the OS (and to the disk too with ``fsync``)."""
         self._write_accepted()
+        if self._started:
+            self._append(("S", self._started))
+            self._started = []
         if self._ended:
             self._append(("E", self._ended))
             self._ended = []
@@ -141,15 +161,20 @@ class TaskLog:
             # The file is open for appending: new records go after the cut, where replay reads.
             os.truncate(self.path, whole_bytes)
 
-    def replay(self) -> tuple[Pending, Unacked]:
-        """``(pending, unacked)``: task_id -> (client_id, Task, deadline_s) for accepted tasks
-        with no Result, and task_id -> (client_id, Result) for results not acknowledged."""
+    def replay(self) -> tuple[Pending, Unacked, dict[str, int]]:
+        """``(pending, unacked, runs)``: task_id -> (client_id, Task, deadline_s) for accepted
+        tasks with no Result, task_id -> (client_id, Result) for results not acknowledged, and
+        task_id -> times a pending task was sent to a worker (absent: never)."""
         pending: Pending = {}
         unacked: Unacked = {}
+        runs: dict[str, int] = {}
         for rec in self._records():
             if rec[0] == "A":
                 for task, deadline_s in rec[2]:
                     pending[task.task_id] = (rec[1], task, deadline_s)
+            elif rec[0] == "S":
+                for task_id in rec[1]:
+                    runs[task_id] = runs.get(task_id, 0) + 1
             elif rec[0] == "E":
                 for client_id, result in rec[1]:
                     if isinstance(result.output, ByRef):
@@ -162,7 +187,8 @@ class TaskLog:
                     # Its driver has the result: a task whose output went by reference (its
                     # result skipped above) does not run again either.
                     pending.pop(task_id, None)
-        return pending, unacked
+        self._runs = {t: n for t, n in runs.items() if t in pending}
+        return pending, unacked, dict(self._runs)
 
     def needs_compaction(self) -> bool:
         """Whether the file has grown past ``COMPACT_BYTES``."""
@@ -177,6 +203,8 @@ class TaskLog:
             by_client.setdefault(client_id, []).append((_without_refs(task, "payload"),
                                                         deadline_s))
         records: list[tuple[Any, ...]] = [("A", c, e) for c, e in by_client.items()]
+        self._runs = {t: n for t, n in self._runs.items() if t in pending}
+        records.append(("S", [t for t, n in self._runs.items() for _ in range(n)]))
         records.append(("E", [(c, _without_refs(r, "output")) for c, r in unacked.values()]))
         with open(tmp, "wb") as f:
             for record in records:

@@ -120,8 +120,8 @@ class _Record:
     start_s: float | None = None
     # Times a worker was lost while this task may have been running on it.
     kills: int = 0
-    # The last loss charged to it (``worker_lost``): a task then too late to run again has
-    # failed (it ran, and its run was lost), not expired.
+    # The last loss of a run of it (``worker_lost``, ``ran_before``): a task then too late to
+    # run again expires saying so.
     lost: str = ""
     bindings: int = 0
     preemptions: int = 0
@@ -614,13 +614,11 @@ class SchedulerCore:
                                  f"ms away)")
 
     def _finish_late(self, rec: _Record, now_s: float, reason: str) -> Outcome:
-        """End a task that can no longer meet its deadline without running (again):
-        ``expired``, or ``failed`` when it ran and its worker was lost meanwhile (``lost``),
-        the loss named first."""
+        """End, ``expired``, a task that can no longer meet its deadline by starting now; one
+        that ran and whose run was lost (``lost``: its worker died or hung) says so first, as
+        that, not the queue, is why it is late."""
         if rec.lost:
-            return self._finish(rec, Status.FAILED, now_s,
-                                f"{rec.lost}, and running it again cannot meet its deadline "
-                                f"({reason})")
+            reason = f"{rec.lost}, and running it again cannot meet its deadline ({reason})"
         return self._finish(rec, Status.EXPIRED, now_s, reason)
 
     def _bind(self, rec: _Record, worker_id: str, service_s: float, finish_s: float,
@@ -767,6 +765,16 @@ class SchedulerCore:
                 rec.latest_start_s = max(rec.latest_start_s, rec.task.deadline_s - max(cases))
         self._push(rec)
         return rec.task
+
+    def ran_before(self, task_id: str, runs: int, why: str) -> None:
+        """A queued task that had been sent to a worker ``runs`` times before it was queued
+        again from outside the core (a scheduler's restart, its task log says so): those count
+        as its attempts, and ``why`` is the loss of its last run (a task then too late to run
+        again expires saying so, as after a lost worker). Nothing for a task not queued."""
+        rec = self._records.get(task_id)
+        if rec is not None and rec.state == QUEUED:
+            rec.attempts += runs
+            rec.lost = why
 
     def _requeue(self, rec: _Record) -> None:
         rec.worker_id, rec.start_s = "", None

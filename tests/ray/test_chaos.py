@@ -31,7 +31,11 @@ def test_every_task_ends_exactly_once_under_faults(tmp_path):
     assert "behind the scheduler's back" in whats and "replacement" in whats, whats
     assert r["completed"] > 0.5 * r["submitted"]
     assert r["healthy_failed"] == 0, r["failed_reasons"]
-    assert r["poison"]["status"] == "failed" and "quarantine" in r["poison"]["reason"]
+    # It fails, saying why: quarantined, or out of attempts (a run of it before the scheduler
+    # restarted counts as one, though its kills there are forgotten).
+    poison = r["poison"]
+    assert poison["status"] == "failed", poison
+    assert "quarantine" in poison["reason"] or "gave up after" in poison["reason"], poison
     # Every killed pool was back to full size, in seconds.
     for f in r["faults"]:
         if f["pool"] and "killed" in f["what"]:

@@ -416,9 +416,9 @@ def test_worker_lost_requeues_then_fails_after_max_attempts() -> None:
     assert core.counts[Status.FAILED] == 1
 
 
-def test_a_task_whose_run_was_lost_and_is_too_late_to_rerun_fails_naming_the_loss() -> None:
-    # It ran (its worker hung and was killed, say), so "expired", which says it never started,
-    # would hide what happened: it fails, the loss named, once its latest start has passed.
+def test_a_task_whose_run_was_lost_and_is_too_late_to_rerun_expires_naming_the_loss() -> None:
+    # It ran (its worker hung and was killed, say): once its latest start has passed, it
+    # expires with the loss named first, not a bare "the latest start was ... ago".
     w1, w2 = make_worker(), make_worker()
     core = make_core(w1, max_attempts=3)
     t = make_task(deadline_s=5.0)
@@ -427,11 +427,11 @@ def test_a_task_whose_run_was_lost_and_is_too_late_to_rerun_fails_naming_the_los
     assert core.worker_lost(w1.worker_id, 4.9, reason="worker hung") == []
     core.add_worker(w2, 4.95)
     [out] = core.assign(4.95).ended
-    assert out.status is Status.FAILED and out.attempts == 1
+    assert out.status is Status.EXPIRED and out.attempts == 1
     assert out.reason.startswith(f"worker hung (worker {w1.worker_id}) while it ran, and "
                                  f"running it again cannot meet its deadline (deadline can no "
                                  f"longer be met: the latest start was")
-    # One that never ran before its latest start passed still expires.
+    # One that never ran says only that its latest start has passed.
     late = make_task(deadline_s=7.0)
     admit(core, late, 5.0)
     blocker = make_task(deadline_s=100.0, priority=Priority.CRITICAL)
@@ -439,6 +439,7 @@ def test_a_task_whose_run_was_lost_and_is_too_late_to_rerun_fails_naming_the_los
     core.assign(5.0)
     [expired] = core.assign(6.99).ended
     assert expired.task_id == late.task_id and expired.status is Status.EXPIRED
+    assert expired.reason.startswith("deadline can no longer be met: the latest start was")
 
 
 def test_worker_lost_unknown_is_noop() -> None:

@@ -76,10 +76,11 @@ def run_one(service: SchedulerService, clock: FakeClock, output: object = "ok") 
     return item.task_id
 
 
-def restart(clock: FakeClock, log_path: Path) -> tuple[SchedulerService, str | None]:
+def restart(clock: FakeClock, log_path: Path, workers: int = 1
+            ) -> tuple[SchedulerService, str | None]:
     """A new core and service over ``log_path`` (the old service's file is left as a crash
     leaves it); returns the service and its restart note."""
-    service = make_service(clock)
+    service = make_service(clock, workers=workers)
     note = service.open_log(TaskLog(log_path))
     return service, note
 
@@ -526,6 +527,30 @@ def test_replay_after_a_restart_reruns_pending_tasks_and_redelivers_unacked_resu
     assert "restarted:" in after.notes[-1]
 
 
+def test_a_task_sent_to_a_worker_before_a_restart_counts_that_run(tmp_path: Path) -> None:
+    path = tmp_path / "sched.wal"
+    clock = FakeClock()
+    before = make_service(clock, path, workers=2)
+    before.submit("a", [task("ran", sla_ms=2_000.0), task("late", sla_ms=300.0),
+                        task("queued", sla_ms=60_000.0)])
+    assert len(before.assign().batches) == 2  # "queued" waits: one slot per worker
+    before.flush()  # as the dispatch loop does within its flush period
+
+    clock.now_s += 0.29  # "late" can no longer run again in time; "ran" can
+    after, _ = restart(clock, path, workers=2)
+    [late] = after.take("a")
+    assert late.task_id == "late" and late.status is Status.REJECTED and late.attempts == 1
+    assert late.reason.startswith("the scheduler restarted while it ran, and it cannot run "
+                                  "again: infeasible deadline")
+    batches = after.assign().batches
+    clock.now_s += 0.01
+    after.complete([Completion(i.task_id, b.worker_id, ok=True, service_s=0.01)
+                    for b in batches for i in b.items])
+    results = {r.task_id: r for r in after.take("a")}
+    assert results["ran"].attempts == 2 and results["ran"].status is Status.COMPLETED
+    assert results["queued"].attempts == 1  # never sent before: its first run
+
+
 class FakeRef:
     """Stands in for a Ray object ref (no Ray here): the task log must never pickle one."""
 
@@ -691,6 +716,7 @@ def test_compaction_keeps_only_what_is_owed_and_replays_the_same(tmp_path: Path)
     assert path.stat().st_size < size_before
     records = TaskLog(path).replay()
     assert set(records[0]) == pending and set(records[1]) == unacked
+    assert set(records[2]) <= pending  # the starts kept are the pending tasks' only
     after, _ = restart(clock, path)
     assert set(after.pending()) == pending and set(after.unacked()) == unacked
     # The compacted log stays open for appending.
