@@ -116,8 +116,9 @@ class PrefetchDepth:
     MAX_DEPTH = 64
     DEPTH_WEIGHT = 0.1
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, adapt: bool = True) -> None:
         self.slots = slots
+        self.adapt = adapt  # False: the config fixed the slots; the round trip is still kept
         self.round_trip_s: float | None = None
         self.service_s: float | None = None
 
@@ -127,7 +128,7 @@ class PrefetchDepth:
     def round_trip(self, round_trip_s: float) -> int | None:
         """Take one measured round trip; the new slot count when it changed, else None."""
         self.round_trip_s = _ewma(self.round_trip_s, max(round_trip_s, 0.0), self.DEPTH_WEIGHT)
-        if self.service_s is None:
+        if self.service_s is None or not self.adapt:
             return None
         want = math.ceil(self.round_trip_s / self.service_s) + 1
         slots = min(self.MAX_DEPTH, max(self.MIN_DEPTH, want))
@@ -514,9 +515,10 @@ class SchedulerService:
         pool = self.pools[info.pool]
         self.worker_info[info.worker_id] = info
         self.supervisor.registered(pool.name, info.worker_id)
-        if pool.kind == "cpu" and pool.slots is None:
+        if pool.kind == "cpu":
             # Its prefetch follows its measured round trip, unless the config fixed the slots.
-            self._depth[info.worker_id] = PrefetchDepth(pool.worker_slots)
+            self._depth[info.worker_id] = PrefetchDepth(pool.worker_slots,
+                                                        adapt=pool.slots is None)
         self.core.add_worker(WorkerSpec(worker_id=info.worker_id, pool=pool.name,
                                         slots=pool.worker_slots, concurrency=pool.concurrency,
                                         prior=info.prior,
@@ -548,11 +550,19 @@ class SchedulerService:
         expected_s: dict[str, float] = defaultdict(float)
         if self.task_log is not None and decisions.assignments:
             self.task_log.started([a.task.task_id for a in decisions.assignments])
+        depth = self._depth
         for a in decisions.assignments:
             payload = self._pending[a.task.task_id].task.payload
+            # The worker checks the latest start before it starts the task; a task started at
+            # the core's latest start ends at its deadline at the worker, and its report is
+            # late by its way back. So the worker's latest start is earlier by a measured
+            # round trip (the way back, and its jitter).
+            d = depth.get(a.worker_id)
+            way_back_s = d.round_trip_s if d is not None and d.round_trip_s else 0.0
+            latest_s = a.latest_start_s - way_back_s
             items[a.worker_id].append(WorkItem(a.task.task_id, a.task.kind, int(a.task.priority),
                                                a.task.deadline_s, payload,
-                                               latest_start_s=a.latest_start_s,
+                                               latest_start_s=latest_s,
                                                binding=a.binding,
                                                progress=self._progress.get(a.task.task_id),
                                                sent_s=now))

@@ -425,6 +425,18 @@ def test_a_report_of_a_task_no_longer_queued_keeps_no_progress() -> None:
     assert r.status is Status.CANCELLED
 
 
+def test_a_worker_is_told_a_latest_start_earlier_by_its_measured_round_trip() -> None:
+    # Started at the core's latest start, a task ends at its deadline at the worker and its
+    # report arrives late by its way back: the worker refuses it that much earlier.
+    clock = FakeClock()
+    service = make_service(clock, workers=2)
+    service.round_trip("cpu-0", 0.004)  # cpu-1 has measured none yet
+    service.submit("a", [task("x"), task("y")])  # the same deadline and best case
+    items = {b.worker_id: b.items[0] for b in service.assign().batches}
+    assert items["cpu-0"].latest_start_s == pytest.approx(items["cpu-1"].latest_start_s - 0.004)
+    assert items["cpu-1"].latest_start_s < items["cpu-1"].deadline_s
+
+
 # -- cancellation ---------------------------------------------------------------------------------
 
 
