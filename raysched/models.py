@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
@@ -100,6 +101,16 @@ def _pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     return blob
 
 
+def _holds_object_ref(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an argument is a Ray object ref. Those travel as they are, through Ray's own
+    serialization, which counts the references: pickled out of band, a ref would pin its
+    object for the driver's life (no ref exists unless Ray is imported)."""
+    ray = sys.modules.get("ray")
+    object_ref = getattr(ray, "ObjectRef", None)
+    return object_ref is not None and any(
+        isinstance(v, object_ref) for v in (*args, *kwargs.values()))
+
+
 class Payload(BaseModel):
     """What the worker needs to run the task.
 
@@ -139,7 +150,8 @@ class Payload(BaseModel):
         (a function defined in a driver's script travels by value, at tens of µs a time).
         Its arguments are pickled here too, on their own (``WorkPayload.pickled_args``), so
         the scheduler never rebuilds a user's objects: one that only the worker can unpickle
-        fails its own task there instead of the scheduler's call that carries it.
+        fails its own task there instead of the scheduler's call that carries it. Arguments
+        among which is a Ray object ref (``_holds_object_ref``) go as they are.
 
         ``pickled``: callables already pickled in the same submit call, by ``id``, so a batch
         of tasks that call one function pickles it once, as one Ray call carrying them all
@@ -149,8 +161,11 @@ class Payload(BaseModel):
             pickled = {} if pickled is None else pickled
             if (fn := pickled.get(id(self.fn))) is None:
                 fn = pickled[id(self.fn)] = _pickle_callable(self.fn)
-            if self.args or self.kwargs:
+            if (self.args or self.kwargs) and not _holds_object_ref(self.args, self.kwargs):
                 call_args = _pickle_arguments(self.args, self.kwargs)
+        if call_args is None:
+            return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,
+                               self.kwargs)
         return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn,
                            pickled_args=call_args)
 

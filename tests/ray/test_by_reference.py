@@ -56,3 +56,22 @@ def test_large_payloads_and_outputs_go_by_reference_and_arrive_whole(make_client
     assert counted["payloads"] == 2 and counted["payload_bytes"] >= BIG_BYTES + len(prompt)
     # A callable's output is counted as pickled (the array's bytes and pickle's own, a little).
     assert counted["outputs"] == 1 and BIG_BYTES <= counted["output_bytes"] < BIG_BYTES + 1024
+
+
+def _fetch_plus_one(ref) -> int:
+    import ray
+
+    return ray.get(ref) + 1
+
+
+def test_an_object_ref_among_a_callables_arguments_reaches_its_worker(make_client) -> None:
+    # An argument that is a ref travels through Ray's own serialization (counted, not pinned
+    # out of band); the callable fetches the value itself: the task's arguments are inside
+    # its record, where Ray resolves no ref.
+    import ray
+
+    client = make_client()
+    ref = ray.put(41)
+    r = client.run(Task(kind="job", priority="HIGH", sla_ms=60_000, requirements={"pool": "cpu"},
+                        payload={"fn": _fetch_plus_one, "args": (ref,)}), timeout=60)
+    assert (r.status, r.output) == (Status.COMPLETED, 42), r.reason

@@ -75,3 +75,20 @@ def test_an_error_whose_message_raises_is_still_described() -> None:
     assert describe_error(ValueError("x" * 900), 10) == "ValueError: xxxxxxxxxx"
     assert describe_error(Unprintable()) == ("Unprintable (its message could not be built: "
                                              "SystemExit)")
+
+
+def test_arguments_with_an_object_ref_go_as_they_are(monkeypatch) -> None:
+    # Pickled out of band, a Ray object ref pins its object for the driver's life: Ray's own
+    # serialization carries those arguments. A stand-in class plays the ref (no Ray here).
+    import sys
+    import types
+
+    class ObjectRef:
+        pass
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(ObjectRef=ObjectRef))
+    ref = ObjectRef()
+    payload = Task(kind="noop", sla_ms=1_000, payload={"fn": len, "args": (ref,)}
+                   ).to_record().payload
+    assert payload.pickled_args is None and payload.args == (ref,)
+    assert load_arguments(payload) == ((ref,), {})
