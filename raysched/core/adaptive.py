@@ -53,6 +53,9 @@ Placement is filter -> score -> pick:
   contended factor's spread) is past the deadline on each, the choice says so and a
   core that enforces deadlines expires the task rather than spend a batch slot and the others'
   time on it: waiting cannot help, as the backlog drains no faster than time passes;
+- likely late: when the central estimate (``likely_finish_s``: the median answer length) has
+  every free worker finish past the deadline, the choice says so, and the core gives the free
+  slots to queued work likely to make its deadline first;
 - pick: the least loaded of the workers that finish about as early as the best (within
   ``1 - SAME_SPEED`` of a service), with two deadline-aware twists.
   * Exploration, driven by uncertainty and bounded: non-CRITICAL tasks score an uncertain worker
@@ -150,9 +153,9 @@ class SpeedModel:
 
 
 class RecentQuantile:
-    """A quantile of the last ``kept`` values (``value``), and optionally a second, lower one
-    (``low``), recomputed every ``NEW_TOKENS_EVERY`` values (every value while fewer have
-    come), so a completion does not pay a sort."""
+    """A quantile of the last ``kept`` values (``value``), optionally a second, lower one
+    (``low``), and their median (``mid``), recomputed every ``NEW_TOKENS_EVERY`` values
+    (every value while fewer have come), so a completion does not pay a sort."""
 
     def __init__(self, quantile: float, kept: int, low_quantile: float | None = None) -> None:
         self.quantile = quantile
@@ -161,6 +164,7 @@ class RecentQuantile:
         self._count = 0
         self.value = 1.0
         self.low = 1.0
+        self.mid = 1.0
 
     def add(self, x: float) -> float:
         """Take ``x``; returns the quantile now."""
@@ -170,6 +174,7 @@ class RecentQuantile:
             ordered = sorted(self._values)
             self.value = ordered[int(self.quantile * (len(ordered) - 1))]
             self.low = ordered[int(self.low_quantile * (len(ordered) - 1))]
+            self.mid = ordered[(len(ordered) - 1) // 2]
         return self.value
 
 
@@ -365,6 +370,23 @@ class AdaptiveEstimator:
         lengths = self._new_ratios.get(task.kind)
         ratio = lengths.low if lengths is not None else self.new_ratio.get(task.kind, 1.0)
         return round(task.max_new_tokens * ratio)
+
+    def likely_finish_s(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> float:
+        """The central estimate of when ``task`` finishes if placed on ``worker`` now, in
+        seconds on the core's clock: the wait for a slot, the prefill ahead of it, then its
+        service in the batch it joins at the contended factor, answering the median of its
+        kind's recent lengths (not the planned top, which placement and expiry keep to be
+        safe, nor the short answer of the confident bounds)."""
+        lengths = self._new_ratios.get(task.kind)
+        ratio = lengths.mid if lengths is not None else self.new_ratio.get(task.kind, 1.0)
+        new = round(task.max_new_tokens * ratio)
+        prior = worker.spec.prior
+        batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
+        service_s = self.factor(task.kind, worker) * prior.service_s(
+            task.num_prompt_tokens, new, batch,
+            self.kv_tokens(worker) + _context_tokens(task, new))
+        ahead_s = self.prefill_factor(task.kind, worker) * self.ahead_s(worker, now_s)
+        return now_s + worker.wait_s() + ahead_s + service_s
 
     def idle_ratio(self, kind: str, worker: WorkerLoad, share: float) -> float:
         """Learned idle time over the prior's for work ``share`` of whose prior figure is
@@ -864,6 +886,19 @@ class AdaptivePlacement(EstimatorPlacement):
             # 25.6% and 15.8% but refused falsely 4.3% of the tasks: waiting is then often
             # the wrong guess.)
             return Choice(w, svc, f, waits=True)
+        # The planned answer is at least the median one, so a task that makes it as planned
+        # somewhere is not likely late: the central estimates are figured only when none does.
+        if (min(s[0] for s in scored) > task.deadline_s and math.isfinite(task.deadline_s)
+                and all(est.likely_finish_s(task, s[2], now_s) > task.deadline_s
+                        for s in scored)):
+            # Likely late wherever it runs now, though not surely: the core lets queued work
+            # that is likely to make its deadline have the free slots first, and runs this on
+            # one still free after them. On the financial mix at inter-arrival CV 4, load 0.9
+            # and 1.2, that took HIGH deadlines met from 94.55% and 87.85% to 96.08% and
+            # 88.27% (edf: 94.68%, 88.76%; seeds 0-2); judged at the planned answer length
+            # instead of the median, it cost 1.6 points at 1.2.
+            f, svc, w = min(scored, key=lambda s: (s[0], s[2].worker_id))
+            return Choice(w, svc, f, late=True)
         if task.priority is Priority.CRITICAL:
             meets = [s for s in scored if s[0] <= task.deadline_s]
             return _least_loaded_of_the_fastest(meets or scored)

@@ -76,6 +76,10 @@ class Choice:
     finish it past its deadline, but a worker with no free slot now may still make it; a core
     that enforces deadlines leaves the task queued (its latest start ends the wait) instead
     of running it here.
+    ``late``: the placement's central estimate (not the confident bound ``misses`` and
+    ``waits`` use) has every free worker finish the task past its deadline; a core gives the
+    free slots to queued tasks predicted to make theirs first and runs this one on a slot that
+    is still free after them.
     """
 
     worker: WorkerLoad
@@ -83,6 +87,7 @@ class Choice:
     finish_s: float
     misses: bool = False
     waits: bool = False
+    late: bool = False
 
 
 def context_need(task: CoreTask) -> int:

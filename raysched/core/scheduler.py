@@ -405,7 +405,9 @@ class SchedulerCore:
         First expire queued tasks whose latest feasible start has passed. Then, per pool, while a
         worker has a free slot: pop the first task by (effective class, deadline, seq) and place
         it; a task no free worker can take is set aside and put back afterwards, so it keeps its
-        place and does not block work that can run elsewhere.
+        place and does not block work that can run elsewhere. A task the placement calls likely
+        late (``Choice.late``) is set aside too, and placed after the rest of the queue has had
+        the free slots: on a slot still free then, or put back.
         """
         expiry = self._expiry
         decisions = Decisions([], self._expire(now_s) if expiry and expiry[0][0] < now_s else [],
@@ -415,8 +417,10 @@ class SchedulerCore:
         max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
+            late: list[CoreTask] = []
             held = self._held.get(pool)
-            while len(skipped) < max_skips and table.free_slots(pool) > 0 and queue:
+            while (len(skipped) + len(late) < max_skips and table.free_slots(pool) > 0
+                   and queue):
                 task = queue.pop(now_s)
                 assert task is not None
                 rec = records[task.task_id]
@@ -448,8 +452,24 @@ class SchedulerCore:
                     else:
                         skipped.append(task)  # its latest start ends the wait
                     continue
+                if choice.late and self._refusable(rec):
+                    late.append(task)
+                    continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
                            decisions, now_s)
+            for task in late:
+                rec = records[task.task_id]
+                choice = place(task, table, now_s) if table.free_slots(pool) > 0 else None
+                if choice is None or (held and len(choice.worker.in_flight)
+                                      >= choice.worker.spec.concurrency):
+                    skipped.append(task)
+                elif choice.misses:
+                    decisions.ended.append(self._finish_missed(rec, now_s))
+                elif choice.waits:
+                    skipped.append(task)
+                else:
+                    self._bind(rec, choice.worker.worker_id, choice.service_s,
+                               choice.finish_s, decisions, now_s)
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)

@@ -9,9 +9,10 @@ import pytest
 from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
 from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.policies import build_core
+from raysched.core.scheduler import SchedulerCore
 from raysched.core.types import CoreTask, Priority, ServicePrior, TaskState, WorkerSpec
 from raysched.sim import SimLLMWorker, SimTask, Simulator
-from tests.builders import make_task, make_worker, ok
+from tests.builders import admit, make_task, make_worker, ok
 
 PRIOR = ServicePrior(fixed_s=0.001, prefill_s_per_token=1e-4, decode_s_per_step=0.01,
                      batch_slowdown=0.01)
@@ -290,3 +291,51 @@ def test_a_task_that_misses_on_every_worker_is_ended_at_once() -> None:
     assert slot_s is not None and slot_s > task.deadline_s
     choice = AdaptivePlacement(est, explore=0.0).place(task, table, 0.0)
     assert choice is not None and choice.misses and not choice.waits
+
+
+def _one_long_run_ahead() -> tuple[SchedulerCore, AdaptiveEstimator, WorkerLoad]:
+    """A raysched core with one worker of two slots, one taken by a LOW task whose 5,000-token
+    prompt (0.5 s of prefill on ``PRIOR``) is still ahead of anything placed next."""
+    core = build_core("raysched")
+    core.add_worker(make_worker(worker_id="w", slots=2, concurrency=2, prior=PRIOR,
+                                max_context_tokens=32_768), 0.0)
+    core.submit(make_task(task_id="long", priority=Priority.LOW, deadline_s=600.0,
+                          num_prompt_tokens=5_000, max_new_tokens=200), 0.0)
+    assert [a.task.task_id for a in core.assign(0.0).assignments] == ["long"]
+    placement = core.placement
+    assert isinstance(placement, AdaptivePlacement)
+    return core, placement.estimator, core.table.workers["w"]
+
+
+def _likely_late(est: AdaptiveEstimator, w: WorkerLoad, now_s: float) -> CoreTask:
+    """A HIGH task due between the confident lower bound of its finish on ``w`` and the central
+    estimate: it may make it, but is likely late."""
+    probe = make_task(task_id="probe", priority=Priority.HIGH, num_prompt_tokens=100,
+                      max_new_tokens=20)
+    low_s, likely_s = est.earliest_finish_s(probe, w, now_s), est.likely_finish_s(probe, w, now_s)
+    assert low_s < likely_s
+    return make_task(task_id="late", priority=Priority.HIGH, num_prompt_tokens=100,
+                     max_new_tokens=20, deadline_s=(low_s + likely_s) / 2)
+
+
+def test_a_likely_late_task_lets_one_likely_on_time_have_the_slot_first() -> None:
+    # One free slot, two HIGH tasks queued: the first by deadline is likely late wherever it
+    # runs (not surely: it is admitted and not expired), the second has time. The second takes
+    # the slot; the first keeps its place in the queue.
+    core, est, w = _one_long_run_ahead()
+    late = _likely_late(est, w, 0.01)
+    on_time = make_task(task_id="on-time", priority=Priority.HIGH, num_prompt_tokens=100,
+                        max_new_tokens=20, deadline_s=600.0)
+    assert admit(core, late, 0.01) is None and admit(core, on_time, 0.01) is None
+    decisions = core.assign(0.01)
+    assert [a.task.task_id for a in decisions.assignments] == ["on-time"]
+    assert decisions.ended == [] and core.state_of("late") is TaskState.QUEUED
+
+
+def test_a_likely_late_task_runs_on_a_slot_nobody_else_wants() -> None:
+    # The same task alone in the queue runs at once: it may still make its deadline, and the
+    # slot has no better use.
+    core, est, w = _one_long_run_ahead()
+    late = _likely_late(est, w, 0.01)
+    assert admit(core, late, 0.01) is None
+    assert [a.task.task_id for a in core.assign(0.01).assignments] == ["late"]
