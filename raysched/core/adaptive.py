@@ -357,10 +357,11 @@ class AdaptiveEstimator:
         return task.max_new_tokens * self.new_ratio.get(task.kind, 1.0)
 
     def _prior_s(self, task: CoreTask, prior: ServicePrior, batch: int,
-                 kv_tokens: float = 0.0) -> float:
-        """The prior's figure for ``task`` at its planned answer length, in a batch of ``batch``
-        whose other sequences hold ``kv_tokens`` of KV cache."""
-        new = round(self.expected_new_tokens(task))
+                 kv_tokens: float = 0.0, new: int | None = None) -> float:
+        """The prior's figure for ``task`` answering ``new`` tokens (None: its planned answer
+        length), in a batch of ``batch`` whose other sequences hold ``kv_tokens`` of KV cache."""
+        if new is None:
+            new = round(self.expected_new_tokens(task))
         return prior.service_s(task.num_prompt_tokens, new, batch,
                                kv_tokens + _context_tokens(task, new))
 
@@ -379,12 +380,10 @@ class AdaptiveEstimator:
         safe, nor the short answer of the confident bounds)."""
         lengths = self._new_ratios.get(task.kind)
         ratio = lengths.mid if lengths is not None else self.new_ratio.get(task.kind, 1.0)
-        new = round(task.max_new_tokens * ratio)
-        prior = worker.spec.prior
         batch = min(len(worker.in_flight) + 1, worker.spec.concurrency)
-        service_s = self.factor(task.kind, worker) * prior.service_s(
-            task.num_prompt_tokens, new, batch,
-            self.kv_tokens(worker) + _context_tokens(task, new))
+        service_s = self.factor(task.kind, worker) * self._prior_s(
+            task, worker.spec.prior, batch, self.kv_tokens(worker),
+            round(task.max_new_tokens * ratio))
         ahead_s = self.prefill_factor(task.kind, worker) * self.ahead_s(worker, now_s)
         return now_s + worker.wait_s() + ahead_s + service_s
 
