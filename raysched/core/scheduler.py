@@ -417,12 +417,21 @@ class SchedulerCore:
         max_skips, quarantine_after = self.config.max_skips, self.config.quarantine_after
         for pool, queue in self._queues.items():
             skipped: list[CoreTask] = []
+            # Tasks the placement called likely late, placed again once the queue has had the
+            # free slots (from ``late[retried]`` on); a second call is final.
             late: list[CoreTask] = []
+            retried = 0
             held = self._held.get(pool)
-            while (len(skipped) + len(late) < max_skips and table.free_slots(pool) > 0
-                   and queue):
-                task = queue.pop(now_s)
-                assert task is not None
+            while table.free_slots(pool) > 0:
+                if queue and len(skipped) + len(late) < max_skips:
+                    task = queue.pop(now_s)
+                    assert task is not None
+                    deferrable = True
+                elif retried < len(late):
+                    task, deferrable = late[retried], False
+                    retried += 1
+                else:
+                    break
                 rec = records[task.task_id]
                 if rec.kills >= quarantine_after:
                     if not self._start_alone(rec, decisions, now_s):
@@ -452,24 +461,12 @@ class SchedulerCore:
                     else:
                         skipped.append(task)  # its latest start ends the wait
                     continue
-                if choice.late and self._refusable(rec):
+                if choice.late and deferrable and self._refusable(rec):
                     late.append(task)
                     continue
                 self._bind(rec, choice.worker.worker_id, choice.service_s, choice.finish_s,
                            decisions, now_s)
-            for task in late:
-                rec = records[task.task_id]
-                choice = place(task, table, now_s) if table.free_slots(pool) > 0 else None
-                if choice is None or (held and len(choice.worker.in_flight)
-                                      >= choice.worker.spec.concurrency):
-                    skipped.append(task)
-                elif choice.misses:
-                    decisions.ended.append(self._finish_missed(rec, now_s))
-                elif choice.waits:
-                    skipped.append(task)
-                else:
-                    self._bind(rec, choice.worker.worker_id, choice.service_s,
-                               choice.finish_s, decisions, now_s)
+            skipped += late[retried:]
             for task in skipped:
                 rec = self._records[task.task_id]
                 queue.push(task, rec.seq, rec.submit_s, rec.latest_start_s)
