@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 SIM_POLICIES = ("fifo", "round_robin", "least_loaded", "pow2", "pow2_priority", "priority",
@@ -21,6 +22,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"unknown policies {unknown}; known: {sorted(POLICIES)}")
         return 2
     seeds = [int(s) for s in str(args.seeds).split(",")]
+    if args.workload not in ("mix", "bursty"):
+        from raysched.bench.workloads import TraceError, read_trace
+
+        try:  # a bad trace is said before any run starts
+            read_trace(args.workload, limit=args.tasks)
+        except (OSError, TraceError) as e:
+            print(f"raysched bench: {e}", file=sys.stderr)
+            return 2
     cluster = scale_cluster(DEFAULT_CLUSTER, args.scale)
     meta: dict[str, Any] = {"mode": args.mode, "load": args.load, "seeds": seeds,
                             "cluster": {p.name: f"{p.count} x {p.preset}" +
@@ -41,7 +50,9 @@ def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="compare scheduling policies on one workload")
     b.add_argument("--mode", choices=["sim", "ray"], default="sim")
     b.add_argument("--policies", default=",".join(SIM_POLICIES))
-    b.add_argument("--workload", default="mix", help="'mix' or the path of an Azure trace CSV")
+    b.add_argument("--workload", default="mix",
+                   help="'mix', 'bursty' or the path of a request trace (Azure or BurstGPT "
+                        "CSV, Mooncake JSON lines)")
     b.add_argument("--load", type=float, default=0.9, help="offered utilisation of every pool")
     b.add_argument("--tasks", type=int, default=20_000, help="tasks per run")
     b.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")

@@ -1,5 +1,5 @@
 """Workloads: the financial mix (one table for the demo and the benchmarks), arrival processes,
-Azure trace replay, and a bursty long-prompt workload.
+request-trace replay (Azure, BurstGPT, Mooncake), and a bursty long-prompt workload.
 
 The table converts two ways: ``financial_mix`` makes ``SimTask``s for the simulator (and, through
 ``replay.plan_of``, for ``raysched bench --mode ray``); ``arrivals`` makes user ``Task``s with real
@@ -16,6 +16,7 @@ runs a full batch of ``k`` (1 for a CPU worker): its prefill, which occupies the
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -274,8 +275,8 @@ def build_workload(workload: str, num_tasks: int, seed: int, load: float, cv: fl
     ``workload`` is ``"mix"`` (the financial mix at utilisation ``load``, ``cv`` as in
     ``arrival_events``), ``"bursty"`` (the bursty long-prompt workload; there ``load`` is its
     speed-up over real time, 1 or 4 say, since its figures are those of a real-time stream) or
-    the path of an Azure trace CSV (its first ``num_tasks`` rows, time-compressed so the busiest
-    pool runs at ``load``).
+    the path of a request trace (``read_trace``; its first ``num_tasks`` rows, time-compressed
+    so the busiest pool runs at ``load``).
     """
     if workload == "bursty":
         tasks, offered = bursty(num_tasks, load, seed, cluster)
@@ -325,19 +326,97 @@ def token_budget(generated_tokens: int) -> int:
     return max(generated_tokens, min(1_000, power_of_two))
 
 
-def read_trace(path: str | Path, limit: int | None = None) -> list[tuple[float, int, int]]:
-    """``(offset_s, context_tokens, generated_tokens)`` rows of an Azure trace CSV."""
-    rows: list[tuple[float, int, int]] = []
+# The request traces the field publishes, by the columns that hold (arrival, prompt tokens,
+# answer tokens), and the arrival's unit: a wall-clock stamp, or seconds / milliseconds since
+# the trace's start.
+# - Azure LLM inference traces, 2023 (Splitwise) and 2024 (DynamoLLM): TIMESTAMP, ContextTokens,
+#   GeneratedTokens; github.com/Azure/AzurePublicDataset.
+# - BurstGPT (Wang et al., 2024): Timestamp (s), Request tokens, Response tokens, with a Model,
+#   Log Type and, in later files, Session ID and Elapsed time; github.com/HPMLL/BurstGPT.
+# - Mooncake (Qin et al., FAST 2025), JSON lines: timestamp (ms), input_length, output_length;
+#   github.com/kvcache-ai/Mooncake.
+TRACE_FORMATS: tuple[tuple[str, tuple[str, str, str], str], ...] = (
+    ("Azure", ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), "clock"),
+    ("BurstGPT", ("Timestamp", "Request tokens", "Response tokens"), "s"),
+    ("Mooncake", ("timestamp", "input_length", "output_length"), "ms"),
+)
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read as requests: unknown columns or a bad row."""
+
+
+def _trace_format(fields: Sequence[str], path: str | Path) -> tuple[tuple[str, str, str], str]:
+    for _, columns, unit in TRACE_FORMATS:
+        if all(c in fields for c in columns):
+            return columns, unit
+    known = "; ".join(f"{name}: {', '.join(cols)}" for name, cols, _ in TRACE_FORMATS)
+    raise TraceError(f"{path}: no known trace columns in {sorted(fields)}; known formats: {known}")
+
+
+def _arrival_s(value: Any, unit: str) -> float:
+    if unit == "clock":
+        return datetime.fromisoformat(str(value).strip()).timestamp()
+    return float(value) / (1e3 if unit == "ms" else 1.0)
+
+
+def _tokens(value: Any) -> int:
+    n = float(value)
+    if not math.isfinite(n) or n < 0 or n != int(n):
+        raise ValueError(f"not a token count: {value!r}")
+    return int(n)
+
+
+def _trace_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a CSV with a header, or of JSON lines (one object a line)."""
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        t0 = None
-        for row in reader:
-            ts = datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp()
-            t0 = ts if t0 is None else t0
-            rows.append((ts - t0, int(row["ContextTokens"]), int(row["GeneratedTokens"])))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+        first = f.readline()
+        f.seek(0)
+        if first.lstrip().startswith("{"):
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield n, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise TraceError(f"{path}:{n}: not a JSON object: {e}") from None
+            return
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            yield n, row
+
+
+def read_trace(path: str | Path, limit: int | None = None) -> list[tuple[float, int, int]]:
+    """``(offset_s, prompt_tokens, answer_tokens)`` rows of a request trace, sorted by arrival,
+    the first at 0.
+
+    Reads the formats of ``TRACE_FORMATS`` (a CSV with a header, or JSON lines), told apart by
+    their columns; ``limit`` keeps the first rows of the file. A request that answered nothing
+    (BurstGPT logs its failures with 0 response tokens) counts as a one-token answer: it still
+    arrived and took its prefill.
+
+    Raises ``TraceError`` for unknown columns, a row that is not a time and two token counts
+    (naming its line), or a trace without rows.
+    """
+    rows: list[tuple[float, int, int]] = []
+    columns: tuple[str, str, str] | None = None
+    unit = ""
+    for n, record in _trace_records(path):
+        if limit is not None and len(rows) >= limit:
+            break
+        if not isinstance(record, dict):
+            raise TraceError(f"{path}:{n}: not an object of named fields")
+        if columns is None:
+            columns, unit = _trace_format(list(record), path)
+        at, prompt, answer = (record.get(c) for c in columns)
+        try:
+            rows.append((_arrival_s(at, unit), _tokens(prompt), max(1, _tokens(answer))))
+        except (TypeError, ValueError) as e:
+            fields = dict(zip(columns, (at, prompt, answer), strict=True))
+            raise TraceError(f"{path}:{n}: bad row {fields}: {e}") from None
+    if not rows:
+        raise TraceError(f"{path}: no requests")
+    rows.sort(key=lambda r: r[0])
+    t0 = rows[0][0]
+    return [(t - t0, prompt, answer) for t, prompt, answer in rows]
 
 
 def trace_load(rows: list[tuple[float, int, int]], cluster: tuple[PoolSpec, ...]) -> float:
