@@ -110,6 +110,9 @@ NEW_TOKENS_QUANTILE = 1.0
 BEST_NEW_TOKENS_QUANTILE = 0.05
 NEW_TOKENS_KEPT = 256
 NEW_TOKENS_EVERY = 16
+# An engine model's log factors this far from where they were when last counted count as a move
+# of the figures admission and expiry plan with (``figures_version``): 5%.
+FIGURES_LOG_STEP = math.log(1.05)
 
 
 @dataclass
@@ -307,6 +310,12 @@ class AdaptiveEstimator:
     # (each its prompt and half its planned answer), and how many it runs at once.
     _kv: dict[str, float] = field(default_factory=dict)
     _concurrency: dict[str, int] = field(default_factory=dict)
+    # What ``figures_version`` counts: per kind, changes of its answer-length quantiles; over
+    # all workers, moves of an engine model by more than FIGURES_LOG_STEP since the last one
+    # counted (its log factors then, per engine key).
+    _answers_version: dict[str, int] = field(default_factory=dict)
+    _engines_version: int = 0
+    _engines_counted: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
     @property
     def models(self) -> dict[tuple[str, str], SpeedModel]:
@@ -660,9 +669,14 @@ class AdaptiveEstimator:
         # the decode steps for the KV cache of the batch it joined: the contention is in the
         # features.
         prefill_s = own_prefill_s + others_s
-        engine = self.engine.learn(self._engine_key(task.kind, completion.worker_id),
-                                   prefill_s / (prefill_s + rest_s),
+        engine_key = self._engine_key(task.kind, completion.worker_id)
+        engine = self.engine.learn(engine_key, prefill_s / (prefill_s + rest_s),
                                    completion.service_s / (prefill_s + rest_s), self.forget)
+        counted = self._engines_counted.get(engine_key)
+        if counted is None or max(abs(engine.log_prefill - counted[0]),
+                                  abs(engine.log_decode - counted[1])) > FIGURES_LOG_STEP:
+            self._engines_counted[engine_key] = (engine.log_prefill, engine.log_decode)
+            self._engines_version += 1
         backlog = self._backlog.get(completion.worker_id)
         if backlog is not None:
             backlog.advance(now_s)
@@ -671,7 +685,14 @@ class AdaptiveEstimator:
             lengths = self._new_ratios.setdefault(
                 task.kind, RecentQuantile(NEW_TOKENS_QUANTILE, NEW_TOKENS_KEPT,
                                           BEST_NEW_TOKENS_QUANTILE))
+            before = (lengths.value, lengths.low)
             self.new_ratio[task.kind] = lengths.add(min(1.0, new / task.max_new_tokens))
+            if (lengths.value, lengths.low) != before:
+                self._answers_version[task.kind] = self._answers_version.get(task.kind, 0) + 1
+
+    def figures_version(self, task: CoreTask) -> int:
+        # Both counts only grow, so their sum grows whenever either does.
+        return self._engines_version + self._answers_version.get(task.kind, 0)
 
     def forget_worker(self, worker_id: str) -> None:
         self.contended.forget_worker(worker_id)
@@ -723,6 +744,7 @@ class AdaptiveEstimator:
     def restore(self, state: dict[str, Any], trust: float = 0.25) -> None:
         """Load a saved state. Restored models are trusted less (their spread is widened by
         ``1 / trust``): a restarted worker may not be the machine it was."""
+        self._engines_version += 1  # every figure may have moved
         self.new_ratio.update(state.get("new_ratio", {}))
         self.priors.update({w: ServicePrior(**p) for w, p in state.get("priors", {}).items()})
         self._pools.update(state.get("pools", {}))

@@ -43,6 +43,12 @@ class ServiceEstimator(Protocol):
         """Learn from a completion (a no-op for fixed priors)."""
         ...
 
+    def figures_version(self, task: CoreTask) -> int:
+        """A count that grows whenever ``idle_cases_s`` of ``task`` may have moved by more than
+        a few percent since it last grew (always 0 for fixed priors): the core figures a
+        queued task's latest start again only then."""
+        ...
+
 
 class PriorEstimator:
     """Service time from each worker's engine prior; learns nothing."""
@@ -63,6 +69,9 @@ class PriorEstimator:
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
+
+    def figures_version(self, task: CoreTask) -> int:
+        return 0
 
 
 @dataclass(slots=True)  # not frozen, as ``types.Assignment``: one per decision
@@ -130,6 +139,12 @@ class Placement(Protocol):
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None: ...
 
+    def figures_version(self, task: CoreTask) -> int:
+        """Grows whenever ``cases_s`` of ``task`` may have moved by more than a few percent
+        for what is learned (``ServiceEstimator.figures_version``); the workers present are
+        the core's to follow."""
+        ...
+
     def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
         """The core has bound ``task`` to ``worker`` (what ``place`` chose, or a quarantined
         task's idle worker)."""
@@ -178,6 +193,9 @@ class EstimatorPlacement:
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         self.estimator.observe(task, completion, now_s)
+
+    def figures_version(self, task: CoreTask) -> int:
+        return self.estimator.figures_version(task)
 
     def bound(self, task: CoreTask, worker: WorkerLoad, now_s: float) -> None:
         return None

@@ -214,3 +214,6 @@ class Oracle:
 
     def observe(self, task: CoreTask, completion: Completion, now_s: float) -> None:
         return None
+
+    def figures_version(self, task: CoreTask) -> int:
+        return 0

@@ -10,7 +10,7 @@ from raysched.core.adaptive import AdaptiveEstimator, AdaptivePlacement
 from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.policies import build_core
 from raysched.core.scheduler import SchedulerCore
-from raysched.core.types import CoreTask, Priority, ServicePrior, TaskState, WorkerSpec
+from raysched.core.types import CoreTask, Priority, ServicePrior, Status, TaskState, WorkerSpec
 from raysched.sim import SimLLMWorker, SimTask, Simulator
 from tests.builders import admit, make_task, make_worker, ok
 
@@ -339,3 +339,49 @@ def test_a_likely_late_task_runs_on_a_slot_nobody_else_wants() -> None:
     late = _likely_late(est, w, 0.01)
     assert admit(core, late, 0.01) is None
     assert [a.task.task_id for a in core.assign(0.01).assignments] == ["late"]
+
+
+def _one_busy_worker(first: CoreTask) -> SchedulerCore:
+    """A raysched core whose one worker (``PRIOR``, one slot) runs ``first`` from t = 0."""
+    core = build_core("raysched")
+    core.add_worker(make_worker(worker_id="w", prior=PRIOR, max_context_tokens=32_768), 0.0)
+    assert admit(core, first, 0.0) is None
+    assert [a.task.task_id for a in core.assign(0.0).assignments] == [first.task_id]
+    return core
+
+
+def test_a_task_whose_planned_answer_grew_while_queued_expires_instead_of_starting_late(
+) -> None:
+    # Answers of 20 of 200 tokens so far: queued at 1.6 s with 1.6 s to go, the task plans
+    # with 0.2 s. An answer of all 200 tokens then ends at 2.011 s and the plan becomes 2 s,
+    # past the 1.2 s left: started, it would end late; it expires instead, saying why.
+    core = _one_busy_worker(make_task(task_id="short", max_new_tokens=200))
+    assert core.complete(ok(("short", "w"), service_s=0.211, num_prompt_tokens=100,
+                             num_generated_tokens=20), 0.211) is not None
+    assert admit(core, make_task(task_id="long", max_new_tokens=200), 0.211) is None
+    assert [a.task.task_id for a in core.assign(0.211).assignments] == ["long"]
+    queued = make_task(task_id="queued", max_new_tokens=200, deadline_s=3.2)
+    assert admit(core, queued, 1.6) is None
+    assert core.assign(1.6).assignments == []
+    core.complete(ok(("long", "w"), service_s=2.011, num_prompt_tokens=100,
+                     num_generated_tokens=200), 2.222)
+    decisions = core.assign(2.222)
+    assert decisions.assignments == []
+    [expired] = decisions.ended
+    assert expired.task_id == "queued" and expired.status is Status.EXPIRED
+    assert "as planned" in expired.reason
+
+
+def test_a_task_whose_planned_answer_shrank_while_queued_still_starts() -> None:
+    # No answers seen yet: queued at 0 with 2.5 s to go, the task plans with all 200 tokens
+    # (2 s), so by that plan it must start by 0.49 s. The first answer, 20 of 200 tokens, comes
+    # at 0.711 s: the plan is 0.2 s now, and the task starts with 1.8 s left.
+    core = _one_busy_worker(make_task(task_id="first", max_new_tokens=200,
+                                      num_prompt_tokens=5_000))
+    assert admit(core, make_task(task_id="queued", max_new_tokens=200, deadline_s=2.5),
+                 0.0) is None
+    core.complete(ok(("first", "w"), service_s=0.711, num_prompt_tokens=5_000,
+                     num_generated_tokens=20), 0.711)
+    decisions = core.assign(0.711)
+    assert decisions.ended == []
+    assert [a.task.task_id for a in decisions.assignments] == ["queued"]

@@ -12,7 +12,9 @@ every event that the core agrees:
   worker is still queued after the pass, and a pass leaves no queued task that fits a free worker
   unless it ran out of its skip budget;
 * a task is never assigned after its latest start (unless best-effort), expiry never comes early
-  and never spares a queued task whose latest start has passed;
+  and never spares a queued task whose latest start has passed; the latest start is the
+  core's figure with the workers of the pass (a worker that joins or leaves moves it), and a
+  queued task the pass did not look at may keep the latest of the figures it had;
 * ``core.counts`` equals the tally of Outcomes seen.
 
 At the end the blast drains: it restores a full fleet, completes everything and lets time run
@@ -83,7 +85,8 @@ class Harness:
         self.n_workers = 0
         # model
         self.submitted: dict[str, CoreTask] = {}
-        self.latest: dict[str, float] = {}
+        self.latest: dict[str, float] = {}  # at submit
+        self.latest_hi: dict[str, float] = {}  # the latest of its figures while queued
         self.ended: dict[str, Outcome] = {}
         self.tally: Counter[Status] = Counter()
         self.queued: set[str] = set()
@@ -221,6 +224,7 @@ class Harness:
             assert outs == [], (task, outs)
             self.queued.add(task.task_id)
             self.latest[task.task_id] = INF if task.best_effort else deadline - best
+            self.latest_hi[task.task_id] = self.latest[task.task_id]
 
     def duplicate_submit(self) -> None:
         live = sorted(self.queued | set(self.running))
@@ -230,9 +234,22 @@ class Harness:
         with pytest.raises(ValueError):
             self.core.submit(self.submitted[tid], self.now)
 
+    def latest_now(self, tid: str) -> float:
+        """The latest start of queued ``tid`` by the workers there are now (as the core
+        figures it when it looks): its figure so far while none of them can hold it."""
+        task = self.submitted[tid]
+        elig = [w.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
+                for w in self.pool_workers(task.pool) if fits(task, w.max_context_tokens)]
+        if task.best_effort or not elig:
+            return self.latest[tid]
+        return task.deadline_s - min(elig)
+
     def assign(self) -> None:
         now = self.now
         before_queued = set(self.queued)
+        latest = {tid: self.latest_now(tid) for tid in self.queued}
+        for tid, at in latest.items():
+            self.latest_hi[tid] = max(self.latest_hi.get(tid, at), at)
         d = self.core.assign(now)
         for out in d.ended:
             tid = out.task_id
@@ -247,7 +264,7 @@ class Harness:
                 assert out.status is Status.EXPIRED
                 assert out.attempts > 0 or "while it ran" not in out.reason
                 assert not self.submitted[tid].best_effort, f"best-effort {tid} expired"
-                assert self.latest[tid] < now, f"{tid} expired early: {self.latest[tid]} >= {now}"
+                assert latest[tid] < now, f"{tid} expired early: {latest[tid]} >= {now}"
             self.queued.discard(tid)
             self.end(out)
         low_on: list[WorkerSpec] = []
@@ -261,7 +278,7 @@ class Harness:
             assert spec.pool == task.pool
             assert fits(task, spec.max_context_tokens), f"{tid} does not fit {wid}"
             if not task.best_effort:
-                assert now <= self.latest[tid], f"{tid} assigned after its latest start"
+                assert now <= latest[tid], f"{tid} assigned after its latest start"
             n_before = self.in_flight_of(wid)
             assert n_before < spec.slots and wid not in self.alone, f"{wid} over-assigned"
             if self.kills[tid] >= self.cfg.quarantine_after:
@@ -302,7 +319,7 @@ class Harness:
                 low_on.append(spec)
         # after the pass: nothing queued that should have expired
         for tid in self.queued:
-            assert self.latest[tid] >= now, f"{tid} should have expired at {now}"
+            assert self.latest_hi[tid] >= now, f"{tid} should have expired at {now}"
         # no LOW ran while a CRITICAL that fits the same worker is still waiting
         crit = [self.submitted[t] for t in self.queued if self.submitted[t].priority is C]
         for spec in low_on:

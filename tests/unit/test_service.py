@@ -366,6 +366,7 @@ def test_a_task_taken_back_runs_again_from_what_it_had_generated() -> None:
     assert service.core.deadline_of("low") == before
     clock.now_s += 0.7
     service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 num_prompt_tokens=100, num_generated_tokens=32,
                                  binding=crit)])
     [again] = service.assign().batches
     [item] = again.items
@@ -397,6 +398,7 @@ def test_a_late_report_of_an_older_attempt_keeps_nothing() -> None:
     crit = take_back_for(service, clock, "crit")
     clock.now_s += 0.7
     service.complete([Completion("crit", "llm-0", ok=True, service_s=0.7, output="hi",
+                                 num_prompt_tokens=100, num_generated_tokens=32,
                                  binding=crit)])
     [again] = service.assign().batches  # from the start: no report has come
     assert again.items[0].progress is None
