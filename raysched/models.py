@@ -6,6 +6,7 @@ field and never reaches the scheduler's queue.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import sys
@@ -90,25 +91,40 @@ def _pickle_callable(fn: Callable[..., Any]) -> bytes:
     return blob
 
 
-def _pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+class _RefInside(Exception):
+    """The arguments being pickled hold a Ray object ref."""
+
+
+class _ArgumentPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle's pickler, stopped by the first Ray object ref met anywhere in what it
+    pickles (in a list, a dict, an object's attributes): pickled out of band, a ref pins its
+    object for the driver's life, where Ray's own serialization counts it."""
+
+    def __init__(self, file: io.BytesIO, object_ref: type | None) -> None:
+        super().__init__(file, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        self._object_ref = object_ref
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self._object_ref is not None and isinstance(obj, self._object_ref):
+            raise _RefInside
+        return super().reducer_override(obj)
+
+
+def _pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | None:
     """A callable's ``(args, kwargs)`` pickled for its worker (``WorkPayload.pickled_args``);
-    ``TypeError`` naming the fields if they cannot be."""
+    None when they hold a Ray object ref anywhere inside them, so they travel as they are,
+    through Ray's own serialization (no ref exists unless Ray is imported). ``TypeError``
+    naming the fields if they cannot be pickled."""
+    ray = sys.modules.get("ray")
+    buffer = io.BytesIO()
     try:
-        blob: bytes = cloudpickle.dumps((args, kwargs))
+        _ArgumentPickler(buffer, getattr(ray, "ObjectRef", None)).dump((args, kwargs))
+    except _RefInside:
+        return None
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds; each means the same
         raise TypeError(f"payload.args or payload.kwargs cannot be pickled for the workers: "
                         f"{describe_error(exc)}") from exc
-    return blob
-
-
-def _holds_object_ref(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether an argument is a Ray object ref. Those travel as they are, through Ray's own
-    serialization, which counts the references: pickled out of band, a ref would pin its
-    object for the driver's life (no ref exists unless Ray is imported)."""
-    ray = sys.modules.get("ray")
-    object_ref = getattr(ray, "ObjectRef", None)
-    return object_ref is not None and any(
-        isinstance(v, object_ref) for v in (*args, *kwargs.values()))
+    return buffer.getvalue()
 
 
 class Payload(BaseModel):
@@ -151,7 +167,7 @@ class Payload(BaseModel):
         Its arguments are pickled here too, on their own (``WorkPayload.pickled_args``), so
         the scheduler never rebuilds a user's objects: one that only the worker can unpickle
         fails its own task there instead of the scheduler's call that carries it. Arguments
-        among which is a Ray object ref (``_holds_object_ref``) go as they are.
+        that hold a Ray object ref anywhere inside them (``_pickle_arguments``) go as they are.
 
         ``pickled``: callables already pickled in the same submit call, by ``id``, so a batch
         of tasks that call one function pickles it once, as one Ray call carrying them all
@@ -161,7 +177,7 @@ class Payload(BaseModel):
             pickled = {} if pickled is None else pickled
             if (fn := pickled.get(id(self.fn))) is None:
                 fn = pickled[id(self.fn)] = _pickle_callable(self.fn)
-            if (self.args or self.kwargs) and not _holds_object_ref(self.args, self.kwargs):
+            if self.args or self.kwargs:
                 call_args = _pickle_arguments(self.args, self.kwargs)
         if call_args is None:
             return WorkPayload(self.prompt, self.max_new_tokens, self.features, fn, self.args,

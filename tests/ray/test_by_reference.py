@@ -64,6 +64,12 @@ def _fetch_plus_one(ref) -> int:
     return ray.get(ref) + 1
 
 
+def _fetch_all_plus_one(refs) -> list[int]:
+    import ray
+
+    return [v + 1 for v in ray.get(refs)]
+
+
 def test_an_object_ref_among_a_callables_arguments_reaches_its_worker(make_client) -> None:
     # An argument that is a ref travels through Ray's own serialization (counted, not pinned
     # out of band); the callable fetches the value itself: the task's arguments are inside
@@ -75,3 +81,8 @@ def test_an_object_ref_among_a_callables_arguments_reaches_its_worker(make_clien
     r = client.run(Task(kind="job", priority="HIGH", sla_ms=60_000, requirements={"pool": "cpu"},
                         payload={"fn": _fetch_plus_one, "args": (ref,)}), timeout=60)
     assert (r.status, r.output) == (Status.COMPLETED, 42), r.reason
+    # Nested inside an argument, as Ray users pass lists of block refs.
+    r = client.run(Task(kind="job", priority="HIGH", sla_ms=60_000, requirements={"pool": "cpu"},
+                        payload={"fn": _fetch_all_plus_one, "kwargs": {"refs": [ref, ref]}}),
+                   timeout=60)
+    assert (r.status, r.output) == (Status.COMPLETED, [42, 42]), r.reason

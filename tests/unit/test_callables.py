@@ -77,7 +77,7 @@ def test_an_error_whose_message_raises_is_still_described() -> None:
                                              "SystemExit)")
 
 
-def test_arguments_with_an_object_ref_go_as_they_are(monkeypatch) -> None:
+def test_arguments_that_hold_an_object_ref_anywhere_go_as_they_are(monkeypatch) -> None:
     # Pickled out of band, a Ray object ref pins its object for the driver's life: Ray's own
     # serialization carries those arguments. A stand-in class plays the ref (no Ray here).
     import sys
@@ -92,3 +92,14 @@ def test_arguments_with_an_object_ref_go_as_they_are(monkeypatch) -> None:
                    ).to_record().payload
     assert payload.pickled_args is None and payload.args == (ref,)
     assert load_arguments(payload) == ((ref,), {})
+    # Anywhere inside them: in a list in a keyword argument, in an object's attribute.
+    holder = types.SimpleNamespace(blocks=[1, 2, ref])
+    for args, kwargs in [((), {"refs": [ref]}), ((holder,), {}), ((1, {"a": (ref,)}), {})]:
+        payload = Task(kind="noop", sla_ms=1_000,
+                       payload={"fn": len, "args": args, "kwargs": kwargs}).to_record().payload
+        assert payload.pickled_args is None
+        assert load_arguments(payload) == (args, kwargs)
+    # Without one, they are pickled by the driver as before.
+    payload = Task(kind="noop", sla_ms=1_000, payload={"fn": len, "args": ([1, 2],)}
+                   ).to_record().payload
+    assert payload.pickled_args is not None and load_arguments(payload) == (([1, 2],), {})
