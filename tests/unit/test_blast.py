@@ -199,14 +199,9 @@ class Harness:
         else:
             if self.queued_in(pool, task.priority) >= self.cfg.max_queued_per_class:
                 reasons.append("queue full")
-            ws = self.pool_workers(pool)
-            if ws:
-                elig = [w.prior.service_s(prompt, new, 1) for w in ws
-                        if fits(task, w.max_context_tokens)]
-                if elig:
-                    best = min(elig)
-                else:
-                    best = None
+            if self.pool_workers(pool):
+                best = self.idle_best_s(task)
+                if best is None:
                     reasons.append("can hold")
             if best is not None and not task.best_effort and best > deadline - self.now:
                 reasons.append("infeasible")
@@ -234,15 +229,19 @@ class Harness:
         with pytest.raises(ValueError):
             self.core.submit(self.submitted[tid], self.now)
 
+    def idle_best_s(self, task: CoreTask) -> float | None:
+        """``task``'s service alone on the fastest worker there is now that can hold it (what
+        the core's prior admits and expires on); None when none can."""
+        elig = [w.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
+                for w in self.pool_workers(task.pool) if fits(task, w.max_context_tokens)]
+        return min(elig) if elig else None
+
     def latest_now(self, tid: str) -> float:
         """The latest start of queued ``tid`` by the workers there are now (as the core
         figures it when it looks): its figure so far while none of them can hold it."""
         task = self.submitted[tid]
-        elig = [w.prior.service_s(task.num_prompt_tokens, task.max_new_tokens, 1)
-                for w in self.pool_workers(task.pool) if fits(task, w.max_context_tokens)]
-        if task.best_effort or not elig:
-            return self.latest[tid]
-        return task.deadline_s - min(elig)
+        best = None if task.best_effort else self.idle_best_s(task)
+        return self.latest[tid] if best is None else task.deadline_s - best
 
     def assign(self) -> None:
         now = self.now
