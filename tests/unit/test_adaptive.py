@@ -385,3 +385,20 @@ def test_a_task_whose_planned_answer_shrank_while_queued_still_starts() -> None:
     decisions = core.assign(0.711)
     assert decisions.ended == []
     assert [a.task.task_id for a in decisions.assignments] == ["queued"]
+
+
+def test_a_task_queued_on_a_worker_learned_slower_meanwhile_expires_instead_of_starting_late(
+) -> None:
+    # Queued with 1.1 s to go, the task plans with its prior's 0.211 s. The task ahead then
+    # takes three times its prior: the worker's engine model plans 0.62 s for it now, past
+    # the 0.5 s left, though by the old figure it would still have 0.29 s to spare. (The
+    # placement's own lower bound on its finish says so too: either ends it.)
+    core = _one_busy_worker(make_task(task_id="first", max_new_tokens=20))
+    assert admit(core, make_task(task_id="queued", max_new_tokens=20, deadline_s=1.133),
+                 0.0) is None
+    core.complete(ok(("first", "w"), service_s=0.633, num_prompt_tokens=100,
+                     num_generated_tokens=20), 0.633)
+    decisions = core.assign(0.633)
+    assert decisions.assignments == []
+    [expired] = decisions.ended
+    assert expired.task_id == "queued" and expired.status is Status.EXPIRED
