@@ -1,4 +1,4 @@
-"""The ``raysched`` command line: ``demo``, ``status``, ``submit``.
+"""The ``raysched`` command line: ``demo``, ``status``, ``submit``, ``bench``.
 
 Exit status: 0 done (for ``submit``, the task completed); 1 the task ended otherwise; 2 bad input
 or no scheduler or cluster to reach; 3 no Result within ``--timeout`` (the task goes on).

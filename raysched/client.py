@@ -456,14 +456,21 @@ class Client:
         """Cancel tasks by id: True for each one this call ended (queued, or running: a
         running CPU task runs to its end, its Result is ``cancelled``); False for one that had
         ended, is unknown, or another driver's (a driver cancels only the tasks it submitted).
-        ``TypeError`` unless ``task_ids`` is a list of strings."""
+        An id given more than once is cancelled once: True (if this call ended it) at its first
+        place, False at the others. ``TypeError`` unless ``task_ids`` is a list of strings."""
         ids = task_id_list(task_ids)
         self._check_usable()
-        ended = self._end_express(ids, "cancelled by the caller")
-        sent = [i for i in ids if i not in ended]
+        unique = list(dict.fromkeys(ids))
+        ended = self._end_express(unique, "cancelled by the caller")
+        sent = [i for i in unique if i not in ended]
         if sent:
             ended.update(zip(sent, self._call("cancel", sent, self.client_id), strict=True))
-        return [ended[i] for i in ids]
+        seen: set[str] = set()
+        answers = []
+        for i in ids:
+            answers.append(ended[i] and i not in seen)
+            seen.add(i)
+        return answers
 
     def stats(self) -> dict[str, Any]:
         """The scheduler's load tables, queue depths, result counts and startup notes."""

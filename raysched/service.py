@@ -328,13 +328,13 @@ class SchedulerService:
                 continue
             # A cancelled task the core still tracks (its worker has not reported) holds its id.
             if owner or done or awaited or self.core.state_of(task.task_id) is not None:
-                out.append(self._rejection(task, f"task id {task.task_id!r} is already in the "
-                                                 f"scheduler"))
+                out.append(self._refusal(task, f"task id {task.task_id!r} is already in the "
+                                               f"scheduler", now))
                 continue
             if task.num_gpus:
                 task, why = self._pools_with_gpus(task)
                 if why:
-                    out.append(self._rejection(task, why))
+                    out.append(self._refusal(task, why, now))
                     continue
             core_task = task.to_core(now)
             if deadline_s is not None:
@@ -797,10 +797,12 @@ class SchedulerService:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
-    @staticmethod
-    def _rejection(task: TaskRecord, reason: str) -> ResultRecord:
-        return ResultRecord(task_id=task.task_id, status=Status.REJECTED, reason=reason,
-                            kind=task.kind, priority=task.priority, pool=task.pool)
+    def _refusal(self, task: TaskRecord, reason: str, now_s: float) -> ResultRecord:
+        """The ``rejected`` Result of ``task``, refused here before the core saw it, counted
+        and recorded as the core's own refusals are."""
+        outcome = self.core.refuse(task.to_core(now_s), now_s, reason)
+        self._record(outcome)
+        return self._result(outcome, task.kind)
 
     @staticmethod
     def _result(o: Outcome, kind: str) -> ResultRecord:

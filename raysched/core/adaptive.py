@@ -117,6 +117,10 @@ NEW_TOKENS_QUANTILE = 1.0
 BEST_NEW_TOKENS_QUANTILE = 0.05
 NEW_TOKENS_KEPT = 256
 NEW_TOKENS_EVERY = 16
+# A refusal on learned figures is probed (``SchedulerCore.submit``) while an eligible worker's
+# engine model rests on fewer completions than this: the filter's gain says about 25 outweigh
+# the prior (``engine_model.ASSUMED_NOISE_LOG_SD``).
+PROBE_EVIDENCE = 25
 # An engine model's log factors this far from where they were when last counted count as a move
 # of the figures admission and expiry plan with (``figures_version``): 5%.
 FIGURES_LOG_STEP = math.log(1.05)
@@ -190,12 +194,21 @@ class RecentQuantile:
 
 class ModelSet:
     """Speed models per (kind, worker id), and each kind's mean log factor over its workers
-    (kept up to date in O(1)): where a new (kind, worker) starts and what like workers share."""
+    (kept up to date in O(1)): where a new (kind, worker) starts and what like workers share.
+    The same mean over the workers that have completed work of the kind is what one that has
+    not uses until it has."""
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, str], SpeedModel] = {}
         self._kind_sum: dict[str, float] = {}
         self._kind_count: dict[str, int] = {}
+        self._seen_sum: dict[str, float] = {}
+        self._seen_count: dict[str, int] = {}
+
+    def _count_seen(self, kind: str, m: SpeedModel, sign: int) -> None:
+        if m.n:
+            self._seen_sum[kind] = self._seen_sum.get(kind, 0.0) + sign * m.log_factor
+            self._seen_count[kind] = self._seen_count.get(kind, 0) + sign
 
     def get(self, key: tuple[str, str]) -> SpeedModel:
         """The model of ``key`` (kind, worker id), started from its kind's mean if new."""
@@ -208,9 +221,11 @@ class ModelSet:
         if old is not None:
             self._kind_sum[kind] -= old.log_factor
             self._kind_count[kind] -= 1
+            self._count_seen(kind, old, -1)
         if m is None:
             m = SpeedModel(self.kind_log_factor(kind))
         self.models[key] = m
+        self._count_seen(kind, m, 1)
         self._kind_sum[kind] = self._kind_sum.get(kind, 0.0) + m.log_factor
         self._kind_count[kind] = self._kind_count.get(kind, 0) + 1
         return m
@@ -218,9 +233,11 @@ class ModelSet:
     def learn(self, key: tuple[str, str], ratio: float, forget: float) -> SpeedModel:
         """Learn that a completion of ``key`` took ``ratio`` times the expected figure."""
         m = self.get(key)
+        self._count_seen(key[0], m, -1)
         before = m.log_factor
         m.update(ratio, forget)
         self._kind_sum[key[0]] += m.log_factor - before
+        self._count_seen(key[0], m, 1)
         return m
 
     def kind_log_factor(self, kind: str) -> float:
@@ -230,7 +247,14 @@ class ModelSet:
 
     def shared_factor(self, kind: str, m: SpeedModel) -> float:
         """``m``'s factor, or the kind's mean over all its workers while ``m`` is within
-        ``OWN_FACTOR_RATIO`` of the mean of the others: like workers share one figure."""
+        ``OWN_FACTOR_RATIO`` of the mean of the others: like workers share one figure. A model
+        that has learned nothing yet takes the mean over the workers that have: the figure it
+        was made with goes stale as they learn, and a worker it makes look slower than they are
+        would get no work to learn from (two long calls sent to one worker, one behind the
+        other, while another stood idle at its prior)."""
+        seen = self._seen_count.get(kind, 0)
+        if not m.n and seen:
+            return math.exp(self._seen_sum[kind] / seen)
         count = self._kind_count.get(kind, 0)
         if count >= 2:
             others = (self._kind_sum[kind] - m.log_factor) / (count - 1)
@@ -243,6 +267,7 @@ class ModelSet:
             m = self.models.pop(key)
             self._kind_sum[key[0]] -= m.log_factor
             self._kind_count[key[0]] -= 1
+            self._count_seen(key[0], m, -1)
 
 
 class PrefillBacklog:
@@ -876,6 +901,12 @@ class AdaptivePlacement(EstimatorPlacement):
 
     def learned(self) -> list[dict[str, Any]]:
         return self.estimator.table()
+
+    def thinly_learned(self, task: CoreTask, table: LoadTable) -> bool:
+        est = self.estimator
+        return any(est.engine_model(task.kind, w).n < PROBE_EVIDENCE
+                   for g in table.groups(task.pool) if eligible(task, g)
+                   for w in g.members.values())
 
     def place(self, task: CoreTask, table: LoadTable, now_s: float) -> Choice | None:
         return self._choose(task, table, now_s)

@@ -162,6 +162,11 @@ class Placement(Protocol):
         """Rows describing the learned models, for status and reports (empty: none)."""
         ...
 
+    def thinly_learned(self, task: CoreTask, table: LoadTable) -> bool:
+        """Whether ``cases_s`` of ``task`` rests on a learned figure of some eligible worker
+        that few completions back (one the core may probe: ``SchedulerCore.submit``)."""
+        ...
+
 
 class EstimatorPlacement:
     """What every placement shares: a service estimator that answers the best case and learns."""
@@ -169,10 +174,10 @@ class EstimatorPlacement:
     estimator: ServiceEstimator
 
     def best_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        return _min_over_eligible(task, table, self.estimator.idle_service_s)
+        return min_over_eligible(task, table, self.estimator.idle_service_s)
 
     def planned_case_s(self, task: CoreTask, table: LoadTable) -> float | None:
-        return _min_over_eligible(task, table, self.estimator.planned_idle_s)
+        return min_over_eligible(task, table, self.estimator.planned_idle_s)
 
     def cases_s(self, task: CoreTask, table: LoadTable) -> tuple[float, float] | None:
         # Admission asks for both on every submit: one walk over the groups, not two.
@@ -210,8 +215,11 @@ class EstimatorPlacement:
     def learned(self) -> list[dict[str, Any]]:
         return []
 
+    def thinly_learned(self, task: CoreTask, table: LoadTable) -> bool:
+        return False
 
-def _min_over_eligible(task: CoreTask, table: LoadTable,
+
+def min_over_eligible(task: CoreTask, table: LoadTable,
                        idle_s: Callable[[CoreTask, WorkerGroup], float]) -> float | None:
     """The least ``idle_s`` over the pool's groups that can hold ``task``; None when none can."""
     best: float | None = None

@@ -18,8 +18,10 @@ from raysched.core.load import LoadTable, WorkerLoad
 from raysched.core.placement import (
     LeastCompletionTime,
     Placement,
+    PriorEstimator,
     context_need,
     fits_context,
+    min_over_eligible,
 )
 from raysched.core.protocol import Completion
 from raysched.core.queue import DeadlineQueue
@@ -54,6 +56,8 @@ EARLY_BINDING_SLOTS = 1024
 # queue's work ahead is counted at this task's own best case), so a pool that would only just
 # make it is passed over for the next.
 ROUTE_RESERVE = 0.25
+# The engine priors alone, for the probe test of ``SchedulerCore._probes``.
+_PRIORS = PriorEstimator()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,8 @@ class CoreConfig:
     before it gives up on the pool for this pass; bounds the cost of one pass.
     ``ordering``: the deadline queue's order (see ``DeadlineQueue``).
     ``admission``: reject infeasible deadlines at submit and expire tasks that can no longer meet
-    theirs. Off for the baselines that know nothing of deadlines.
+    theirs. Off for the baselines that know nothing of deadlines. Refusals that rest on what was
+    learned alone are probed: see ``SchedulerCore.submit``.
     ``preemption``: when a pool is full and its first queued task would, by waiting for a
     slot, pass its latest start (see ``PREEMPT_MARGIN``), take back a task of a strictly lower
     class that can still meet its own deadline when run again: a running one on a worker that
@@ -175,6 +180,9 @@ class SchedulerCore:
         self._revoking: set[str] = set()
         # Per pool, the kinds of task submitted to it: what an express lease says it may run.
         self._kinds: dict[str, set[str]] = {}
+        # Per (pool, kind), the last task admitted as a probe (``submit``); another may be once
+        # it has ended (its record is gone).
+        self._probes: dict[tuple[str, str], str] = {}
 
     # -- pools and workers -------------------------------------------------------------------
 
@@ -286,6 +294,15 @@ class SchedulerCore:
 
         Admission: the pool exists and can serve, some worker can hold the task, the class queue
         has room, and the deadline can be met on an idle eligible worker (unless best-effort).
+
+        A refusal can rest on what was learned alone, from few completions: the learned figures
+        say no while the engine priors say an idle worker makes it, and some eligible worker's
+        figure is thinly learned. Refusing then would starve the figures of the completions
+        that could correct them (one 10 s call of a kind whose calls take 0.1 ms, a new worker
+        figured from it), and every later task of the kind would be refused as well. So one
+        such task per (pool, kind) at a time is admitted as a probe: queued in its class as any
+        task, never refused or expired for its deadline, its completion learned from. A figure
+        that is right costs one late task at a time while it is thin; a wrong one is corrected.
         """
         if task.task_id in self._records:
             raise ValueError(f"task id {task.task_id!r} is already in the scheduler")
@@ -324,7 +341,8 @@ class SchedulerCore:
                 return [self._reject(rec, now_s, self._context_refusal(task))]
         best_case_s, planned_s = cases
         slack_s = task.deadline_s - now_s
-        if config.admission and not task.best_effort:
+        if (config.admission and not task.best_effort
+                and not (max(cases) > slack_s and self._probe(task, slack_s))):
             if best_case_s > slack_s and task.task_id not in self.spared:
                 return [self._reject(rec, now_s, f"infeasible deadline: needs at least "
                                                  f"{best_case_s * 1e3:.1f} ms on an idle "
@@ -350,6 +368,29 @@ class SchedulerCore:
         self._records[task.task_id] = rec
         self._push(rec)
         return shed
+
+    def refuse(self, task: CoreTask, now_s: float, reason: str) -> Outcome:
+        """End ``task`` ``rejected`` for ``reason``, found by its driver before it could be
+        submitted (a requirement no worker meets, an id already in use): counted with the
+        core's own refusals, so the result counts add up to what was handed in."""
+        self._seq += 1
+        return self._reject(_Record(task, now_s, self._seq, _INF), now_s, reason)
+
+    def _probe(self, task: CoreTask, slack_s: float) -> bool:
+        """Whether ``task``, which the learned figures refuse or expire at once, is admitted as
+        its (pool, kind)'s probe (see ``submit``): none is in the scheduler, the figures rest
+        on few completions on some eligible worker (``Placement.thinly_learned``), and on the
+        engine priors an idle eligible worker meets its deadline with the whole
+        ``max_new_tokens``."""
+        key = (task.pool, task.kind)
+        if (self._probes.get(key) in self._records or task.task_id in self.spared
+                or not self.placement.thinly_learned(task, self.table)):
+            return False
+        prior_s = min_over_eligible(task, self.table, _PRIORS.idle_service_s)
+        if prior_s is None or prior_s > slack_s:
+            return False
+        self._probes[key] = task.task_id
+        return True
 
     def _route(self, task: CoreTask, now_s: float
                ) -> tuple[CoreTask, tuple[float, float] | None]:

@@ -208,6 +208,10 @@ def test_cancel_queued_task(make_client):
     r = queued.result(5)
     assert r.status is Status.CANCELLED and r.reason
     assert queued.cancel() is False  # already ended: nothing to do
+    # An id given twice is cancelled once, and the answer says so at its first place.
+    twice = client.submit(cpu_task(_sleep, 0.0))
+    assert client.cancel([twice.task_id, twice.task_id]) == [True, False]
+    assert twice.result(5).status is Status.CANCELLED
     assert blocker.result(10).ok
 
 

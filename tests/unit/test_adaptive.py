@@ -402,3 +402,71 @@ def test_a_task_queued_on_a_worker_learned_slower_meanwhile_expires_instead_of_s
     assert decisions.assignments == []
     [expired] = decisions.ended
     assert expired.task_id == "queued" and expired.status is Status.EXPIRED
+
+
+CPU_PRIOR = ServicePrior(fixed_s=0.01, prefill_s_per_token=0.0, decode_s_per_step=0.0)
+
+
+def _cpu_task(task_id: str, deadline_s: float) -> CoreTask:
+    return make_task(task_id=task_id, kind="compute", priority=Priority.HIGH, pool="cpu",
+                     num_prompt_tokens=0, max_new_tokens=0, deadline_s=deadline_s)
+
+
+def test_a_refusal_that_rests_on_one_slow_call_is_probed_and_corrected() -> None:
+    # One 10 s call of a kind whose calls take 1 ms teaches worker "a" that the kind is slow;
+    # worker "b" dies and its replacement "c" starts from the kind's mean. Fast tasks due in
+    # 2 s are then refused by the learned figures, though the prior says an idle worker makes
+    # it in 10 ms: one is admitted as a probe, the others are refused while it is in the
+    # scheduler, and once it has completed in 1 ms the next ones are admitted on their own.
+    core = build_core("raysched")
+    for wid in ("a", "b"):
+        core.add_worker(make_worker(worker_id=wid, pool="cpu", prior=CPU_PRIOR), 0.0)
+    assert admit(core, _cpu_task("slow", 600.0), 0.0) is None
+    [first] = core.assign(0.0).assignments
+    assert first.worker_id == "a"
+    assert core.complete(ok(first, service_s=10.0), 10.0) is not None
+    core.worker_lost("b", 10.0)
+    core.add_worker(make_worker(worker_id="c", pool="cpu", prior=CPU_PRIOR), 10.0)
+
+    assert admit(core, _cpu_task("probe", 12.0), 10.0) is None
+    refused = admit(core, _cpu_task("refused", 12.0), 10.0)
+    assert refused is not None and refused.status is Status.REJECTED
+    assert "infeasible deadline" in refused.reason
+    [probe] = core.assign(10.0).assignments
+    assert probe.task.task_id == "probe"
+    done = core.complete(ok(probe, service_s=0.001), 10.001)
+    assert done is not None and done.status is Status.COMPLETED
+
+    # Two at once: a probe would have been one.
+    for task_id in ("after-1", "after-2"):
+        assert admit(core, _cpu_task(task_id, 12.1), 10.1) is None
+    decisions = core.assign(10.1)
+    assert decisions.ended == [] and decisions.assignments
+
+
+def test_no_probe_where_the_prior_refuses_too() -> None:
+    # A deadline an idle worker misses on the prior as well is refused outright: probing is for
+    # refusals that rest on what was learned alone.
+    core = build_core("raysched")
+    core.add_worker(make_worker(worker_id="a", pool="cpu", prior=CPU_PRIOR), 0.0)
+    refused = admit(core, _cpu_task("tight", 0.005), 0.0)
+    assert refused is not None and refused.status is Status.REJECTED
+
+
+def test_a_worker_that_has_run_nothing_yet_is_figured_as_its_peers_learned() -> None:
+    # Two fast calls teach "a" that the kind takes 0.1 ms (its prior says 10 ms); "b" has run
+    # none. Two calls then come at once: the second goes to the idle "b", not behind the
+    # first on "a", since "b" is figured at what "a" learned rather than at its prior.
+    core = build_core("raysched")
+    for wid in ("a", "b"):
+        core.add_worker(make_worker(worker_id=wid, pool="cpu", prior=CPU_PRIOR, slots=2), 0.0)
+    now_s = 0.0
+    for i in range(2):
+        assert admit(core, _cpu_task(f"fast-{i}", now_s + 60.0), now_s) is None
+        [a] = core.assign(now_s).assignments
+        assert a.worker_id == "a"
+        now_s += 0.001
+        assert core.complete(ok(a, service_s=1e-4), now_s) is not None
+    for i in range(2):
+        assert admit(core, _cpu_task(f"next-{i}", now_s + 60.0), now_s) is None
+    assert sorted(a.worker_id for a in core.assign(now_s).assignments) == ["a", "b"]
