@@ -194,9 +194,9 @@ class RecentQuantile:
 
 class ModelSet:
     """Speed models per (kind, worker id), and each kind's mean log factor over its workers
-    (kept up to date in O(1)): where a new (kind, worker) starts and what like workers share.
-    The same mean over the workers that have completed work of the kind is what one that has
-    not uses until it has."""
+    (kept up to date in O(1)): where a new (kind, worker) starts and what like workers share;
+    and the same mean over the workers that have completed work of the kind, below which a
+    callable worker that has not is never figured (``shared_factor``)."""
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, str], SpeedModel] = {}

@@ -220,7 +220,7 @@ class EstimatorPlacement:
 
 
 def min_over_eligible(task: CoreTask, table: LoadTable,
-                       idle_s: Callable[[CoreTask, WorkerGroup], float]) -> float | None:
+                      idle_s: Callable[[CoreTask, WorkerGroup], float]) -> float | None:
     """The least ``idle_s`` over the pool's groups that can hold ``task``; None when none can."""
     best: float | None = None
     for g in table.groups(task.pool):

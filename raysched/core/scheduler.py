@@ -56,7 +56,7 @@ EARLY_BINDING_SLOTS = 1024
 # queue's work ahead is counted at this task's own best case), so a pool that would only just
 # make it is passed over for the next.
 ROUTE_RESERVE = 0.25
-# The engine priors alone, for the probe test of ``SchedulerCore._probes``.
+# The engine priors alone: what ``SchedulerCore._probe`` checks a learned refusal against.
 _PRIORS = PriorEstimator()
 
 

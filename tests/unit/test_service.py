@@ -478,6 +478,7 @@ def test_a_driver_cancels_only_its_own_tasks() -> None:
     # b submits the same id: refused; its cancel of that id, or of any of a's, ends nothing.
     [refused] = service.submit("b", [task("t1")])
     assert refused is not None and "already in the scheduler" in refused.reason
+    assert refused.status is Status.REJECTED and service.core.counts[Status.REJECTED] == 1
     assert service.cancel(["t1"], "b").ended == [False]
     assert service.core.queued() == 1 and service.take("a") == []
     assert service.cancel(["t1"], "a").ended == [True]
@@ -506,6 +507,8 @@ def test_a_task_is_held_to_the_gpus_its_worker_holds() -> None:
     assert service.core.queued("llm-7b") == 1 and service.core.queued("llm-70b") == 1
     [eight] = service.submit("a", [needing("eight", 8, pools=["llm-7b", "llm-70b"])])
     assert eight is not None and "(llm-7b: 1, llm-70b: 4)" in eight.reason
+    # Refused before the core saw them, they count with its refusals all the same.
+    assert service.core.counts[Status.REJECTED] == 2
 
 
 # -- the task log ---------------------------------------------------------------------------------
